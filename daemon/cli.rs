@@ -1,0 +1,437 @@
+//! The command line: argument parsing and one function per subcommand. Errors are
+//! `anyhow` here and only here; each subcommand returns its exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures::stream::{self, StreamExt};
+
+use crate::api::{AccountStatus, CredentialStatus};
+use crate::clock::{SharedClock, SystemClock};
+use crate::inventory::{self, Checked, Inventory, InventoryError};
+use crate::ledger::{CredState, Credential, Ledger};
+use crate::rotation::{self, Context};
+use crate::scheduler::{self, Control};
+use crate::{engine, store};
+
+#[derive(Debug, Parser)]
+#[command(name = "credrotd", version, about = "Credential rotation daemon for machine identities")]
+pub struct Cli {
+    /// The inventory file.
+    #[arg(short, long, global = true, env = "CREDROTD_CONFIG", default_value = "/etc/credrotd/inventory.yaml")]
+    pub config: PathBuf,
+    /// Log format; RUST_LOG filters.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse, validate and policy-check the inventory (no network).
+    Check,
+    /// Show what would be created, granted, revoked and rotated (read-only).
+    Plan,
+    /// Run the daemon.
+    Run,
+    /// Rotate accounts now, in this process, then exit.
+    Rotate(RotateArgs),
+    /// Revoke an account's credentials now (break-glass).
+    Revoke(RevokeArgs),
+    /// Show each account's credentials and schedule (reads the ledger only).
+    Status {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// Run the quickstart on a throwaway local PostgreSQL.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// Accounts to rotate.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub accounts: Vec<String>,
+    /// Rotate every account of the inventory.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    pub account: String,
+    /// Revoke only credentials still in their overlap window.
+    #[arg(long)]
+    pub previous_only: bool,
+}
+
+/// Sets up logging to stderr.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Runs the parsed command line.
+pub async fn main(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Check => check(&cli.config),
+        Command::Plan => plan(&cli.config).await,
+        Command::Run => run(&cli.config).await,
+        Command::Rotate(args) => rotate(&cli.config, args).await,
+        Command::Revoke(args) => revoke(&cli.config, args).await,
+        Command::Status { format } => status(&cli.config, format).await,
+        Command::Demo(args) => crate::demo::run(args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads the inventory, printing warnings; invalid inventories print every error.
+fn load(path: &std::path::Path) -> Result<Inventory> {
+    match inventory::load(path) {
+        Ok(Checked { inventory, warnings }) => {
+            for w in warnings {
+                eprintln!("{w}");
+            }
+            Ok(inventory)
+        }
+        Err(e) => Err(anyhow::Error::new(e)),
+    }
+}
+
+fn check(path: &std::path::Path) -> Result<ExitCode> {
+    match inventory::load(path) {
+        Ok(Checked { inventory, warnings }) => {
+            for w in &warnings {
+                println!("{w}");
+            }
+            println!(
+                "{}: ok ({} accounts, {} databases, {} stores; environment {})",
+                path.display(),
+                inventory.accounts.len(),
+                inventory.databases.len(),
+                inventory.stores.len(),
+                inventory.environment.as_str()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(InventoryError::Invalid { errors }) => {
+            for e in &errors {
+                println!("{e}");
+            }
+            println!("{}: {} error(s)", path.display(), errors.len());
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            println!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Builds the saga context for an inventory.
+pub async fn context(inventory: Inventory, clock: SharedClock) -> Result<Context> {
+    let ledger = Ledger::open(&inventory.state)
+        .await
+        .with_context(|| format!("opening the ledger {}", inventory.state))?;
+    let engines = engine::build(&inventory)?;
+    let stores = store::build(&inventory);
+    Ok(Context {
+        inventory: Arc::new(inventory),
+        engines,
+        stores,
+        ledger,
+        clock,
+        crash_after: None,
+    })
+}
+
+async fn plan(path: &std::path::Path) -> Result<ExitCode> {
+    let inventory = load(path)?;
+    let engines = engine::build(&inventory)?;
+    let stores = store::build(&inventory);
+    let ledger_path = inventory.state.trim_start_matches("sqlite://");
+    let ledger = if std::path::Path::new(ledger_path).exists() {
+        Some(Ledger::open(&inventory.state).await?)
+    } else {
+        None
+    };
+    let now = Utc::now();
+    for (name, s) in &stores {
+        match s.check().await {
+            Ok(()) => println!("store {name}: reachable and writable"),
+            Err(e) => println!("store {name}: PROBLEM: {e}"),
+        }
+    }
+    for account in inventory.accounts.values() {
+        println!("account {} (database {}, {}):", account.name, account.database, account.strategy.as_str());
+        match engines[&account.database].reconcile(account, false).await {
+            Ok(changes) if changes.is_empty() => println!("  scoped role {}: up to date", account.name),
+            Ok(changes) => {
+                for c in changes {
+                    println!("  would run: {c}");
+                }
+            }
+            Err(e) => println!("  PROBLEM: {e}"),
+        }
+        let live = match &ledger {
+            Some(l) => l.live(&account.name).await?,
+            None => Vec::new(),
+        };
+        let state = match &ledger {
+            Some(l) => l.account(&account.name).await?,
+            None => Default::default(),
+        };
+        let refs: Vec<&Credential> = live.iter().collect();
+        for d in scheduler::due(account, &state, &refs, now) {
+            match d {
+                scheduler::Due::Rotate { at, why } if at <= now => println!("  would rotate now ({why})"),
+                scheduler::Due::Rotate { at, .. } => println!("  next rotation at {}", ts(at)),
+                scheduler::Due::Retire { at, cred } => {
+                    let user = live.iter().find(|c| c.id == cred).map(|c| c.username.as_str()).unwrap_or("?");
+                    println!("  would revoke {user} at {}", ts(at));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(path: &std::path::Path) -> Result<ExitCode> {
+    let inventory = load(path)?;
+    let ctx = Arc::new(context(inventory, Arc::new(SystemClock)).await?);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let shutdown = signals(tx)?;
+    scheduler::run(ctx.clone(), rx, shutdown).await?;
+    ctx.ledger.close().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Turns signals into control messages once; resolves on SIGTERM or SIGINT.
+fn signals(tx: tokio::sync::mpsc::Sender<Control>) -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return; }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return; }
+                _ = usr1.recv() => {
+                    tracing::info!("SIGUSR1: rotating every account now");
+                    let _ = tx.send(Control::RotateNow(Vec::new())).await;
+                }
+                _ = hup.recv() => tracing::warn!("SIGHUP: reload is not supported yet; restart credrotd to load a changed inventory"),
+            }
+        }
+    })
+}
+
+async fn rotate(path: &std::path::Path, args: RotateArgs) -> Result<ExitCode> {
+    let inventory = load(path)?;
+    let names: Vec<String> = if args.all {
+        inventory.accounts.keys().cloned().collect()
+    } else {
+        for n in &args.accounts {
+            if !inventory.accounts.contains_key(n) {
+                anyhow::bail!("account {n} is not in the inventory {}", path.display());
+            }
+        }
+        args.accounts
+    };
+    let concurrency = inventory.rotation.concurrency;
+    let ctx = context(inventory, Arc::new(SystemClock)).await?;
+    let results: Vec<(String, Result<rotation::Rotated, rotation::RotationError>)> = stream::iter(names)
+        .map(|name| {
+            let ctx = &ctx;
+            async move {
+                let res = async {
+                    let account = ctx.account(&name)?;
+                    ctx.with_lease(&name, Duration::from_secs(60), || async {
+                        rotation::recover_account(ctx, account).await?;
+                        rotation::rotate(ctx, account).await
+                    })
+                    .await
+                }
+                .await;
+                (name, res)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut failed = 0;
+    let mut ok = 0;
+    let quiet = results.len() > 50;
+    for (name, res) in &results {
+        match res {
+            Ok(r) => {
+                ok += 1;
+                if !quiet {
+                    println!("{name}: rotated to v{} ({}), expires {}", r.version, r.username, ts(r.expires_at));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("{name}: FAILED: {e}");
+            }
+        }
+    }
+    println!("{ok} rotated, {failed} failed");
+    ctx.ledger.close().await;
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn revoke(path: &std::path::Path, args: RevokeArgs) -> Result<ExitCode> {
+    let inventory = load(path)?;
+    let ctx = context(inventory, Arc::new(SystemClock)).await?;
+    let account = ctx.account(&args.account)?;
+    let res = ctx
+        .with_lease(&args.account, Duration::from_secs(60), || rotation::revoke(&ctx, account, args.previous_only))
+        .await;
+    ctx.ledger.close().await;
+    match res {
+        Ok(revoked) if revoked.is_empty() => {
+            println!("{}: nothing to revoke", args.account);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(revoked) => {
+            println!("{}: revoked {}", args.account, revoked.join(", "));
+            if !args.previous_only {
+                println!("{}: suspended; `credrotd rotate {}` issues a new credential", args.account, args.account);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("{}: FAILED: {e}", args.account);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn cred_status(c: &Credential) -> CredentialStatus {
+    CredentialStatus {
+        version: c.version,
+        username: c.username.clone(),
+        state: c.state.to_string(),
+        issued_at: ts(c.issued_at),
+        expires_at: ts(c.expires_at),
+        retire_at: c.retire_at.map(ts),
+    }
+}
+
+/// Every account's status, from the ledger.
+pub async fn statuses(inventory: &Inventory, ledger: &Ledger, now: DateTime<Utc>) -> Result<Vec<AccountStatus>> {
+    let mut out = Vec::new();
+    for account in inventory.accounts.values() {
+        let live = ledger.live(&account.name).await?;
+        let state = ledger.account(&account.name).await?;
+        let current = live.iter().rev().find(|c| c.state == CredState::Current);
+        let previous = live.iter().rev().find(|c| c.state == CredState::Retiring);
+        let refs: Vec<&Credential> = live.iter().collect();
+        let next_rotation = scheduler::due(account, &state, &refs, now)
+            .into_iter()
+            .find_map(|d| match d {
+                scheduler::Due::Rotate { at, .. } => Some(ts(at)),
+                _ => None,
+            });
+        out.push(AccountStatus {
+            account: account.name.clone(),
+            database: account.database.clone(),
+            strategy: account.strategy.as_str().to_owned(),
+            current: current.map(cred_status),
+            previous: previous.map(cred_status),
+            next_rotation,
+            last_result: state.last_result,
+            last_error: state.last_error,
+            failures: state.failures,
+            suspended: state.suspended,
+        });
+    }
+    Ok(out)
+}
+
+async fn status(path: &std::path::Path, format: OutputFormat) -> Result<ExitCode> {
+    let inventory = load(path)?;
+    let ledger = Ledger::open(&inventory.state).await?;
+    let rows = statuses(&inventory, &ledger, Utc::now()).await?;
+    ledger.close().await;
+    if format == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:<11} {:<34} {:<20} {:<20} {:<20} {}",
+        "ACCOUNT", "STRATEGY", "CURRENT", "ISSUED", "EXPIRES", "NEXT ROTATION", "LAST RESULT"
+    );
+    for r in rows {
+        let (user, issued, expires) = match &r.current {
+            Some(c) => (format!("{} (v{})", c.username, c.version), c.issued_at.clone(), c.expires_at.clone()),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        let mut last = r.last_result.clone().unwrap_or_else(|| "-".into());
+        if r.suspended {
+            last.push_str(" (suspended)");
+        }
+        if let Some(e) = &r.last_error {
+            last.push_str(&format!(": {e}"));
+        }
+        println!(
+            "{:<24} {:<11} {:<34} {:<20} {:<20} {:<20} {}",
+            r.account,
+            r.strategy,
+            user,
+            issued,
+            expires,
+            r.next_rotation.as_deref().unwrap_or("-"),
+            last
+        );
+        if let Some(p) = &r.previous {
+            println!(
+                "{:<24} {:<11} {:<34} previous, valid until {}",
+                "",
+                "",
+                format!("{} (v{})", p.username, p.version),
+                p.retire_at.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

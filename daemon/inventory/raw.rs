@@ -1,0 +1,212 @@
+//! The inventory file exactly as written: serde structs with `deny_unknown_fields`
+//! and source spans. Only [`super::load`] sees these; everything else gets the
+//! validated [`super::Inventory`].
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+
+pub type S<T> = Spanned<T>;
+
+/// A YAML mapping kept in file order with the location of every key, so that
+/// errors about a key (a bad account name, a duplicate) point at it.
+#[derive(Debug)]
+pub struct Entries<V>(pub Vec<(S<String>, V)>);
+
+impl<V> Default for Entries<V> {
+    fn default() -> Self {
+        Entries(Vec::new())
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Entries<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V2<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for V2<V> {
+            type Value = Entries<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping of names to entries")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<S<String>, V>()? {
+                    out.push((k, v));
+                }
+                Ok(Entries(out))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Entries(Vec::new()))
+            }
+        }
+        d.deserialize_map(V2(PhantomData))
+    }
+}
+
+/// One value or a list of them (`store: vault` or `store: [vault, local]`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(t) => vec![t],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// `tables: "*"` or `tables: [a, b]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ObjectList {
+    Star(String),
+    Names(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInventory {
+    pub version: S<u32>,
+    pub environment: Option<S<String>>,
+    pub state: Option<S<String>>,
+    pub timezone: Option<S<String>>,
+    pub admin: Option<RawAdmin>,
+    pub metrics: Option<RawMetrics>,
+    pub rotation: Option<RawRotation>,
+    pub defaults: Option<RawDefaults>,
+    #[serde(default)]
+    pub databases: Entries<RawDatabase>,
+    #[serde(default)]
+    pub stores: Entries<RawStore>,
+    #[serde(default)]
+    pub accounts: Entries<RawAccount>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub socket: Option<S<String>>,
+    #[serde(default)]
+    pub allow_uids: Vec<u32>,
+    #[serde(default)]
+    pub allow_gids: Vec<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRotation {
+    pub concurrency: Option<S<u32>>,
+    pub retry_initial: Option<S<String>>,
+    pub retry_max: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    pub schedule: Option<S<String>>,
+    pub overlap: Option<S<String>>,
+    pub expiry_margin: Option<S<String>>,
+    pub strategy: Option<S<String>>,
+    pub store: Option<S<OneOrMany<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub engine: S<String>,
+    pub url: S<String>,
+    pub password_file: Option<S<String>>,
+    pub password_env: Option<S<String>>,
+    pub publish: Option<RawPublish>,
+    pub max_connections: Option<S<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPublish {
+    pub host: Option<S<String>>,
+    pub port: Option<S<u16>>,
+    pub dbname: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub kind: S<String>,
+    // file
+    pub dir: Option<S<String>>,
+    pub mode: Option<S<String>>,
+    // Vault and AWS keys are parsed so that their errors are located, and are
+    // used once those store kinds land.
+    #[allow(dead_code)]
+    pub address: Option<S<String>>,
+    #[allow(dead_code)]
+    pub mount: Option<S<String>>,
+    #[allow(dead_code)]
+    pub namespace: Option<S<String>>,
+    #[allow(dead_code)]
+    pub ca_file: Option<S<String>>,
+    #[allow(dead_code)]
+    pub auth: Option<S<serde_json::Value>>,
+    // aws (issue 3)
+    pub region: Option<S<String>>,
+    pub endpoint: Option<S<String>>,
+    #[allow(dead_code)]
+    pub kms_key_id: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccount {
+    pub database: S<String>,
+    pub purpose: Option<S<String>>,
+    pub owner: Option<S<String>>,
+    pub strategy: Option<S<String>>,
+    pub role: Option<S<String>>,
+    pub adopt: Option<S<bool>>,
+    pub schedule: Option<S<String>>,
+    pub overlap: Option<S<String>>,
+    pub expiry_margin: Option<S<String>>,
+    pub lifetime: Option<S<String>>,
+    #[serde(default)]
+    pub grants: Vec<RawGrant>,
+    #[serde(default)]
+    pub member_of: Vec<S<String>>,
+    #[serde(default)]
+    pub settings: Entries<S<String>>,
+    pub connection_limit: Option<S<i32>>,
+    pub store: Option<S<OneOrMany<String>>>,
+    pub path: Option<S<String>>,
+    pub allow_ddl: Option<S<bool>>,
+    pub revoke: Option<RawRevoke>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRevoke {
+    pub terminate_sessions: Option<S<bool>>,
+    pub grace: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrant {
+    pub schema: S<String>,
+    pub tables: Option<S<ObjectList>>,
+    pub sequences: Option<S<ObjectList>>,
+    pub functions: Option<S<ObjectList>>,
+    pub privileges: S<Vec<S<String>>>,
+}

@@ -1,0 +1,305 @@
+//! The scheduler: decides when each account rotates and when each retiring
+//! credential's overlap ends, and runs the saga for them.
+//!
+//! The ledger is the source of truth: at every wake-up the scheduler reads it,
+//! computes each account's next event with pure functions of `(now, schedule,
+//! ledger state)`, starts what is due (bounded by `rotation.concurrency`, never
+//! two tasks for one account), and sleeps on the injected clock until the next
+//! event, a finished task or shutdown. Every task it spawns lives in its
+//! `JoinSet` and is joined before `run` returns.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::inventory::{Account, Strategy};
+use crate::ledger::{AccountState, CredState, Credential, LedgerError};
+use crate::rotation::{self, Context, RotationError};
+use crate::schedule::{backoff, to_chrono};
+
+/// Longest sleep between two looks at the ledger, so that a rotation made by a
+/// `credrotd rotate` in another process is noticed.
+pub const LEDGER_REFRESH: Duration = Duration::from_secs(300);
+
+/// How long shutdown waits for in-flight steps before abandoning them (the
+/// ledger makes them resumable).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// What is due for one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Due {
+    Rotate { at: DateTime<Utc>, why: &'static str },
+    Retire { at: DateTime<Utc>, cred: i64 },
+}
+
+impl Due {
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            Due::Rotate { at, .. } | Due::Retire { at, .. } => *at,
+        }
+    }
+}
+
+/// The events coming up for an account, earliest first. Pure.
+pub fn due(account: &Account, state: &AccountState, live: &[&Credential], now: DateTime<Utc>) -> Vec<Due> {
+    let mut out = Vec::new();
+    for c in live.iter().filter(|c| c.state == CredState::Retiring) {
+        out.push(Due::Retire {
+            at: c.retire_at.unwrap_or(now),
+            cred: c.id,
+        });
+    }
+    if !state.suspended {
+        let current = live.iter().rev().find(|c| c.state == CredState::Current);
+        let rotate = match current {
+            None => Some((now, "no current credential")),
+            Some(_) if state.failures > 0 => Some((state.retry_at.unwrap_or(now), "retry")),
+            Some(cur) => account
+                .schedule
+                .next_after(cur.issued_at)
+                .map(|at| (at, "schedule")),
+        };
+        if let Some((at, why)) = rotate {
+            out.push(Due::Rotate { at, why });
+        }
+    }
+    out.sort_by_key(Due::at);
+    out
+}
+
+/// A request from outside the loop.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Rotate these accounts now (all if empty).
+    RotateNow(Vec<String>),
+}
+
+enum Done {
+    Rotated(String, Result<rotation::Rotated, RotationError>),
+    Retired(String, Result<(), RotationError>),
+}
+
+/// Runs the daemon loop until `shutdown` resolves. Recovery runs first.
+pub async fn run(
+    ctx: Arc<Context>,
+    mut control: tokio::sync::mpsc::Receiver<Control>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), LedgerError> {
+    let mut forced: HashSet<String> = HashSet::new();
+    for (account, result) in rotation::recover(&ctx).await {
+        match result {
+            Ok(r) => {
+                if r.rotate_now {
+                    forced.insert(account.clone());
+                }
+                if !(r.rolled_back.is_empty() && r.promoted.is_empty() && r.orphans_dropped.is_empty()) {
+                    info!(%account, rolled_back = ?r.rolled_back, promoted = ?r.promoted, orphans = ?r.orphans_dropped, "recovered");
+                }
+            }
+            Err(e) => warn!(%account, error = %e, "recovery failed; will retry with the account's next rotation"),
+        }
+    }
+    for account in ctx.inventory.accounts.values() {
+        if let Strategy::Static { adopt: true, .. } = account.strategy {
+            if ctx.ledger.live(&account.name).await?.is_empty() {
+                let res = ctx
+                    .with_lease(&account.name, Duration::from_secs(30), || rotation::adopt(&ctx, account))
+                    .await;
+                if let Err(e) = res {
+                    warn!(account = %account.name, error = %e, "cannot adopt static role");
+                }
+            }
+        }
+    }
+    info!(accounts = ctx.inventory.accounts.len(), "scheduler started");
+
+    let permits = Arc::new(Semaphore::new(ctx.inventory.rotation.concurrency));
+    let mut tasks: JoinSet<Done> = JoinSet::new();
+    let mut busy: HashSet<String> = HashSet::new();
+    // Accounts whose last revocation failed, held back until then.
+    let mut hold: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        let now = ctx.clock.now();
+        let states: BTreeMap<String, AccountState> = {
+            let mut m = BTreeMap::new();
+            for name in ctx.inventory.accounts.keys() {
+                m.insert(name.clone(), ctx.ledger.account(name).await?);
+            }
+            m
+        };
+        let live = ctx.ledger.all_live().await?;
+        let mut wake = now + to_chrono(LEDGER_REFRESH);
+        for account in ctx.inventory.accounts.values() {
+            if busy.contains(&account.name) {
+                continue;
+            }
+            let mine: Vec<&Credential> = live.iter().filter(|c| c.account == account.name).collect();
+            let mut items = due(account, &states[&account.name], &mine, now);
+            if forced.remove(&account.name) {
+                items.insert(0, Due::Rotate { at: now, why: "requested" });
+            }
+            let Some(first) = items.first() else { continue };
+            if let (Due::Retire { .. }, Some(until)) = (first, hold.get(&account.name)) {
+                if *until > now {
+                    wake = wake.min(*until);
+                    continue;
+                }
+            }
+            if first.at() > now {
+                wake = wake.min(first.at());
+                continue;
+            }
+            busy.insert(account.name.clone());
+            let ctx = ctx.clone();
+            let permits = permits.clone();
+            let name = account.name.clone();
+            match first.clone() {
+                Due::Rotate { why, .. } => {
+                    tasks.spawn(async move {
+                        let _permit = permits.acquire_owned().await;
+                        let res = rotate_one(&ctx, &name, why).await;
+                        Done::Rotated(name, res)
+                    });
+                }
+                Due::Retire { cred, .. } => {
+                    tasks.spawn(async move {
+                        let _permit = permits.acquire_owned().await;
+                        let res = retire_one(&ctx, &name, cred).await;
+                        Done::Retired(name, res)
+                    });
+                }
+            }
+        }
+
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(msg) = control.recv() => {
+                let Control::RotateNow(names) = msg;
+                let names = if names.is_empty() { ctx.inventory.accounts.keys().cloned().collect() } else { names };
+                forced.extend(names.into_iter().filter(|n| ctx.inventory.accounts.contains_key(n)));
+            }
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                match joined {
+                    Ok(done) => handle_done(&ctx, done, &mut busy, &mut hold).await,
+                    Err(e) => error!(error = %e, "a rotation task panicked"),
+                }
+                // Drain whatever else finished without another full pass per task.
+                while let Some(joined) = tasks.try_join_next() {
+                    match joined {
+                        Ok(done) => handle_done(&ctx, done, &mut busy, &mut hold).await,
+                        Err(e) => error!(error = %e, "a rotation task panicked"),
+                    }
+                }
+            }
+            _ = ctx.clock.sleep_until(wake) => {}
+        }
+    }
+
+    info!(in_flight = tasks.len(), "shutting down; finishing in-flight steps");
+    let drain = async {
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(done) = joined {
+                handle_done(&ctx, done, &mut busy, &mut hold).await;
+            }
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        warn!("in-flight steps did not finish in time; the next start resumes them");
+        tasks.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn rotate_one(ctx: &Context, name: &str, why: &'static str) -> Result<rotation::Rotated, RotationError> {
+    let account = ctx.account(name)?;
+    info!(account = name, reason = why, "rotating");
+    ctx.with_lease(name, Duration::ZERO, || rotation::rotate(ctx, account)).await
+}
+
+async fn retire_one(ctx: &Context, name: &str, cred: i64) -> Result<(), RotationError> {
+    let account = ctx.account(name)?;
+    ctx.with_lease(name, Duration::ZERO, || async {
+        let c = ctx.ledger.get(cred).await?;
+        if c.state != CredState::Retiring {
+            return Ok(());
+        }
+        rotation::retire(ctx, account, &c, false).await
+    })
+    .await
+}
+
+async fn handle_done(ctx: &Context, done: Done, busy: &mut HashSet<String>, hold: &mut BTreeMap<String, DateTime<Utc>>) {
+    match done {
+        Done::Rotated(name, Ok(r)) => {
+            busy.remove(&name);
+            info!(account = %name, version = r.version, username = %r.username, expires_at = %r.expires_at, "rotation complete");
+        }
+        Done::Rotated(name, Err(RotationError::Busy(_))) | Done::Retired(name, Err(RotationError::Busy(_))) => {
+            // Another process is working on it; look again shortly.
+            busy.remove(&name);
+            let now = ctx.clock.now();
+            let _ = ctx.ledger.record_failure(&name, now, "busy: another process holds the lease", now + chrono::Duration::seconds(5)).await;
+        }
+        Done::Rotated(name, Err(e)) => {
+            busy.remove(&name);
+            record_failure(ctx, &name, &e).await;
+        }
+        Done::Retired(name, res) => {
+            busy.remove(&name);
+            match res {
+                Ok(()) => {
+                    hold.remove(&name);
+                }
+                Err(e) => {
+                    let until = ctx.clock.now() + to_chrono(ctx.inventory.rotation.retry_initial);
+                    warn!(account = %name, error = %e, retry_at = %until, "revocation failed; will retry");
+                    hold.insert(name, until);
+                }
+            }
+        }
+    }
+}
+
+async fn record_failure(ctx: &Context, name: &str, e: &RotationError) {
+    let now = ctx.clock.now();
+    let state = ctx.ledger.account(name).await.unwrap_or_default();
+    let attempt = (state.failures + 1).clamp(1, u32::MAX as i64) as u32;
+    let cfg = &ctx.inventory.rotation;
+    let retry_at = now + to_chrono(backoff(attempt, cfg.retry_initial, cfg.retry_max));
+    if let Err(le) = ctx.ledger.record_failure(name, now, &e.to_string(), retry_at).await {
+        error!(account = name, error = %le, "cannot record rotation failure");
+    }
+    let _ = ctx.ledger.event(now, name, None, "failed", &e.to_string()).await;
+    let current = ctx
+        .ledger
+        .live(name)
+        .await
+        .ok()
+        .and_then(|l| l.into_iter().rev().find(|c| c.state == CredState::Current));
+    match current {
+        Some(c) => {
+            let left = c.expires_at - now;
+            warn!(
+                account = name,
+                attempt,
+                error = %e,
+                retry_at = %retry_at,
+                current_expires_at = %c.expires_at,
+                current_expires_in = %humantime::format_duration(left.to_std().unwrap_or_default()),
+                "rotation failed; the current credential expires then if no rotation succeeds"
+            );
+        }
+        None => warn!(account = name, attempt, error = %e, retry_at = %retry_at, "rotation failed; the account has no current credential"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
