@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::clock::SharedClock;
 use crate::engine::{Engine, EngineError, Engines, Login};
@@ -147,6 +147,11 @@ impl Context {
 /// Rotates one account: issues, verifies, publishes and promotes a new credential.
 /// The caller holds the account's lease.
 pub async fn rotate(ctx: &Context, account: &Account) -> Result<Rotated, RotationError> {
+    let span = tracing::info_span!("rotation", account = %account.name, version = tracing::field::Empty);
+    rotate_in_span(ctx, account).instrument(span).await
+}
+
+async fn rotate_in_span(ctx: &Context, account: &Account) -> Result<Rotated, RotationError> {
     let engine = ctx.engine(account);
     let changes = engine.reconcile(account, true).await?;
     if !changes.is_empty() {
@@ -188,8 +193,7 @@ pub async fn rotate(ctx: &Context, account: &Account) -> Result<Rotated, Rotatio
             now,
         )
         .await?;
-    let span = tracing::info_span!("rotation", account = %account.name, version = cred.version);
-    let _guard = span.enter();
+    tracing::Span::current().record("version", cred.version);
     ctx.event(&account.name, Some(cred.version), "planned", &format!("username={username}")).await;
     ctx.crash_point(CredState::Planned)?;
 

@@ -383,17 +383,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Checked, InventoryError> {
 /// print `file:line:col:` ourselves).
 fn parse_message(e: &serde_saphyr::Error) -> String {
     let full = e.to_string();
-    let first = full.lines().next().unwrap_or("").trim();
-    // serde-saphyr renders "error: line L column C: msg" or "msg at line L column C".
-    let stripped = match first.find(": ") {
-        Some(i) if first[..i].contains("line") => &first[i + 2..],
-        _ => first,
-    };
-    let stripped = match stripped.rfind(" at line ") {
-        Some(i) => &stripped[..i],
-        None => stripped,
-    };
-    stripped.trim_start_matches("error: ").to_owned()
+    let mut msg = full.lines().next().unwrap_or("").trim();
+    msg = msg.strip_prefix("error: ").unwrap_or(msg);
+    // "line L column C: msg" or "msg at line L, column C".
+    if msg.starts_with("line ") {
+        if let Some(i) = msg.find(": ") {
+            msg = &msg[i + 2..];
+        }
+    }
+    if let Some(i) = msg.rfind(" at line ") {
+        msg = &msg[..i];
+    }
+    msg.to_owned()
 }
 
 static ACCOUNT_NAME_RULE: &str = "^[a-z][a-z0-9_]{0,39}$";

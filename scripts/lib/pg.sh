@@ -1,0 +1,72 @@
+# Shell helpers (sourced): a throwaway PostgreSQL cluster that really checks
+# passwords (scram-sha-256, no trust) and logs every statement, for tests and
+# benchmarks. The machine's own server trusts loopback, so a login there proves
+# nothing.
+
+pg_bin_dir() {
+    local initdb
+    initdb=$(command -v initdb 2>/dev/null || true)
+    if [ -z "$initdb" ]; then
+        initdb=$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1 || true)
+    fi
+    [ -n "$initdb" ] && dirname "$(readlink -f "$initdb")"
+}
+
+# Installs the PostgreSQL server programs if they are missing (Debian/Ubuntu).
+ensure_pg_server() {
+    if [ -n "$(pg_bin_dir)" ]; then return 0; fi
+    echo "PostgreSQL server programs not found; installing them" >&2
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+        echo "install PostgreSQL's server package (initdb, pg_ctl) and retry" >&2
+        return 1
+    fi
+    [ -n "$(pg_bin_dir)" ]
+}
+
+_pg_as() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# start_test_pg: starts the cluster and exports
+#   CREDROTD_TEST_PG_URL  admin URL (superuser credrotd_admin, with password)
+#   CREDROTD_TEST_PG_LOG  the server log, with log_statement=all
+#   CREDROTD_TEST_PG_DIR  the cluster's directory
+start_test_pg() {
+    ensure_pg_server
+    local bin dir pw port
+    bin=$(pg_bin_dir)
+    dir=$(mktemp -d /tmp/credrotd-pg.XXXXXX)
+    chmod 0755 "$dir"
+    pw=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    printf '%s' "$pw" > "$dir/pw"
+    if [ "$(id -u)" -eq 0 ]; then
+        id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/false postgres
+        chown -R postgres: "$dir"
+    fi
+    _pg_as "$bin/initdb" -D "$dir/data" -U credrotd_admin --auth=scram-sha-256 \
+        --pwfile="$dir/pw" -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 \
+        || { cat "$dir/initdb.log" >&2; return 1; }
+    rm -f "$dir/pw"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    _pg_as "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c log_statement=all -c max_connections=300 -c fsync=off" \
+        start >/dev/null || { cat "$dir/postgres.log" >&2; return 1; }
+    export CREDROTD_TEST_PG_URL="postgres://credrotd_admin:$pw@127.0.0.1:$port/postgres"
+    export CREDROTD_TEST_PG_LOG="$dir/postgres.log"
+    export CREDROTD_TEST_PG_DIR="$dir"
+    export CREDROTD_TEST_PG_BIN="$bin"
+    echo "test PostgreSQL (scram-sha-256, log_statement=all) on 127.0.0.1:$port in $dir" >&2
+}
+
+stop_test_pg() {
+    if [ -n "${CREDROTD_TEST_PG_DIR:-}" ] && [ -d "$CREDROTD_TEST_PG_DIR/data" ]; then
+        _pg_as "$CREDROTD_TEST_PG_BIN/pg_ctl" -D "$CREDROTD_TEST_PG_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
+        rm -rf "$CREDROTD_TEST_PG_DIR"
+    fi
+}

@@ -1,0 +1,249 @@
+//! Shared harness for the integration tests: a real PostgreSQL that checks
+//! passwords (started by `scripts/test`), one database and a unique role prefix
+//! per test, and clean-up even when the test fails.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use credrotd::clock::SharedClock;
+use credrotd::rotation::Context;
+use credrotd::secret::Secret;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection, Executor};
+
+/// The admin URL of the test cluster.
+pub fn pg_url() -> String {
+    std::env::var("CREDROTD_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!(
+            "CREDROTD_TEST_PG_URL is not set. Run the suite with ./scripts/test, which starts a \
+             PostgreSQL with scram-sha-256 authentication for it."
+        )
+    })
+}
+
+/// The test cluster's statement log (log_statement=all).
+pub fn pg_log() -> PathBuf {
+    PathBuf::from(std::env::var("CREDROTD_TEST_PG_LOG").expect("CREDROTD_TEST_PG_LOG (run ./scripts/test)"))
+}
+
+fn split_password(url: &str) -> (String, String) {
+    // postgres://user:password@host:port/db
+    let (scheme, rest) = url.split_once("://").expect("url scheme");
+    let (userinfo, hostpart) = rest.rsplit_once('@').expect("url userinfo");
+    let (user, pw) = userinfo.split_once(':').expect("url password");
+    (format!("{scheme}://{user}@{hostpart}"), pw.to_owned())
+}
+
+/// One test's own database, role-name prefix and temporary directory.
+pub struct TestDb {
+    pub tag: String,
+    pub dbname: String,
+    /// Admin URL of the test database, without password.
+    pub url: String,
+    pub password_file: PathBuf,
+    pub dir: tempfile::TempDir,
+    admin_password: String,
+    base: PgConnectOptions,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let (url, pw) = split_password(&pg_url());
+        let tag = format!("t{:08x}", rand_u32());
+        let dbname = format!("credrotd_{tag}");
+        let base = PgConnectOptions::from_str(&url)
+            .unwrap()
+            .password(&pw)
+            .log_statements(log::LevelFilter::Off);
+        let mut c = base.clone().connect().await.expect("connect to the test cluster");
+        c.execute(format!("CREATE DATABASE {dbname}").as_str()).await.unwrap();
+        c.close().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let password_file = dir.path().join("admin.pw");
+        std::fs::write(&password_file, &pw).unwrap();
+        let db_url = match url.rfind('/') {
+            Some(i) => format!("{}/{dbname}", &url[..i]),
+            None => unreachable!(),
+        };
+        TestDb {
+            tag,
+            dbname: dbname.clone(),
+            url: db_url,
+            password_file,
+            dir,
+            admin_password: pw,
+            base: base.database(&dbname),
+        }
+    }
+
+    /// An account name unique to this test.
+    pub fn name(&self, suffix: &str) -> String {
+        format!("{}_{suffix}", self.tag)
+    }
+
+    pub async fn admin(&self) -> PgConnection {
+        self.base.clone().connect().await.expect("admin connection")
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        let mut c = self.admin().await;
+        c.execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.close().await.unwrap();
+    }
+
+    pub async fn query_bool(&self, sql: &str) -> bool {
+        let mut c = self.admin().await;
+        let v: bool = sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.close().await.unwrap();
+        v
+    }
+
+    pub async fn query_strings(&self, sql: &str) -> Vec<String> {
+        let mut c = self.admin().await;
+        let v: Vec<String> = sqlx::query_scalar(sql).fetch_all(&mut c).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.close().await.unwrap();
+        v
+    }
+
+    /// Logs in as an application would.
+    pub async fn login(&self, user: &str, password: &str) -> Result<PgConnection, sqlx::Error> {
+        PgConnectOptions::new()
+            .host(self.base.get_host())
+            .port(self.base.get_port())
+            .database(&self.dbname)
+            .username(user)
+            .password(password)
+            .log_statements(log::LevelFilter::Off)
+            .connect()
+            .await
+    }
+
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.dir.path().join("secrets")
+    }
+
+    pub fn ledger_path(&self) -> PathBuf {
+        self.dir.path().join("state.db")
+    }
+
+    /// The inventory header (database, file store, ledger) followed by `accounts`,
+    /// a YAML block indented by two spaces under `accounts:`.
+    pub fn inventory(&self, accounts: &str) -> String {
+        format!(
+            "version: 1\nenvironment: development\nstate: sqlite://{ledger}\n\
+             rotation: {{ concurrency: 8, retry_initial: 1s, retry_max: 5s }}\n\
+             defaults: {{ schedule: \"0 0 3 * * *\", overlap: 1h, expiry_margin: 1h, store: local }}\n\
+             databases:\n  main:\n    engine: postgres\n    url: {url}\n    password_file: {pw}\n\
+             stores:\n  local: {{ kind: file, dir: {secrets}, mode: \"0400\" }}\n\
+             accounts:\n{accounts}",
+            ledger = self.ledger_path().display(),
+            url = self.url,
+            pw = self.password_file.display(),
+            secrets = self.secrets_dir().display(),
+        )
+    }
+
+    pub fn write_inventory(&self, accounts: &str) -> PathBuf {
+        let p = self.dir.path().join("inventory.yaml");
+        std::fs::write(&p, self.inventory(accounts)).unwrap();
+        p
+    }
+
+    /// A saga context over this test's inventory.
+    pub async fn context(&self, accounts: &str, clock: SharedClock) -> Context {
+        let path = self.write_inventory(accounts);
+        let checked = credrotd::inventory::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let inventory = checked.inventory;
+        let ledger = credrotd::ledger::Ledger::open(&inventory.state).await.unwrap();
+        Context {
+            engines: credrotd::engine::build(&inventory).unwrap(),
+            stores: credrotd::store::build(&inventory),
+            inventory: Arc::new(inventory),
+            ledger,
+            clock,
+            crash_after: None,
+        }
+    }
+
+    /// What the file store holds for an account.
+    pub fn published(&self, account: &str) -> Published {
+        let bytes = std::fs::read(self.secrets_dir().join(format!("{account}.json")))
+            .unwrap_or_else(|e| panic!("no secret for {account}: {e}"));
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        Published {
+            username: v["username"].as_str().unwrap().to_owned(),
+            password: Secret::new(v["password"].as_str().unwrap().to_owned()),
+            version: v["version"].as_i64().unwrap(),
+            expires_at: v["expires_at"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Roles whose names start with this test's tag.
+    pub async fn roles(&self) -> Vec<String> {
+        self.query_strings(&format!(
+            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE '{}%' ORDER BY 1",
+            self.tag
+        ))
+        .await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Runs on success and on panic: drop the database and every role of this
+        // test so that the shared cluster stays clean.
+        let base = self.base.clone().database("postgres");
+        let dbname = self.dbname.clone();
+        let tag = self.tag.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let Ok(mut c) = base.connect().await else { return };
+                let _ = c.execute(format!("DROP DATABASE IF EXISTS {dbname} WITH (FORCE)").as_str()).await;
+                let roles: Vec<String> = sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1 ORDER BY length(rolname) DESC")
+                    .bind(format!("{tag}%"))
+                    .fetch_all(&mut c)
+                    .await
+                    .unwrap_or_default();
+                for r in roles {
+                    let _ = c.execute(format!("DROP ROLE IF EXISTS \"{r}\"").as_str()).await;
+                }
+                let _ = c.close().await;
+            });
+        })
+        .join();
+    }
+}
+
+pub struct Published {
+    pub username: String,
+    pub password: Secret,
+    pub version: i64,
+    pub expires_at: String,
+}
+
+pub fn rand_u32() -> u32 {
+    rand::random()
+}
+
+/// Asserts that none of `secrets` occurs in `haystack`.
+pub fn assert_no_secret(what: &str, haystack: &[u8], secrets: &[String]) {
+    for s in secrets {
+        assert!(s.len() >= 16, "a test secret is too short to search for");
+        let found = haystack.windows(s.len()).any(|w| w == s.as_bytes());
+        assert!(!found, "a password appears in {what}");
+    }
+}
+
+pub fn read_all(paths: &[&Path]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in paths {
+        if let Ok(b) = std::fs::read(p) {
+            out.extend(b);
+        }
+    }
+    out
+}
