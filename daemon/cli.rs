@@ -121,7 +121,7 @@ fn load(path: &std::path::Path) -> Result<Inventory> {
     match inventory::load(path) {
         Ok(Checked { inventory, warnings }) => {
             for w in warnings {
-                eprintln!("{w}");
+                tracing::warn!("{w}");
             }
             Ok(inventory)
         }

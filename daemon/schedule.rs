@@ -63,7 +63,7 @@ impl Schedule {
             .collect();
         fires
             .windows(2)
-            .filter_map(|w| (w[1].clone() - w[0].clone()).to_std().ok())
+            .filter_map(|w| (w[1] - w[0]).to_std().ok())
             .max()
     }
 }

@@ -364,6 +364,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Checked, InventoryError> {
         base: path.parent().map(Path::to_owned).unwrap_or_default(),
         diags: Vec::new(),
         environment: Environment::Production,
+        unsupported: BTreeSet::new(),
     };
     let inventory = v.inventory(raw);
     let (errors, warnings): (Vec<_>, Vec<_>) = v
@@ -451,6 +452,9 @@ struct Validator {
     base: PathBuf,
     diags: Vec<Diagnostic>,
     environment: Environment,
+    /// Databases and stores that were reported as unsupported, so that accounts
+    /// naming them do not also get "unknown database".
+    unsupported: BTreeSet<String>,
 }
 
 struct Defaults {
@@ -675,17 +679,27 @@ impl Validator {
         let engine = match db.engine.value.as_str() {
             "postgres" | "postgresql" => Some(EngineKind::Postgres),
             "mysql" | "mariadb" => {
-                self.error(&db.engine.referenced, "engine \"mysql\" is not supported yet; this build supports postgres");
+                self.error(
+                    &db.engine.referenced,
+                    format!("engine {:?} is not supported yet; this build supports postgres", db.engine.value),
+                );
+                self.unsupported.insert(name.value.clone());
                 None
             }
             other => {
                 self.error(&db.engine.referenced, format!("unknown engine {other:?}; expected postgres or mysql"));
+                self.unsupported.insert(name.value.clone());
                 None
             }
         };
         let url = db.url.value.clone();
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            self.error(&db.url.referenced, format!("url: expected postgres://user@host:port/dbname, found {url:?}"));
+            // Name only the scheme: the rest of a URL may carry a password.
+            let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("(none)");
+            self.error(
+                &db.url.referenced,
+                format!("url: expected postgres://user@host:port/dbname, found a URL with scheme {scheme:?}"),
+            );
         } else if url_has_password(&url) {
             self.policy(&db.url.referenced, format!("database {:?}: the url carries a password inline; use password_file or password_env", name.value));
         }
@@ -765,6 +779,7 @@ impl Validator {
                 })
             }
             "vault" | "aws_secrets_manager" => {
+                self.unsupported.insert(name.value.clone());
                 self.error(
                     &st.kind.referenced,
                     format!("store kind {:?} is not supported yet; this build supports file", st.kind.value),
@@ -797,7 +812,9 @@ impl Validator {
         if !is_account_name(&n) {
             self.error(&at, format!("account name {n:?} must match {ACCOUNT_NAME_RULE} (it is also the database role's name)"));
         }
-        if !databases.contains_key(&acc.database.value) {
+        if self.unsupported.contains(&acc.database.value) {
+            // Already reported where the database is defined.
+        } else if !databases.contains_key(&acc.database.value) {
             self.error(
                 &acc.database.referenced,
                 format!("account {n:?}: unknown database {:?}; defined databases: {}", acc.database.value, list(databases.keys())),
@@ -818,7 +835,9 @@ impl Validator {
             Some(("alternating", _)) => Some(Strategy::Alternating),
             Some(("static", sat)) => match &acc.role {
                 Some(role) => {
-                    if let Some(p) = identifier_problem(&role.value) {
+                    if role.value == n {
+                        self.error(&role.referenced, format!("account {n:?}: the static role must differ from the account name, which is the account's scoped role"));
+                    } else if let Some(p) = identifier_problem(&role.value) {
                         self.error(&role.referenced, format!("account {n:?}: role {:?} {p}", role.value));
                     }
                     Some(Strategy::Static {
@@ -872,7 +891,10 @@ impl Validator {
             Some(l) => self.duration(l, "lifetime").map(Some),
             None => Some(None),
         };
-        let mut overlap = overlap?;
+        // A bad overlap is already reported; go on with zero to find other errors
+        // (the account is not built when any error was found).
+        let overlap_valid = overlap.is_some();
+        let mut overlap = overlap.unwrap_or(Duration::ZERO);
         if let Some(Strategy::Static { .. }) = strategy {
             let written_zero = acc.overlap.as_ref().is_some_and(|_| overlap.is_zero());
             if !written_zero {
@@ -883,7 +905,7 @@ impl Validator {
             }
             overlap = Duration::ZERO;
         }
-        if let (Some(schedule), Some(margin), Some(lifetime)) = (&schedule, expiry_margin, lifetime) {
+        if let (Some(schedule), Some(margin), Some(lifetime), true) = (&schedule, expiry_margin, lifetime, overlap_valid) {
             let now = Utc::now();
             let sched_at = acc.schedule.as_ref().or(defaults.schedule.as_ref()).map(|s| s.referenced).unwrap_or(at);
             let max = schedule.max_interval(now, 64);
@@ -991,7 +1013,9 @@ impl Validator {
         };
         let mut store_list = Vec::new();
         for s in &store_names.value {
-            if !stores.contains_key(s) {
+            if self.unsupported.contains(s) {
+                // Already reported where the store is defined.
+            } else if !stores.contains_key(s) {
                 self.error(
                     &store_names.referenced,
                     format!("account {n:?}: unknown store {s:?}; defined stores: {}", list(stores.keys())),
@@ -1119,7 +1143,7 @@ impl Validator {
         let ddl: Vec<&str> = privileges
             .iter()
             .copied()
-            .filter(|p| DDL_PRIVILEGES.contains(p) && !(kind == ObjectKind::Sequence))
+            .filter(|p| DDL_PRIVILEGES.contains(p) && kind != ObjectKind::Sequence)
             .collect();
         if !ddl.is_empty() && !allow_ddl {
             self.policy(
@@ -1169,9 +1193,13 @@ fn derived_role_names(acc: &Account) -> Vec<String> {
 fn url_has_password(url: &str) -> bool {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let authority = rest.split(['/', '?']).next().unwrap_or("");
-    authority
+    let in_userinfo = authority
         .rsplit_once('@')
-        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    let in_query = rest
+        .split_once('?')
+        .is_some_and(|(_, q)| q.split('&').any(|kv| kv.split('=').next() == Some("password")));
+    in_userinfo || in_query
 }
 
 fn list<'a>(keys: impl Iterator<Item = &'a String>) -> String {

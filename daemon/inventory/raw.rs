@@ -37,11 +37,15 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Entries<V> {
                 }
                 Ok(Entries(out))
             }
+            // `accounts:` with nothing after it is an empty mapping.
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
                 Ok(Entries(Vec::new()))
             }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Entries(Vec::new()))
+            }
         }
-        d.deserialize_map(V2(PhantomData))
+        d.deserialize_any(V2(PhantomData))
     }
 }
 

@@ -112,9 +112,9 @@ fn err_mismatch(yaml: &str, line: u64, needle: &str) -> Option<String> {
         Ok(errors) => errors,
         Err(why) => return Some(why),
     };
-    let well_formed = errors.iter().all(|d| {
-        d.severity == Severity::Error && d.file == Path::new("inv.yaml") && d.column > 0
-    });
+    let well_formed = errors
+        .iter()
+        .all(|d| d.severity == Severity::Error && d.file == Path::new("inv.yaml") && d.column > 0);
     let found = errors
         .iter()
         .any(|d| d.line == line && d.message.contains(needle));
@@ -149,7 +149,10 @@ fn check_ok(yaml: &str) -> Checked {
             checked
         }
         Err(InventoryError::Invalid { errors }) => {
-            panic!("expected a valid inventory; got:\n{}\n--- inventory ---\n{yaml}", show(&errors))
+            panic!(
+                "expected a valid inventory; got:\n{}\n--- inventory ---\n{yaml}",
+                show(&errors)
+            )
         }
         Err(e) => panic!("expected a valid inventory; got {e:?}"),
     }
@@ -161,12 +164,18 @@ fn check_warn(yaml: &str, line: u64, needle: &str) -> Checked {
     let checked = match run(yaml) {
         Ok(checked) => checked,
         Err(InventoryError::Invalid { errors }) => {
-            panic!("expected a valid inventory with a warning; got:\n{}\n--- inventory ---\n{yaml}", show(&errors))
+            panic!(
+                "expected a valid inventory with a warning; got:\n{}\n--- inventory ---\n{yaml}",
+                show(&errors)
+            )
         }
         Err(e) => panic!("expected a valid inventory; got {e:?}"),
     };
     assert!(
-        checked.warnings.iter().all(|d| d.severity == Severity::Warning),
+        checked
+            .warnings
+            .iter()
+            .all(|d| d.severity == Severity::Warning),
         "warnings must have severity Warning:\n{}",
         show(&checked.warnings)
     );
@@ -214,140 +223,846 @@ fn bad_inventories() -> Vec<Case> {
     );
     vec![
         // Hostile or malformed account names: the name is also the role's name.
-        case("uppercase name", edit(&[("  etl_nightly:", "  ETL_Nightly:")]), ACCOUNT, "must match ^[a-z][a-z0-9_]{0,39}$"),
-        case("sql in name", edit(&[("  etl_nightly:", "  \"x; DROP ROLE postgres\":")]), ACCOUNT, "must match"),
-        case("single quote in name", edit(&[("  etl_nightly:", "  \"etl'nightly\":")]), ACCOUNT, "must match"),
-        case("double quote in name", edit(&[("  etl_nightly:", "  'etl\"nightly':")]), ACCOUNT, "must match"),
-        case("41-character name", edit(&[("  etl_nightly:", &long_name)]), ACCOUNT, "must match"),
-        case("leading digit", edit(&[("  etl_nightly:", "  1etl:")]), ACCOUNT, "must match"),
-        case("empty name", edit(&[("  etl_nightly:", "  \"\":")]), ACCOUNT, "must match"),
-        case("hyphen in name", edit(&[("  etl_nightly:", "  etl-nightly:")]), ACCOUNT, "must match"),
-        case("bad database name", edit(&[("  orders:", "  Orders:")]), 6, "database name \"Orders\" must match"),
-        case("bad store name", edit(&[("  local: {", "  \"local store\": {")]), 11, "store name \"local store\" must match"),
+        case(
+            "uppercase name",
+            edit(&[("  etl_nightly:", "  ETL_Nightly:")]),
+            ACCOUNT,
+            "must match ^[a-z][a-z0-9_]{0,39}$",
+        ),
+        case(
+            "sql in name",
+            edit(&[("  etl_nightly:", "  \"x; DROP ROLE postgres\":")]),
+            ACCOUNT,
+            "must match",
+        ),
+        case(
+            "single quote in name",
+            edit(&[("  etl_nightly:", "  \"etl'nightly\":")]),
+            ACCOUNT,
+            "must match",
+        ),
+        case(
+            "double quote in name",
+            edit(&[("  etl_nightly:", "  'etl\"nightly':")]),
+            ACCOUNT,
+            "must match",
+        ),
+        case(
+            "41-character name",
+            edit(&[("  etl_nightly:", &long_name)]),
+            ACCOUNT,
+            "must match",
+        ),
+        case(
+            "leading digit",
+            edit(&[("  etl_nightly:", "  1etl:")]),
+            ACCOUNT,
+            "must match",
+        ),
+        case(
+            "empty name",
+            edit(&[("  etl_nightly:", "  \"\":")]),
+            ACCOUNT,
+            "must match",
+        ),
+        case(
+            "non-ASCII name",
+            edit(&[("  etl_nightly:", "  café:")]),
+            ACCOUNT,
+            "must match",
+        ),
+        case(
+            "hyphen in name",
+            edit(&[("  etl_nightly:", "  etl-nightly:")]),
+            ACCOUNT,
+            "must match",
+        ),
+        case(
+            "bad database name",
+            edit(&[("  orders:", "  Orders:")]),
+            6,
+            "database name \"Orders\" must match",
+        ),
+        case(
+            "bad store name",
+            edit(&[("  local: {", "  \"local store\": {")]),
+            11,
+            "store name \"local store\" must match",
+        ),
         // Unknown keys are serde errors, located.
-        case("unknown top-level key", edit(&[("state: sqlite", "stat: sqlite")]), 3, "unknown field `stat`"),
-        case("unknown account key", edit(&[("    strategy: ephemeral", "    stratgy: ephemeral")]), 17, "unknown field `stratgy`"),
-        case("unknown database key", edit(&[("    password_file:", "    passwd_file:")]), 9, "unknown field `passwd_file`"),
-        case("unknown grant key", edit(&[("[USAGE] }\n      - { schema: analytics, tables", "[USAGE], colour: red }\n      - { schema: analytics, tables")]), 20, "unknown field `colour`"),
-        case("unknown store key", edit(&[("dir: /run/credrotd/secrets }", "dir: /run/credrotd/secrets, owner: root }")]), 11, "unknown field `owner`"),
-        case("unknown defaults key", edit(&[("overlap: 1h, store", "overlaps: 1h, store")]), 4, "unknown field `overlaps`"),
+        case(
+            "unknown top-level key",
+            edit(&[("state: sqlite", "stat: sqlite")]),
+            3,
+            "unknown field `stat`",
+        ),
+        case(
+            "unknown account key",
+            edit(&[("    strategy: ephemeral", "    stratgy: ephemeral")]),
+            17,
+            "unknown field `stratgy`",
+        ),
+        case(
+            "unknown database key",
+            edit(&[("    password_file:", "    passwd_file:")]),
+            9,
+            "unknown field `passwd_file`",
+        ),
+        case(
+            "unknown grant key",
+            edit(&[(
+                "[USAGE] }\n      - { schema: analytics, tables",
+                "[USAGE], colour: red }\n      - { schema: analytics, tables",
+            )]),
+            20,
+            "unknown field `colour`",
+        ),
+        case(
+            "unknown store key",
+            edit(&[(
+                "dir: /run/credrotd/secrets }",
+                "dir: /run/credrotd/secrets, owner: root }",
+            )]),
+            11,
+            "unknown field `owner`",
+        ),
+        case(
+            "unknown defaults key",
+            edit(&[("overlap: 1h, store", "overlaps: 1h, store")]),
+            4,
+            "unknown field `overlaps`",
+        ),
         // Wrong types.
-        case("version is text", edit(&[("version: 1", "version: one")]), 1, "invalid"),
-        case("connection_limit is text", account_with("    connection_limit: five\n"), END, "invalid"),
-        case("allow_ddl is text", account_with("    allow_ddl: sometimes\n"), END, "invalid"),
-        case("privileges is a scalar", edit(&[("analytics, privileges: [USAGE] }", "analytics, privileges: USAGE }")]), 20, "expected sequence"),
+        case(
+            "version is text",
+            edit(&[("version: 1", "version: one")]),
+            1,
+            "invalid u32",
+        ),
+        case(
+            "connection_limit is text",
+            account_with("    connection_limit: five\n"),
+            END,
+            "invalid i32",
+        ),
+        case(
+            "allow_ddl is text",
+            account_with("    allow_ddl: sometimes\n"),
+            END,
+            "invalid boolean",
+        ),
+        case(
+            "privileges is a scalar",
+            edit(&[(
+                "analytics, privileges: [USAGE] }",
+                "analytics, privileges: USAGE }",
+            )]),
+            20,
+            "expected sequence",
+        ),
         // serde-saphyr locates a missing field at the last key of the mapping that
         // lacks it (here `accounts:` on line 11 and `grants:` on line 18).
-        case("version missing", edit(&[("version: 1\n", "")]), 11, "missing field `version`"),
-        case("account database missing", edit(&[("    database: orders\n", "")]), 18, "missing field `database`"),
-        case("store kind missing", edit(&[("kind: file, ", "")]), 11, "missing field `kind`"),
+        case(
+            "version missing",
+            edit(&[("version: 1\n", "")]),
+            11,
+            "missing field `version`",
+        ),
+        case(
+            "account database missing",
+            edit(&[("    database: orders\n", "")]),
+            18,
+            "missing field `database`",
+        ),
+        case(
+            "store kind missing",
+            edit(&[("kind: file, ", "")]),
+            11,
+            "missing field `kind`",
+        ),
         // Bad YAML.
-        case("unclosed flow sequence", edit(&[("analytics, privileges: [USAGE] }", "analytics, privileges: [USAGE }")]), 20, ""),
+        case(
+            "unclosed flow sequence",
+            edit(&[(
+                "analytics, privileges: [USAGE] }",
+                "analytics, privileges: [USAGE }",
+            )]),
+            20,
+            "mismatched bracket",
+        ),
         // The scanner reads the tab as part of the previous line's plain scalar.
-        case("tab indentation", edit(&[("    owner: data-platform", "\towner: data-platform")]), 15, "found a tab"),
-        case("mapping value in plain scalar", edit(&[("    strategy: ephemeral", "    strategy: ephemeral: yes")]), 17, ""),
+        case(
+            "tab indentation",
+            edit(&[("    owner: data-platform", "\towner: data-platform")]),
+            15,
+            "found a tab",
+        ),
+        case(
+            "mapping value in plain scalar",
+            edit(&[("    strategy: ephemeral", "    strategy: ephemeral: yes")]),
+            17,
+            "mapping values are not allowed",
+        ),
         // Cron and time zone.
-        case("cron with 5 fields", edit(&[("\"0 0 */6 * * *\"", "\"0 */6 * * *\"")]), 18, "invalid cron expression"),
-        case("cron with 5 fields says why", edit(&[("\"0 0 */6 * * *\"", "\"0 */6 * * *\"")]), 18, "expected 6 or 7 fields"),
-        case("cron garbage", edit(&[("\"0 0 */6 * * *\"", "\"every six hours\"")]), 18, "invalid cron expression"),
-        case("cron out of range", edit(&[("\"0 0 */6 * * *\"", "\"0 0 25 * * *\"")]), 18, "invalid cron expression"),
-        case("cron that never fires", edit(&[("\"0 0 */6 * * *\"", "\"0 0 0 1 1 * 2001\"")]), 18, "never fires"),
-        case("bad default cron", edit(&[("schedule: \"0 0 3 * * *\"", "schedule: \"daily\""), ("    schedule: \"0 0 */6 * * *\"\n", "")]), 4, "invalid cron expression"),
-        case("unknown time zone", edit(&[("state: sqlite:///var/lib/credrotd/state.db", "timezone: Mars/Olympus")]), 3, "unknown time zone \"Mars/Olympus\""),
+        case(
+            "cron with 5 fields",
+            edit(&[("\"0 0 */6 * * *\"", "\"0 */6 * * *\"")]),
+            18,
+            "invalid cron expression",
+        ),
+        case(
+            "cron with 5 fields says why",
+            edit(&[("\"0 0 */6 * * *\"", "\"0 */6 * * *\"")]),
+            18,
+            "expected 6 or 7 fields",
+        ),
+        case(
+            "cron garbage",
+            edit(&[("\"0 0 */6 * * *\"", "\"every six hours\"")]),
+            18,
+            "invalid cron expression",
+        ),
+        case(
+            "cron out of range",
+            edit(&[("\"0 0 */6 * * *\"", "\"0 0 25 * * *\"")]),
+            18,
+            "invalid cron expression",
+        ),
+        case(
+            "cron that never fires",
+            edit(&[("\"0 0 */6 * * *\"", "\"0 0 0 1 1 * 2001\"")]),
+            18,
+            "never fires",
+        ),
+        case(
+            "bad default cron",
+            edit(&[
+                ("schedule: \"0 0 3 * * *\"", "schedule: \"daily\""),
+                ("    schedule: \"0 0 */6 * * *\"\n", ""),
+            ]),
+            4,
+            "invalid cron expression",
+        ),
+        case(
+            "unknown time zone",
+            edit(&[(
+                "state: sqlite:///var/lib/credrotd/state.db",
+                "timezone: Mars/Olympus",
+            )]),
+            3,
+            "unknown time zone \"Mars/Olympus\"",
+        ),
         // Durations.
-        case("overlap soon", account_with("    overlap: soon\n"), END, "overlap: invalid duration \"soon\""),
-        case("lifetime forever", account_with("    lifetime: forever\n"), END, "lifetime: invalid duration"),
-        case("default overlap soon", edit(&[("overlap: 1h,", "overlap: soon,")]), 4, "overlap: invalid duration"),
-        case("expiry_margin garbage", account_with("    expiry_margin: a bit\n"), END, "expiry_margin: invalid duration"),
-        case("revoke grace garbage", account_with("    revoke: { grace: later }\n"), END, "revoke.grace: invalid duration"),
+        case(
+            "overlap soon",
+            account_with("    overlap: soon\n"),
+            END,
+            "overlap: invalid duration \"soon\"",
+        ),
+        case(
+            "lifetime forever",
+            account_with("    lifetime: forever\n"),
+            END,
+            "lifetime: invalid duration",
+        ),
+        case(
+            "default overlap soon",
+            edit(&[("overlap: 1h,", "overlap: soon,")]),
+            4,
+            "overlap: invalid duration",
+        ),
+        case(
+            "expiry_margin garbage",
+            account_with("    expiry_margin: a bit\n"),
+            END,
+            "expiry_margin: invalid duration",
+        ),
+        case(
+            "revoke grace garbage",
+            account_with("    revoke: { grace: later }\n"),
+            END,
+            "revoke.grace: invalid duration",
+        ),
         // Dangling references.
-        case("unknown database", edit(&[("    database: orders", "    database: nope")]), 14, "unknown database \"nope\"; defined databases: orders"),
-        case("unknown store", account_with("    store: nowhere\n"), END, "unknown store \"nowhere\"; defined stores: local"),
-        case("one unknown store of a list", account_with("    store: [local, nowhere]\n"), END, "unknown store \"nowhere\""),
-        case("unknown default store", edit(&[("store: local }", "store: vault }")]), 4, "unknown store \"vault\""),
-        case("empty store list", account_with("    store: []\n"), END, "lists no store"),
-        case("no store anywhere", edit(&[(", store: local }", " }")]), ACCOUNT, "no store"),
-        case("no schedule anywhere", edit(&[("schedule: \"0 0 3 * * *\", ", ""), ("    schedule: \"0 0 */6 * * *\"\n", "")]), ACCOUNT, "no schedule"),
+        case(
+            "unknown database",
+            edit(&[("    database: orders", "    database: nope")]),
+            14,
+            "unknown database \"nope\"; defined databases: orders",
+        ),
+        case(
+            "unknown store",
+            account_with("    store: nowhere\n"),
+            END,
+            "unknown store \"nowhere\"; defined stores: local",
+        ),
+        case(
+            "one unknown store of a list",
+            account_with("    store: [local, nowhere]\n"),
+            END,
+            "unknown store \"nowhere\"",
+        ),
+        case(
+            "unknown default store",
+            edit(&[("store: local }", "store: vault }")]),
+            4,
+            "unknown store \"vault\"",
+        ),
+        case(
+            "empty store list",
+            account_with("    store: []\n"),
+            END,
+            "lists no store",
+        ),
+        case(
+            "no store anywhere",
+            edit(&[(", store: local }", " }")]),
+            ACCOUNT,
+            "no store",
+        ),
+        case(
+            "no schedule anywhere",
+            edit(&[
+                ("schedule: \"0 0 3 * * *\", ", ""),
+                ("    schedule: \"0 0 */6 * * *\"\n", ""),
+            ]),
+            ACCOUNT,
+            "no schedule",
+        ),
         // Duplicates: YAML keys, and login roles two accounts would share.
-        case("duplicate account", second_account("etl_nightly", ""), END, "duplicate mapping key: etl_nightly"),
-        case("duplicate database key", edit(&[("    engine: postgres\n", "    engine: postgres\n    engine: postgresql\n")]), 8, "duplicate mapping key: engine"),
-        case("alternating role clash", {
-            let yaml = edit(&[("    strategy: ephemeral", "    strategy: alternating"), ("  etl_nightly:", "  etl:")]);
-            format!("{yaml}  etl_a:\n    database: orders\n    purpose: Reports\n    owner: bi\n")
-        }, END, "\"etl_a\""),
-        case("static role is another account", second_account("reporter", "    strategy: static\n    role: etl_nightly\n    overlap: 0\n"), END, "would use role \"etl_nightly\""),
+        case(
+            "duplicate account",
+            second_account("etl_nightly", ""),
+            END,
+            "duplicate mapping key: etl_nightly",
+        ),
+        case(
+            "duplicate database key",
+            edit(&[(
+                "    engine: postgres\n",
+                "    engine: postgres\n    engine: postgresql\n",
+            )]),
+            8,
+            "duplicate mapping key: engine",
+        ),
+        case(
+            "alternating role clash",
+            {
+                let yaml = edit(&[
+                    ("    strategy: ephemeral", "    strategy: alternating"),
+                    ("  etl_nightly:", "  etl:"),
+                ]);
+                format!(
+                    "{yaml}  etl_a:\n    database: orders\n    purpose: Reports\n    owner: bi\n"
+                )
+            },
+            END,
+            "\"etl_a\"",
+        ),
+        case(
+            "static role is another account",
+            second_account(
+                "reporter",
+                "    strategy: static\n    role: etl_nightly\n    overlap: 0\n",
+            ),
+            END,
+            "would use role \"etl_nightly\"",
+        ),
+        case(
+            "static role is the account's own name",
+            second_account(
+                "etl",
+                "    strategy: static\n    role: etl\n    overlap: 0\n",
+            ),
+            END + 5,
+            "the static role must differ from the account name",
+        ),
         // Production policy.
-        case("missing purpose", edit(&[("    purpose: Nightly ETL into the analytics schema\n", "")]), ACCOUNT, "`purpose` is required"),
-        case("missing owner", edit(&[("    owner: data-platform\n", "")]), ACCOUNT, "`owner` is required"),
-        case("empty purpose", edit(&[("    purpose: Nightly ETL into the analytics schema", "    purpose: \"  \"")]), 15, "`purpose` must not be empty"),
-        case("ALL on tables", edit(&[("[select, INSERT]", "[ALL]")]), 21, "ALL PRIVILEGES"),
-        case("ALL PRIVILEGES on schema", edit(&[("analytics, privileges: [USAGE] }", "analytics, privileges: [ALL PRIVILEGES] }")]), 20, "ALL PRIVILEGES"),
-        case("TRUNCATE without allow_ddl", edit(&[("[select, INSERT]", "[SELECT, TRUNCATE]")]), 21, "DDL privileges (TRUNCATE) need `allow_ddl: true`"),
-        case("CREATE without allow_ddl", edit(&[("analytics, privileges: [USAGE] }", "analytics, privileges: [USAGE, CREATE] }")]), 20, "DDL privileges (CREATE)"),
-        case("allow_ddl false is not enough", format!("{}    allow_ddl: false\n", edit(&[("[select, INSERT]", "[REFERENCES, TRIGGER]")])), 21, "DDL privileges (REFERENCES, TRIGGER)"),
-        case("inline password", edit(&[("postgres://credrotd_admin@db1", "postgres://credrotd_admin:hunter2@db1")]), 8, "carries a password inline"),
-        case("lifetime over 7 days", edit(&[("\"0 0 */6 * * *\"\n", "\"0 0 3 * * *\"\n    lifetime: 8d\n")]), 19, "exceeds 7 days"),
-        case("monthly schedule is over 7 days", edit(&[("\"0 0 */6 * * *\"", "\"0 0 3 1 * *\"")]), 18, "exceeds 7 days"),
-        case("static without overlap 0", format!("{}    role: app_user\n", edit(&[("    strategy: ephemeral", "    strategy: static")])), 4, "write `overlap: 0`"),
-        case("static with overlap 30m", format!("{}    role: app_user\n    overlap: 30m\n", edit(&[("    strategy: ephemeral", "    strategy: static")])), END + 1, "write `overlap: 0`"),
-        case("dangerous membership", account_with("    member_of: [pg_read_all_data]\n"), END, "far more than least privilege"),
-        case("world-readable file store", edit(&[("dir: /run/credrotd/secrets }", "dir: /run/credrotd/secrets, mode: \"0644\" }")]), 11, "every local user"),
+        case(
+            "missing purpose",
+            edit(&[("    purpose: Nightly ETL into the analytics schema\n", "")]),
+            ACCOUNT,
+            "`purpose` is required",
+        ),
+        case(
+            "missing owner",
+            edit(&[("    owner: data-platform\n", "")]),
+            ACCOUNT,
+            "`owner` is required",
+        ),
+        case(
+            "empty purpose",
+            edit(&[(
+                "    purpose: Nightly ETL into the analytics schema",
+                "    purpose: \"  \"",
+            )]),
+            15,
+            "`purpose` must not be empty",
+        ),
+        case(
+            "ALL on tables",
+            edit(&[("[select, INSERT]", "[ALL]")]),
+            21,
+            "ALL PRIVILEGES",
+        ),
+        case(
+            "ALL PRIVILEGES on schema",
+            edit(&[(
+                "analytics, privileges: [USAGE] }",
+                "analytics, privileges: [ALL PRIVILEGES] }",
+            )]),
+            20,
+            "ALL PRIVILEGES",
+        ),
+        case(
+            "TRUNCATE without allow_ddl",
+            edit(&[("[select, INSERT]", "[SELECT, TRUNCATE]")]),
+            21,
+            "DDL privileges (TRUNCATE) need `allow_ddl: true`",
+        ),
+        case(
+            "CREATE without allow_ddl",
+            edit(&[(
+                "analytics, privileges: [USAGE] }",
+                "analytics, privileges: [USAGE, CREATE] }",
+            )]),
+            20,
+            "DDL privileges (CREATE)",
+        ),
+        case(
+            "allow_ddl false is not enough",
+            format!(
+                "{}    allow_ddl: false\n",
+                edit(&[("[select, INSERT]", "[REFERENCES, TRIGGER]")])
+            ),
+            21,
+            "DDL privileges (REFERENCES, TRIGGER)",
+        ),
+        case(
+            "inline password",
+            edit(&[(
+                "postgres://credrotd_admin@db1",
+                "postgres://credrotd_admin:hunter2@db1",
+            )]),
+            8,
+            "carries a password inline",
+        ),
+        case(
+            "lifetime over 7 days",
+            edit(&[("\"0 0 */6 * * *\"\n", "\"0 0 3 * * *\"\n    lifetime: 8d\n")]),
+            19,
+            "exceeds 7 days",
+        ),
+        case(
+            "monthly schedule is over 7 days",
+            edit(&[("\"0 0 */6 * * *\"", "\"0 0 3 1 * *\"")]),
+            18,
+            "exceeds 7 days",
+        ),
+        case(
+            "static without overlap 0",
+            format!(
+                "{}    role: app_user\n",
+                edit(&[("    strategy: ephemeral", "    strategy: static")])
+            ),
+            4,
+            "write `overlap: 0`",
+        ),
+        case(
+            "static with overlap 30m",
+            format!(
+                "{}    role: app_user\n    overlap: 30m\n",
+                edit(&[("    strategy: ephemeral", "    strategy: static")])
+            ),
+            END + 1,
+            "write `overlap: 0`",
+        ),
+        case(
+            "dangerous membership",
+            account_with("    member_of: [pg_read_all_data]\n"),
+            END,
+            "far more than least privilege",
+        ),
+        case(
+            "world-readable file store",
+            edit(&[(
+                "dir: /run/credrotd/secrets }",
+                "dir: /run/credrotd/secrets, mode: \"0644\" }",
+            )]),
+            11,
+            "every local user",
+        ),
         // Schedule arithmetic.
-        case("lifetime shorter than interval + overlap", account_with("    lifetime: 2h\n"), END, "lifetime 2h cannot cover the schedule interval plus the overlap (7h)"),
-        case("overlap equal to interval", account_with("    overlap: 6h\n"), END, "overlap 6h is not shorter than the schedule's shortest interval 6h"),
-        case("overlap longer than interval", account_with("    overlap: 1day\n"), END, "is not shorter than"),
-        case("default overlap too long for schedule", edit(&[("overlap: 1h,", "overlap: 7h,")]), 4, "is not shorter than"),
+        case(
+            "lifetime shorter than interval + overlap",
+            account_with("    lifetime: 2h\n"),
+            END,
+            "lifetime 2h cannot cover the schedule interval plus the overlap (7h)",
+        ),
+        case(
+            "overlap equal to interval",
+            account_with("    overlap: 6h\n"),
+            END,
+            "overlap 6h is not shorter than the schedule's shortest interval 6h",
+        ),
+        case(
+            "overlap longer than interval",
+            account_with("    overlap: 1day\n"),
+            END,
+            "is not shorter than",
+        ),
+        case(
+            "default overlap too long for schedule",
+            edit(&[("overlap: 1h,", "overlap: 7h,")]),
+            4,
+            "is not shorter than",
+        ),
         // Grants.
-        case("EXECUTE on tables", edit(&[("[select, INSERT]", "[SELECT, EXECUTE]")]), 21, "privilege \"EXECUTE\" does not apply to tables"),
-        case("SELECT on a schema", edit(&[("analytics, privileges: [USAGE] }", "analytics, privileges: [SELECT] }")]), 20, "does not apply to a schema"),
-        case("DELETE on sequences", edit(&[("sequences: \"*\", privileges: [USAGE]", "sequences: \"*\", privileges: [DELETE]")]), 23, "does not apply to sequences"),
-        case("unknown privilege", edit(&[("[select, INSERT]", "[SELECT, OWN]")]), 21, "privilege \"OWN\""),
-        case("empty tables list", edit(&[("tables: [orders, customers]", "tables: []")]), 22, "tables: the list is empty"),
-        case("tables and sequences in one grant", edit(&[("tables: \"*\", privileges", "tables: \"*\", sequences: \"*\", privileges")]), 21, "split it into several grants"),
-        case("tables is a name, not a list", edit(&[("tables: [orders, customers]", "tables: orders")]), 22, "expected \"*\" or a list of names"),
-        case("empty privileges", edit(&[("[select, INSERT]", "[]")]), 21, "lists no privileges"),
-        case("double quote in schema", edit(&[("{ schema: public,", "{ schema: 'pub\"lic',")]), 22, "contains a control character or a double quote"),
-        case("control character in table", edit(&[("[orders, customers]", "[orders, \"cust\\x07omers\"]")]), 22, "contains a control character or a double quote"),
-        case("newline in table", edit(&[("[orders, customers]", "[orders, \"x\\n; DROP TABLE y\"]")]), 22, "control character"),
-        case("empty schema", edit(&[("{ schema: public,", "{ schema: \"\",")]), 22, "must not be empty"),
-        case("schema over 63 bytes", edit(&[("      - { schema: analytics, privileges: [USAGE] }", &long_schema)]), 20, "longer than 63 bytes"),
+        case(
+            "EXECUTE on tables",
+            edit(&[("[select, INSERT]", "[SELECT, EXECUTE]")]),
+            21,
+            "privilege \"EXECUTE\" does not apply to tables",
+        ),
+        case(
+            "SELECT on a schema",
+            edit(&[(
+                "analytics, privileges: [USAGE] }",
+                "analytics, privileges: [SELECT] }",
+            )]),
+            20,
+            "does not apply to a schema",
+        ),
+        case(
+            "DELETE on sequences",
+            edit(&[(
+                "sequences: \"*\", privileges: [USAGE]",
+                "sequences: \"*\", privileges: [DELETE]",
+            )]),
+            23,
+            "does not apply to sequences",
+        ),
+        case(
+            "unknown privilege",
+            edit(&[("[select, INSERT]", "[SELECT, OWN]")]),
+            21,
+            "privilege \"OWN\"",
+        ),
+        case(
+            "empty tables list",
+            edit(&[("tables: [orders, customers]", "tables: []")]),
+            22,
+            "tables: the list is empty",
+        ),
+        case(
+            "tables and sequences in one grant",
+            edit(&[(
+                "tables: \"*\", privileges",
+                "tables: \"*\", sequences: \"*\", privileges",
+            )]),
+            21,
+            "split it into several grants",
+        ),
+        case(
+            "tables is a name, not a list",
+            edit(&[("tables: [orders, customers]", "tables: orders")]),
+            22,
+            "expected \"*\" or a list of names",
+        ),
+        case(
+            "empty privileges",
+            edit(&[("[select, INSERT]", "[]")]),
+            21,
+            "lists no privileges",
+        ),
+        case(
+            "double quote in schema",
+            edit(&[("{ schema: public,", "{ schema: 'pub\"lic',")]),
+            22,
+            "contains a control character or a double quote",
+        ),
+        case(
+            "control character in table",
+            edit(&[("[orders, customers]", "[orders, \"cust\\x07omers\"]")]),
+            22,
+            "contains a control character or a double quote",
+        ),
+        case(
+            "newline in table",
+            edit(&[("[orders, customers]", "[orders, \"x\\n; DROP TABLE y\"]")]),
+            22,
+            "control character",
+        ),
+        case(
+            "empty schema",
+            edit(&[("{ schema: public,", "{ schema: \"\",")]),
+            22,
+            "must not be empty",
+        ),
+        case(
+            "schema over 63 bytes",
+            edit(&[(
+                "      - { schema: analytics, privileges: [USAGE] }",
+                &long_schema,
+            )]),
+            20,
+            "longer than 63 bytes",
+        ),
         // Settings, memberships, limits.
-        case("setting role", account_with("    settings: { role: postgres }\n"), END, "setting \"role\" is managed by credrotd"),
-        case("setting session_authorization", account_with("    settings: { session_authorization: postgres }\n"), END, "managed by credrotd"),
-        case("setting name with a space", account_with("    settings: { \"app.tenant id\": \"42\" }\n"), END, "not a valid parameter name"),
-        case("setting name with sql", account_with("    settings: { \"x = 1; DROP ROLE y; SET z\": \"1\" }\n"), END, "not a valid parameter name"),
-        case("uppercase setting name", account_with("    settings: { App.Tenant: \"42\" }\n"), END, "not a valid parameter name"),
-        case("NUL in setting value", account_with("    settings: { app.tenant_id: \"4\\02\" }\n"), END, "NUL byte"),
-        case("connection_limit 0", account_with("    connection_limit: 0\n"), END, "connection_limit must be positive"),
-        case("connection_limit -5", account_with("    connection_limit: -5\n"), END, "connection_limit must be positive"),
-        case("member of public", account_with("    member_of: [PUBLIC]\n"), END, "cannot be a member of"),
-        case("member of itself", account_with("    member_of: [etl_nightly]\n"), END, "cannot be a member of"),
-        case("member_of with double quote", account_with("    member_of: ['a\"b']\n"), END, "double quote"),
+        case(
+            "setting role",
+            account_with("    settings: { role: postgres }\n"),
+            END,
+            "setting \"role\" is managed by credrotd",
+        ),
+        case(
+            "setting session_authorization",
+            account_with("    settings: { session_authorization: postgres }\n"),
+            END,
+            "managed by credrotd",
+        ),
+        case(
+            "setting name with a space",
+            account_with("    settings: { \"app.tenant id\": \"42\" }\n"),
+            END,
+            "not a valid parameter name",
+        ),
+        case(
+            "setting name with sql",
+            account_with("    settings: { \"x = 1; DROP ROLE y; SET z\": \"1\" }\n"),
+            END,
+            "not a valid parameter name",
+        ),
+        case(
+            "uppercase setting name",
+            account_with("    settings: { App.Tenant: \"42\" }\n"),
+            END,
+            "not a valid parameter name",
+        ),
+        case(
+            "NUL in setting value",
+            account_with("    settings: { app.tenant_id: \"4\\02\" }\n"),
+            END,
+            "NUL byte",
+        ),
+        case(
+            "connection_limit 0",
+            account_with("    connection_limit: 0\n"),
+            END,
+            "connection_limit must be positive",
+        ),
+        case(
+            "connection_limit -5",
+            account_with("    connection_limit: -5\n"),
+            END,
+            "connection_limit must be positive",
+        ),
+        case(
+            "member of public",
+            account_with("    member_of: [PUBLIC]\n"),
+            END,
+            "cannot be a member of",
+        ),
+        case(
+            "member of itself",
+            account_with("    member_of: [etl_nightly]\n"),
+            END,
+            "cannot be a member of",
+        ),
+        case(
+            "member_of with double quote",
+            account_with("    member_of: ['a\"b']\n"),
+            END,
+            "double quote",
+        ),
         // Strategies.
-        case("static without role", edit(&[("    strategy: ephemeral", "    strategy: static")]), 17, "strategy static needs `role"),
-        case("role on ephemeral", account_with("    role: app_user\n"), END, "`role` only applies to strategy static"),
-        case("adopt on alternating", format!("{}    adopt: true\n", edit(&[("    strategy: ephemeral", "    strategy: alternating")])), END, "`adopt` only applies"),
-        case("unknown strategy", edit(&[("    strategy: ephemeral", "    strategy: rolling")]), 17, "unknown strategy \"rolling\""),
-        case("static role with control char", format!("{}    role: \"app\\tuser\"\n    overlap: 0\n", edit(&[("    strategy: ephemeral", "    strategy: static")])), END, "control character"),
+        case(
+            "static without role",
+            edit(&[("    strategy: ephemeral", "    strategy: static")]),
+            17,
+            "strategy static needs `role",
+        ),
+        case(
+            "role on ephemeral",
+            account_with("    role: app_user\n"),
+            END,
+            "`role` only applies to strategy static",
+        ),
+        case(
+            "adopt on alternating",
+            format!(
+                "{}    adopt: true\n",
+                edit(&[("    strategy: ephemeral", "    strategy: alternating")])
+            ),
+            END,
+            "`adopt` only applies",
+        ),
+        case(
+            "unknown strategy",
+            edit(&[("    strategy: ephemeral", "    strategy: rolling")]),
+            17,
+            "unknown strategy \"rolling\"",
+        ),
+        case(
+            "static role with control char",
+            format!(
+                "{}    role: \"app\\tuser\"\n    overlap: 0\n",
+                edit(&[("    strategy: ephemeral", "    strategy: static")])
+            ),
+            END,
+            "control character",
+        ),
         // What this build does not support yet, and other top-level checks.
-        case("engine mysql", edit(&[("engine: postgres", "engine: mysql")]), 7, "not supported yet"),
-        case("engine oracle", edit(&[("engine: postgres", "engine: oracle")]), 7, "unknown engine \"oracle\""),
-        case("store kind vault", edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: vault, address: \"https://vault:8200\" }")]), 11, "store kind \"vault\" is not supported yet"),
-        case("store kind aws", edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: aws_secrets_manager, region: eu-west-1 }")]), 11, "not supported yet"),
-        case("store kind unknown", edit(&[("kind: file", "kind: s3")]), 11, "unknown store kind \"s3\""),
-        case("file store without dir", edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: file }")]), 11, "needs `dir`"),
-        case("address on a file store", edit(&[("dir: /run/credrotd/secrets }", "dir: /run/credrotd/secrets, address: \"https://vault\" }")]), 11, "does not apply to kind file"),
-        case("bad file mode", edit(&[("dir: /run/credrotd/secrets }", "dir: /run/credrotd/secrets, mode: \"rw-r-----\" }")]), 11, "expected an octal file mode"),
-        case("postgres ledger", edit(&[("state: sqlite:///var/lib/credrotd/state.db", "state: postgres://ledger@db/credrotd")]), 3, "not supported yet"),
-        case("unknown ledger scheme", edit(&[("state: sqlite:///var/lib/credrotd/state.db", "state: /var/lib/state.db")]), 3, "expected a sqlite:// URL"),
-        case("version 2", edit(&[("version: 1", "version: 2")]), 1, "unsupported inventory version 2; expected 1"),
-        case("unknown environment", edit(&[("environment: production", "environment: prod")]), 2, "unknown environment \"prod\""),
-        case("url not postgres", edit(&[("url: postgres://credrotd_admin@db1:5432/orders", "url: db1:5432/orders")]), 8, "expected postgres://"),
-        case("password_file and password_env", edit(&[("    password_file: secrets/orders\n", "    password_file: secrets/orders\n    password_env: PGPASSWORD\n")]), 9, "not both"),
-        case("max_connections 0", edit(&[("    password_file: secrets/orders\n", "    password_file: secrets/orders\n    max_connections: 0\n")]), 10, "max_connections must be at least 1"),
-        case("path with ..", account_with("    path: database/../../etc\n"), END, "must not contain \"..\""),
-        case("metrics listen", edit(&[("state: sqlite:///var/lib/credrotd/state.db", "metrics: { listen: \"localhost\" }")]), 3, "metrics.listen"),
-        case("rotation concurrency 0", edit(&[("state: sqlite:///var/lib/credrotd/state.db", "rotation: { concurrency: 0 }")]), 3, "rotation.concurrency"),
+        case(
+            "engine mysql",
+            edit(&[("engine: postgres", "engine: mysql")]),
+            7,
+            "not supported yet",
+        ),
+        case(
+            "engine mariadb",
+            edit(&[("engine: postgres", "engine: mariadb")]),
+            7,
+            "not supported yet",
+        ),
+        case(
+            "engine oracle",
+            edit(&[("engine: postgres", "engine: oracle")]),
+            7,
+            "unknown engine \"oracle\"",
+        ),
+        case(
+            "store kind vault",
+            edit(&[(
+                "{ kind: file, dir: /run/credrotd/secrets }",
+                "{ kind: vault, address: \"https://vault:8200\" }",
+            )]),
+            11,
+            "store kind \"vault\" is not supported yet",
+        ),
+        case(
+            "store kind aws",
+            edit(&[(
+                "{ kind: file, dir: /run/credrotd/secrets }",
+                "{ kind: aws_secrets_manager, region: eu-west-1 }",
+            )]),
+            11,
+            "not supported yet",
+        ),
+        case(
+            "store kind unknown",
+            edit(&[("kind: file", "kind: s3")]),
+            11,
+            "unknown store kind \"s3\"",
+        ),
+        case(
+            "file store without dir",
+            edit(&[(
+                "{ kind: file, dir: /run/credrotd/secrets }",
+                "{ kind: file }",
+            )]),
+            11,
+            "needs `dir`",
+        ),
+        case(
+            "address on a file store",
+            edit(&[(
+                "dir: /run/credrotd/secrets }",
+                "dir: /run/credrotd/secrets, address: \"https://vault\" }",
+            )]),
+            11,
+            "does not apply to kind file",
+        ),
+        case(
+            "bad file mode",
+            edit(&[(
+                "dir: /run/credrotd/secrets }",
+                "dir: /run/credrotd/secrets, mode: \"rw-r-----\" }",
+            )]),
+            11,
+            "expected an octal file mode",
+        ),
+        case(
+            "postgres ledger",
+            edit(&[(
+                "state: sqlite:///var/lib/credrotd/state.db",
+                "state: postgres://ledger@db/credrotd",
+            )]),
+            3,
+            "not supported yet",
+        ),
+        case(
+            "unknown ledger scheme",
+            edit(&[(
+                "state: sqlite:///var/lib/credrotd/state.db",
+                "state: /var/lib/state.db",
+            )]),
+            3,
+            "expected a sqlite:// URL",
+        ),
+        case(
+            "version 2",
+            edit(&[("version: 1", "version: 2")]),
+            1,
+            "unsupported inventory version 2; expected 1",
+        ),
+        case(
+            "unknown environment",
+            edit(&[("environment: production", "environment: prod")]),
+            2,
+            "unknown environment \"prod\"",
+        ),
+        case(
+            "url not postgres",
+            edit(&[(
+                "url: postgres://credrotd_admin@db1:5432/orders",
+                "url: db1:5432/orders",
+            )]),
+            8,
+            "expected postgres://",
+        ),
+        case(
+            "password_file and password_env",
+            edit(&[(
+                "    password_file: secrets/orders\n",
+                "    password_file: secrets/orders\n    password_env: PGPASSWORD\n",
+            )]),
+            9,
+            "not both",
+        ),
+        case(
+            "max_connections 0",
+            edit(&[(
+                "    password_file: secrets/orders\n",
+                "    password_file: secrets/orders\n    max_connections: 0\n",
+            )]),
+            10,
+            "max_connections must be at least 1",
+        ),
+        case(
+            "path with ..",
+            account_with("    path: database/../../etc\n"),
+            END,
+            "must not contain \"..\"",
+        ),
+        case(
+            "metrics listen",
+            edit(&[(
+                "state: sqlite:///var/lib/credrotd/state.db",
+                "metrics: { listen: \"localhost\" }",
+            )]),
+            3,
+            "metrics.listen",
+        ),
+        case(
+            "rotation concurrency 0",
+            edit(&[(
+                "state: sqlite:///var/lib/credrotd/state.db",
+                "rotation: { concurrency: 0 }",
+            )]),
+            3,
+            "rotation.concurrency",
+        ),
     ]
 }
 
@@ -358,7 +1073,10 @@ fn bad_inventories_are_refused_with_a_located_message() {
     let mut failures = Vec::new();
     for c in &cases {
         if let Some(why) = err_mismatch(&c.yaml, c.line, c.needle) {
-            failures.push(format!("case {:?}: {why}\n--- inventory ---\n{}", c.name, c.yaml));
+            failures.push(format!(
+                "case {:?}: {why}\n--- inventory ---\n{}",
+                c.name, c.yaml
+            ));
         }
     }
     assert!(
@@ -377,18 +1095,634 @@ fn case_names_are_unique() {
     assert_eq!(names.len(), cases.len());
 }
 
+// ---------------------------------------------------------------------------
+// All errors, not only the first.
 
 #[test]
-fn zz_explore() {
-    for y in [
-        edit(&[("analytics, privileges: [USAGE] }", "analytics, privileges: [USAGE }")]),
-        edit(&[("    strategy: ephemeral", "    strategy: ephemeral: yes")]),
-        edit(&[("version: 1", "version: one")]),
-        account_with("    connection_limit: five\n"),
-        account_with("    allow_ddl: sometimes\n"),
-        second_account("etl", "    strategy: static\n    role: etl\n    overlap: 0\n"),
-        edit(&[("dir: /run/credrotd/secrets }", "dir: /run/credrotd/secrets, mode: 0640 }")]),
-    ] {
-        match run(&y) { Ok(c) => eprintln!("OK {:?}", c.inventory.stores), Err(e) => eprintln!("{e}") }
+fn check_reports_every_semantic_error() {
+    let yaml = format!(
+        "{}    connection_limit: 0\n",
+        edit(&[
+            ("version: 1", "version: 2"),
+            (
+                "state: sqlite:///var/lib/credrotd/state.db",
+                "state: postgres://ledger@db/credrotd"
+            ),
+        ])
+    );
+    let errors = errors_of(&yaml).unwrap_or_else(|why| panic!("{why}"));
+    let mut lines: Vec<u64> = errors.iter().map(|d| d.line).collect();
+    lines.sort_unstable();
+    assert_eq!(lines, [1, 3, END], "got:\n{}", show(&errors));
+    check_err(&yaml, 1, "unsupported inventory version 2");
+    check_err(&yaml, 3, "not supported yet");
+    check_err(&yaml, END, "connection_limit must be positive");
+}
+
+#[test]
+fn check_reports_errors_of_every_account_and_every_field() {
+    // Two errors in one account (both policy rules, on its name's line) and one in
+    // another account.
+    let yaml = format!(
+        "{}  reporter:\n    database: orders\n    purpose: Reports\n    owner: bi\n    overlap: soon\n",
+        edit(&[
+            ("    purpose: Nightly ETL into the analytics schema\n", ""),
+            ("    owner: data-platform\n", ""),
+        ])
+    );
+    let errors = errors_of(&yaml).unwrap_or_else(|why| panic!("{why}"));
+    assert_eq!(errors.len(), 3, "got:\n{}", show(&errors));
+    check_err(&yaml, ACCOUNT, "`purpose` is required");
+    check_err(&yaml, ACCOUNT, "`owner` is required");
+    check_err(&yaml, 26, "overlap: invalid duration \"soon\"");
+}
+
+// ---------------------------------------------------------------------------
+// Staging and development: policy rules become warnings.
+
+/// An inventory that breaks every policy rule once, with the line of each breach.
+fn policy_breaches() -> (String, Vec<(u64, &'static str)>) {
+    let yaml = format!(
+        "{}  legacy:\n    database: orders\n    purpose: Old batch job\n    owner: ops\n    strategy: static\n    role: legacy_app\n    schedule: \"0 0 3 * * *\"\n    lifetime: 8d\n    member_of: [pg_write_all_data]\n",
+        edit(&[
+            ("postgres://credrotd_admin@db1", "postgres://credrotd_admin:hunter2@db1"),
+            ("dir: /run/credrotd/secrets }", "dir: /run/credrotd/secrets, mode: \"0644\" }"),
+            ("    purpose: Nightly ETL into the analytics schema\n", ""),
+            ("    owner: data-platform\n", ""),
+            ("[select, INSERT]", "[ALL]"),
+            ("analytics, privileges: [USAGE] }", "analytics, privileges: [USAGE, CREATE] }"),
+        ])
+    );
+    let expected = vec![
+        (8, "carries a password inline"),
+        (11, "every local user"),
+        (ACCOUNT, "`purpose` is required"),
+        (ACCOUNT, "`owner` is required"),
+        (18, "DDL privileges (CREATE)"),
+        (19, "ALL PRIVILEGES"),
+        (19, "DDL privileges (REFERENCES, TRIGGER, TRUNCATE)"),
+        // The static account's overlap comes from `defaults`.
+        (4, "write `overlap: 0`"),
+        (29, "exceeds 7 days"),
+        (30, "far more than least privilege"),
+    ];
+    (yaml, expected)
+}
+
+#[test]
+fn production_refuses_every_policy_breach() {
+    let (yaml, expected) = policy_breaches();
+    let errors = errors_of(&yaml).unwrap_or_else(|why| panic!("{why}"));
+    assert_eq!(errors.len(), expected.len(), "got:\n{}", show(&errors));
+    for (line, needle) in expected {
+        check_err(&yaml, line, needle);
     }
+}
+
+#[test]
+fn staging_and_development_warn_what_production_would_refuse() {
+    let (yaml, expected) = policy_breaches();
+    for env in ["staging", "development"] {
+        let yaml = in_env(env, &yaml);
+        let checked = check_warn(&yaml, ACCOUNT, "production would refuse");
+        assert_eq!(
+            checked.warnings.len(),
+            expected.len(),
+            "{env}: got:\n{}",
+            show(&checked.warnings)
+        );
+        for (line, needle) in &expected {
+            let w = check_warn(&yaml, *line, needle);
+            assert!(w
+                .warnings
+                .iter()
+                .all(|d| d.message.starts_with("production would refuse")));
+        }
+        let inv = checked.inventory;
+        assert_eq!(inv.environment.as_str(), env);
+        assert_eq!(inv.accounts.len(), 2);
+        assert_eq!(
+            inv.accounts["legacy"].strategy,
+            Strategy::Static {
+                role: "legacy_app".into(),
+                adopt: false
+            }
+        );
+        // Static has no overlap on PostgreSQL, whatever `defaults` say.
+        assert_eq!(inv.accounts["legacy"].overlap, Duration::ZERO);
+        assert_eq!(
+            inv.accounts["legacy"].lifetime,
+            Some(Duration::from_secs(8 * 86400))
+        );
+        assert_eq!(inv.accounts["legacy"].member_of, ["pg_write_all_data"]);
+    }
+}
+
+#[test]
+fn relaxed_environments_still_refuse_what_is_not_policy() {
+    for env in ["staging", "development"] {
+        let bad_cron = edit(&[("\"0 0 */6 * * *\"", "\"0 */6 * * *\"")]);
+        check_err(&in_env(env, &bad_cron), 18, "invalid cron expression");
+        let hostile = edit(&[("  etl_nightly:", "  \"x; DROP ROLE postgres\":")]);
+        check_err(&in_env(env, &hostile), ACCOUNT, "must match");
+        let forbidden = account_with("    settings: { role: postgres }\n");
+        check_err(&in_env(env, &forbidden), END, "managed by credrotd");
+        check_err(
+            &in_env(env, &account_with("    overlap: 6h\n")),
+            END,
+            "is not shorter than",
+        );
+    }
+}
+
+#[test]
+fn environment_defaults_to_production() {
+    let yaml = edit(&[
+        ("environment: production\n", ""),
+        ("    owner: data-platform\n", ""),
+    ]);
+    check_err(&yaml, ACCOUNT - 1, "`owner` is required");
+}
+
+// ---------------------------------------------------------------------------
+// The valid base and what parsing makes of it.
+
+fn privs(p: &[&'static str]) -> BTreeSet<&'static str> {
+    p.iter().copied().collect()
+}
+
+#[test]
+fn base_inventory_is_valid() {
+    let inv = check_ok(BASE).inventory;
+    assert_eq!(inv.source, Path::new("inv.yaml"));
+    assert_eq!(inv.environment, Environment::Production);
+    assert_eq!(inv.state, "sqlite:///var/lib/credrotd/state.db");
+    assert_eq!(inv.timezone, chrono_tz::UTC);
+    assert!(inv.admin.is_none() && inv.metrics.is_none());
+
+    let db = &inv.databases["orders"];
+    assert_eq!(db.engine, EngineKind::Postgres);
+    assert_eq!(db.url, "postgres://credrotd_admin@db1:5432/orders");
+    assert_eq!(db.max_connections, 4);
+
+    let StoreKind::File { dir, mode } = &inv.stores["local"].kind;
+    assert_eq!(dir, Path::new("/run/credrotd/secrets"));
+    assert_eq!(*mode, 0o440);
+
+    assert_eq!(inv.accounts.len(), 1);
+    let acc = &inv.accounts["etl_nightly"];
+    assert_eq!(acc.name, "etl_nightly");
+    assert_eq!(acc.scoped_role(), "etl_nightly");
+    assert_eq!(acc.database, "orders");
+    assert_eq!(
+        acc.purpose.as_deref(),
+        Some("Nightly ETL into the analytics schema")
+    );
+    assert_eq!(acc.owner.as_deref(), Some("data-platform"));
+    assert_eq!(acc.strategy, Strategy::Ephemeral);
+    assert_eq!(acc.schedule.expr(), "0 0 */6 * * *");
+    assert_eq!(acc.schedule.tz(), chrono_tz::UTC);
+    assert_eq!(acc.lifetime, None);
+    assert_eq!(acc.expiry_margin, Duration::from_secs(3600));
+    assert!(!acc.allow_ddl);
+    assert!(acc.member_of.is_empty() && acc.settings.is_empty());
+    assert_eq!(acc.connection_limit, None);
+    assert!(acc.revoke.terminate_sessions);
+    assert_eq!(acc.revoke.grace, Duration::ZERO);
+    assert_eq!(
+        acc.grants,
+        [
+            Grant {
+                schema: "analytics".into(),
+                kind: ObjectKind::Schema,
+                objects: None,
+                privileges: privs(&["USAGE"]),
+            },
+            Grant {
+                schema: "analytics".into(),
+                kind: ObjectKind::Table,
+                objects: Some(Objects::All),
+                // `select` is normalized to upper case.
+                privileges: privs(&["SELECT", "INSERT"]),
+            },
+            Grant {
+                schema: "public".into(),
+                kind: ObjectKind::Table,
+                objects: Some(Objects::Named(vec!["orders".into(), "customers".into()])),
+                privileges: privs(&["SELECT"]),
+            },
+            Grant {
+                schema: "analytics".into(),
+                kind: ObjectKind::Sequence,
+                objects: Some(Objects::All),
+                privileges: privs(&["USAGE"]),
+            },
+        ]
+    );
+}
+
+#[test]
+fn defaults_apply_when_the_account_is_silent() {
+    let yaml = edit(&[
+        ("    strategy: ephemeral\n", ""),
+        ("    schedule: \"0 0 */6 * * *\"\n", ""),
+        (
+            "overlap: 1h, store: local }",
+            "overlap: 45m, store: local, strategy: alternating, expiry_margin: 10m }",
+        ),
+    ]);
+    let acc = &check_ok(&yaml).inventory.accounts["etl_nightly"];
+    assert_eq!(acc.schedule.expr(), "0 0 3 * * *");
+    assert_eq!(acc.overlap, Duration::from_secs(45 * 60));
+    assert_eq!(acc.expiry_margin, Duration::from_secs(10 * 60));
+    assert_eq!(acc.strategy, Strategy::Alternating);
+    assert_eq!(acc.stores, ["local"]);
+    assert_eq!(acc.path, "database/orders/etl_nightly");
+}
+
+#[test]
+fn account_settings_override_defaults() {
+    let yaml = account_with(
+        "    overlap: 30m\n    store: [local, local]\n    path: /apps/etl/\n    lifetime: 12h\n    connection_limit: 5\n    settings: { app.tenant_id: \"42\" }\n    member_of: [tenant_reader]\n    revoke: { terminate_sessions: false, grace: 5m }\n",
+    );
+    let acc = &check_ok(&yaml).inventory.accounts["etl_nightly"];
+    assert_eq!(acc.schedule.expr(), "0 0 */6 * * *");
+    assert_eq!(acc.overlap, Duration::from_secs(30 * 60));
+    assert_eq!(acc.stores, ["local"], "a store listed twice is used once");
+    assert_eq!(acc.path, "apps/etl");
+    assert_eq!(acc.lifetime, Some(Duration::from_secs(12 * 3600)));
+    assert_eq!(acc.connection_limit, Some(5));
+    assert_eq!(acc.settings["app.tenant_id"], "42");
+    assert_eq!(acc.member_of, ["tenant_reader"]);
+    assert!(!acc.revoke.terminate_sessions);
+    assert_eq!(acc.revoke.grace, Duration::from_secs(300));
+}
+
+#[test]
+fn without_overlap_anywhere_the_overlap_is_one_hour() {
+    let yaml = edit(&[("overlap: 1h, ", "")]);
+    let acc = &check_ok(&yaml).inventory.accounts["etl_nightly"];
+    assert_eq!(acc.overlap, Duration::from_secs(3600));
+}
+
+#[test]
+fn all_in_development_expands_to_every_privilege_of_the_kind() {
+    let yaml = in_env(
+        "development",
+        &edit(&[
+            (
+                "analytics, privileges: [USAGE] }",
+                "analytics, privileges: [all] }",
+            ),
+            ("[select, INSERT]", "[ALL PRIVILEGES]"),
+            (
+                "sequences: \"*\", privileges: [USAGE]",
+                "sequences: \"*\", privileges: [All]",
+            ),
+        ]),
+    );
+    let checked = check_warn(&yaml, 21, "ALL PRIVILEGES is not least privilege");
+    let grants = &checked.inventory.accounts["etl_nightly"].grants;
+    for (grant, kind) in grants.iter().zip([
+        ObjectKind::Schema,
+        ObjectKind::Table,
+        ObjectKind::Table,
+        ObjectKind::Sequence,
+    ]) {
+        assert_eq!(grant.kind, kind);
+    }
+    assert_eq!(grants[0].privileges, privs(&["USAGE", "CREATE"]));
+    assert_eq!(
+        grants[1].privileges,
+        privs(&[
+            "SELECT",
+            "INSERT",
+            "UPDATE",
+            "DELETE",
+            "TRUNCATE",
+            "REFERENCES",
+            "TRIGGER"
+        ])
+    );
+    assert_eq!(grants[1].objects, Some(Objects::All));
+    assert_eq!(grants[3].privileges, privs(&["USAGE", "SELECT", "UPDATE"]));
+    // ALL includes DDL privileges, which production would also refuse.
+    check_warn(&yaml, 20, "DDL privileges (CREATE)");
+    check_warn(&yaml, 21, "DDL privileges");
+}
+
+#[test]
+fn allow_ddl_permits_ddl_privileges_in_production() {
+    let yaml = format!(
+        "{}    allow_ddl: true\n",
+        edit(&[
+            (
+                "analytics, privileges: [USAGE] }",
+                "analytics, privileges: [USAGE, CREATE] }"
+            ),
+            (
+                "[select, INSERT]",
+                "[SELECT, TRUNCATE, REFERENCES, TRIGGER]"
+            ),
+        ])
+    );
+    let acc = &check_ok(&yaml).inventory.accounts["etl_nightly"];
+    assert!(acc.allow_ddl);
+    assert_eq!(acc.grants[0].privileges, privs(&["USAGE", "CREATE"]));
+    assert_eq!(
+        acc.grants[1].privileges,
+        privs(&["SELECT", "TRUNCATE", "REFERENCES", "TRIGGER"])
+    );
+}
+
+#[test]
+fn functions_take_execute() {
+    let yaml = account_with(
+        "      - { schema: api, functions: [refresh_totals], privileges: [execute] }\n",
+    );
+    let acc = &check_ok(&yaml).inventory.accounts["etl_nightly"];
+    assert_eq!(
+        acc.grants[4],
+        Grant {
+            schema: "api".into(),
+            kind: ObjectKind::Function,
+            objects: Some(Objects::Named(vec!["refresh_totals".into()])),
+            privileges: privs(&["EXECUTE"]),
+        }
+    );
+}
+
+#[test]
+fn static_strategy_with_written_zero_overlap_is_valid() {
+    for zero in ["0", "0s", "\"0\""] {
+        let yaml = format!(
+            "{}    role: legacy_app\n    adopt: true\n    overlap: {zero}\n",
+            edit(&[("    strategy: ephemeral", "    strategy: static")])
+        );
+        let acc = &check_ok(&yaml).inventory.accounts["etl_nightly"];
+        assert_eq!(
+            acc.strategy,
+            Strategy::Static {
+                role: "legacy_app".into(),
+                adopt: true
+            }
+        );
+        assert_eq!(acc.overlap, Duration::ZERO);
+    }
+}
+
+#[test]
+fn names_at_the_limits_are_accepted() {
+    let forty = "a".repeat(40);
+    let yaml = edit(&[("  etl_nightly:", &format!("  {forty}:"))]);
+    let inv = check_ok(&yaml).inventory;
+    assert!(inv.accounts.contains_key(&forty));
+    // One letter, digits and underscores.
+    check_ok(&edit(&[("  etl_nightly:", "  e:")]));
+    check_ok(&edit(&[("  etl_nightly:", "  etl_2024_v2:")]));
+    // Object names are quoted, not restricted: spaces, capitals, 63 bytes are fine.
+    let table = "T".repeat(63);
+    let yaml = edit(&[(
+        "[orders, customers]",
+        &format!("[\"Order Lines\", {table}]"),
+    )]);
+    let acc = &check_ok(&yaml).inventory.accounts["etl_nightly"];
+    assert_eq!(
+        acc.grants[2].objects,
+        Some(Objects::Named(vec!["Order Lines".into(), table]))
+    );
+}
+
+#[test]
+fn timezone_applies_to_schedules() {
+    let yaml = edit(&[(
+        "state: sqlite:///var/lib/credrotd/state.db",
+        "timezone: Europe/Paris",
+    )]);
+    let inv = check_ok(&yaml).inventory;
+    assert_eq!(inv.timezone, chrono_tz::Europe::Paris);
+    assert_eq!(
+        inv.accounts["etl_nightly"].schedule.tz(),
+        chrono_tz::Europe::Paris
+    );
+}
+
+#[test]
+fn top_level_sections_are_parsed() {
+    let yaml = edit(&[(
+        "state: sqlite:///var/lib/credrotd/state.db\n",
+        "state: sqlite:///var/lib/credrotd/state.db\nadmin: { socket: run/admin.sock, allow_uids: [0, 1000] }\nmetrics: { listen: \"127.0.0.1:9477\" }\nrotation: { concurrency: 2, retry_initial: 30s, retry_max: 5m }\n",
+    )]);
+    let inv = parse(Path::new("/etc/credrotd/inventory.yaml"), &yaml)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .inventory;
+    let admin = inv.admin.expect("admin section");
+    assert_eq!(admin.socket, Path::new("/etc/credrotd/run/admin.sock"));
+    assert_eq!(admin.allow_uids, [0, 1000]);
+    assert_eq!(inv.metrics.expect("metrics").listen.port(), 9477);
+    assert_eq!(inv.rotation.concurrency, 2);
+    assert_eq!(inv.rotation.retry_initial, Duration::from_secs(30));
+    assert_eq!(inv.rotation.retry_max, Duration::from_secs(300));
+}
+
+#[test]
+fn unquoted_octal_mode_is_read_as_octal() {
+    let yaml = edit(&[(
+        "dir: /run/credrotd/secrets }",
+        "dir: /run/credrotd/secrets, mode: 0640 }",
+    )]);
+    let StoreKind::File { mode, .. } = check_ok(&yaml).inventory.stores["local"].kind;
+    assert_eq!(mode, 0o640);
+}
+
+#[test]
+fn relative_paths_resolve_against_the_inventory_directory() {
+    let yaml = edit(&[("dir: /run/credrotd/secrets }", "dir: secrets/out }")]);
+    let inv = parse(Path::new("/etc/credrotd/inventory.yaml"), &yaml)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .inventory;
+    let PasswordSource::File(file) = &inv.databases["orders"].password else {
+        panic!(
+            "expected a password file: {:?}",
+            inv.databases["orders"].password
+        );
+    };
+    assert_eq!(file, Path::new("/etc/credrotd/secrets/orders"));
+    let StoreKind::File { dir, .. } = &inv.stores["local"].kind;
+    assert_eq!(dir, Path::new("/etc/credrotd/secrets/out"));
+}
+
+#[test]
+fn password_env_is_kept_by_name() {
+    let yaml = edit(&[(
+        "    password_file: secrets/orders",
+        "    password_env: ORDERS_ADMIN_PASSWORD",
+    )]);
+    let inv = check_ok(&yaml).inventory;
+    assert!(matches!(
+        &inv.databases["orders"].password,
+        PasswordSource::Env(var) if var == "ORDERS_ADMIN_PASSWORD"
+    ));
+}
+
+#[test]
+fn load_reads_the_file_and_anchors_relative_paths() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("inventory.yaml");
+    std::fs::write(&path, BASE).expect("write inventory");
+    std::fs::create_dir(dir.path().join("secrets")).expect("mkdir");
+    std::fs::write(dir.path().join("secrets/orders"), "pa55word\n").expect("write password");
+    let inv = load(&path).unwrap_or_else(|e| panic!("{e}")).inventory;
+    assert_eq!(inv.source, path);
+    let source = &inv.databases["orders"].password;
+    assert!(matches!(source, PasswordSource::File(f) if *f == dir.path().join("secrets/orders")));
+    let password = source.read().expect("read").expect("a password");
+    assert_eq!(password.expose(), "pa55word");
+
+    let missing = dir.path().join("missing.yaml");
+    assert!(matches!(load(&missing), Err(InventoryError::Read { path, .. }) if path == missing));
+}
+
+#[test]
+fn diagnostics_render_as_file_line_column() {
+    let errors =
+        errors_of(&edit(&[("  etl_nightly:", "  ETL:")])).unwrap_or_else(|why| panic!("{why}"));
+    assert_eq!(errors.len(), 1, "got:\n{}", show(&errors));
+    assert_eq!((errors[0].line, errors[0].column), (ACCOUNT, 3));
+    assert!(
+        errors[0]
+            .to_string()
+            .starts_with("inv.yaml:13:3: error: account name \"ETL\" must match"),
+        "{}",
+        errors[0]
+    );
+    let err = InventoryError::Invalid { errors };
+    assert!(err
+        .to_string()
+        .starts_with("inventory is invalid (1 error):\ninv.yaml:13:3: "));
+
+    let errors = errors_of(&edit(&[(
+        "    strategy: ephemeral",
+        "    stratgy: ephemeral",
+    )]))
+    .unwrap_or_else(|why| panic!("{why}"));
+    assert_eq!(
+        (errors[0].line, errors[0].column),
+        (17, 5),
+        "got:\n{}",
+        show(&errors)
+    );
+}
+
+#[test]
+fn an_inventory_without_accounts_warns() {
+    let yaml = BASE[..BASE.find("accounts:").expect("accounts")].to_owned();
+    check_warn(&yaml, 1, "lists no accounts");
+    check_warn(&format!("{yaml}accounts: {{}}\n"), 1, "lists no accounts");
+}
+
+// ---------------------------------------------------------------------------
+// Secrets never reach a message.
+
+const SECRET: &str = "S3cretValue";
+
+#[track_caller]
+fn assert_no_secret(yaml: &str) {
+    let text = match run(yaml) {
+        Ok(checked) => show(&checked.warnings),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        !text.contains(SECRET),
+        "a message shows the secret:\n{text}"
+    );
+}
+
+#[test]
+fn inline_password_is_refused_without_showing_it() {
+    let yaml = edit(&[(
+        "url: postgres://credrotd_admin@db1:5432/orders",
+        "url: postgres://u:S3cretValue@h/db",
+    )]);
+    check_err(&yaml, 8, "carries a password inline");
+    assert_no_secret(&yaml);
+    let yaml = in_env("staging", &yaml);
+    check_warn(
+        &yaml,
+        8,
+        "production would refuse this: database \"orders\": the url carries a password inline",
+    );
+    assert_no_secret(&yaml);
+}
+
+#[test]
+fn a_password_under_an_unknown_key_is_not_shown() {
+    let yaml = edit(&[(
+        "    password_file: secrets/orders",
+        "    password: S3cretValue",
+    )]);
+    check_err(&yaml, 9, "unknown field `password`");
+    assert_no_secret(&yaml);
+}
+
+#[test]
+fn a_url_of_the_wrong_scheme_is_refused_without_showing_its_password() {
+    let yaml = edit(&[(
+        "url: postgres://credrotd_admin@db1:5432/orders",
+        "url: mysql://u:S3cretValue@h/db",
+    )]);
+    check_err(&yaml, 8, "url: expected postgres://");
+    assert_no_secret(&yaml);
+}
+
+#[test]
+fn a_password_in_the_url_query_is_refused_without_showing_it() {
+    let yaml = edit(&[(
+        "url: postgres://credrotd_admin@db1:5432/orders",
+        "url: postgres://credrotd_admin@db1:5432/orders?sslmode=require&password=S3cretValue",
+    )]);
+    check_err(&yaml, 8, "password");
+    assert_no_secret(&yaml);
+}
+
+#[test]
+fn an_empty_mapping_written_as_null_is_empty() {
+    let head = BASE[..BASE.find("accounts:").expect("accounts")].to_owned();
+    check_warn(&format!("{head}accounts:\n"), 1, "lists no accounts");
+    let acc = &check_ok(&account_with("    settings:\n"))
+        .inventory
+        .accounts["etl_nightly"];
+    assert!(acc.settings.is_empty());
+}
+
+#[test]
+fn a_syntax_error_on_a_secret_line_does_not_show_it() {
+    for url in [
+        "url: postgres://u:S3cretValue@h/db: x",
+        "url: \"postgres://u:S3cretValue@h/db",
+        "url: [postgres://u:S3cretValue@h/db",
+    ] {
+        let yaml = edit(&[("url: postgres://credrotd_admin@db1:5432/orders", url)]);
+        assert!(errors_of(&yaml).is_ok(), "{url} must be refused");
+        assert_no_secret(&yaml);
+    }
+}
+
+#[test]
+fn a_lifetime_of_exactly_seven_days_is_allowed() {
+    let yaml = account_with("    lifetime: 7d\n");
+    let acc = &check_ok(&yaml).inventory.accounts["etl_nightly"];
+    assert_eq!(acc.lifetime, Some(PRODUCTION_MAX_LIFETIME));
+}
+
+#[test]
+fn an_invalid_overlap_does_not_hide_the_account_s_other_errors() {
+    let yaml = account_with(
+        "    overlap: soon\n    connection_limit: 0\n    settings: { role: postgres }\n",
+    );
+    let errors = errors_of(&yaml).unwrap_or_else(|why| panic!("{why}"));
+    assert_eq!(errors.len(), 3, "got:\n{}", show(&errors));
+    check_err(&yaml, END, "overlap: invalid duration");
+    check_err(&yaml, END + 1, "connection_limit must be positive");
+    check_err(&yaml, END + 2, "managed by credrotd");
 }

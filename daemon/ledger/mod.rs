@@ -232,28 +232,23 @@ impl Ledger {
 
     /// Records a new credential in state `planned`, with the next version number.
     pub async fn plan(&self, new: NewCredential<'_>, now: DateTime<Utc>) -> Result<Credential, LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        let version: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(version), 0) + 1 FROM credentials WHERE account = ?1",
-        )
-        .bind(new.account)
-        .fetch_one(&mut *tx)
-        .await?;
+        // One statement, so that the version is assigned under SQLite's write lock
+        // (a read-then-write transaction could fail with SQLITE_BUSY instead of
+        // waiting for a concurrent writer).
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO credentials (account, version, database, strategy, username, state, issued_at, expires_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'planned', ?6, ?7, ?8) RETURNING id",
+             SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4, 'planned', ?5, ?6, ?7
+             FROM credentials WHERE account = ?1 RETURNING id",
         )
         .bind(new.account)
-        .bind(version)
         .bind(new.database)
         .bind(new.strategy)
         .bind(new.username)
         .bind(ms(new.issued_at))
         .bind(ms(new.expires_at))
         .bind(ms(now))
-        .fetch_one(&mut *tx)
+        .fetch_one(&self.pool)
         .await?;
-        tx.commit().await?;
         self.get(id).await
     }
 
