@@ -20,10 +20,20 @@ use crate::scheduler::{self, Control};
 use crate::{engine, store};
 
 #[derive(Debug, Parser)]
-#[command(name = "credrotd", version, about = "Credential rotation daemon for machine identities")]
+#[command(
+    name = "credrotd",
+    version,
+    about = "Credential rotation daemon for machine identities"
+)]
 pub struct Cli {
     /// The inventory file.
-    #[arg(short, long, global = true, env = "CREDROTD_CONFIG", default_value = "/etc/credrotd/inventory.yaml")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "CREDROTD_CONFIG",
+        default_value = "/etc/credrotd/inventory.yaml"
+    )]
     pub config: PathBuf,
     /// Log format; RUST_LOG filters.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
@@ -119,7 +129,10 @@ pub async fn main(cli: Cli) -> ExitCode {
 /// Loads the inventory, printing warnings; invalid inventories print every error.
 fn load(path: &std::path::Path) -> Result<Inventory> {
     match inventory::load(path) {
-        Ok(Checked { inventory, warnings }) => {
+        Ok(Checked {
+            inventory,
+            warnings,
+        }) => {
             for w in warnings {
                 tracing::warn!("{w}");
             }
@@ -131,7 +144,10 @@ fn load(path: &std::path::Path) -> Result<Inventory> {
 
 fn check(path: &std::path::Path) -> Result<ExitCode> {
     match inventory::load(path) {
-        Ok(Checked { inventory, warnings }) => {
+        Ok(Checked {
+            inventory,
+            warnings,
+        }) => {
             for w in &warnings {
                 println!("{w}");
             }
@@ -194,9 +210,16 @@ async fn plan(path: &std::path::Path) -> Result<ExitCode> {
         }
     }
     for account in inventory.accounts.values() {
-        println!("account {} (database {}, {}):", account.name, account.database, account.strategy.as_str());
+        println!(
+            "account {} (database {}, {}):",
+            account.name,
+            account.database,
+            account.strategy.as_str()
+        );
         match engines[&account.database].reconcile(account, false).await {
-            Ok(changes) if changes.is_empty() => println!("  scoped role {}: up to date", account.name),
+            Ok(changes) if changes.is_empty() => {
+                println!("  scoped role {}: up to date", account.name)
+            }
             Ok(changes) => {
                 for c in changes {
                     println!("  would run: {c}");
@@ -215,10 +238,16 @@ async fn plan(path: &std::path::Path) -> Result<ExitCode> {
         let refs: Vec<&Credential> = live.iter().collect();
         for d in scheduler::due(account, &state, &refs, now) {
             match d {
-                scheduler::Due::Rotate { at, why } if at <= now => println!("  would rotate now ({why})"),
+                scheduler::Due::Rotate { at, why } if at <= now => {
+                    println!("  would rotate now ({why})")
+                }
                 scheduler::Due::Rotate { at, .. } => println!("  next rotation at {}", ts(at)),
                 scheduler::Due::Retire { at, cred } => {
-                    let user = live.iter().find(|c| c.id == cred).map(|c| c.username.as_str()).unwrap_or("?");
+                    let user = live
+                        .iter()
+                        .find(|c| c.id == cred)
+                        .map(|c| c.username.as_str())
+                        .unwrap_or("?");
                     println!("  would revoke {user} at {}", ts(at));
                 }
             }
@@ -239,7 +268,9 @@ async fn run(path: &std::path::Path) -> Result<ExitCode> {
 }
 
 /// Turns signals into control messages once; resolves on SIGTERM or SIGINT.
-fn signals(tx: tokio::sync::mpsc::Sender<Control>) -> Result<impl std::future::Future<Output = ()>> {
+fn signals(
+    tx: tokio::sync::mpsc::Sender<Control>,
+) -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -274,25 +305,26 @@ async fn rotate(path: &std::path::Path, args: RotateArgs) -> Result<ExitCode> {
     };
     let concurrency = inventory.rotation.concurrency;
     let ctx = context(inventory, Arc::new(SystemClock)).await?;
-    let results: Vec<(String, Result<rotation::Rotated, rotation::RotationError>)> = stream::iter(names)
-        .map(|name| {
-            let ctx = &ctx;
-            async move {
-                let res = async {
-                    let account = ctx.account(&name)?;
-                    ctx.with_lease(&name, Duration::from_secs(60), || async {
-                        rotation::recover_account(ctx, account).await?;
-                        rotation::rotate(ctx, account).await
-                    })
-                    .await
+    let results: Vec<(String, Result<rotation::Rotated, rotation::RotationError>)> =
+        stream::iter(names)
+            .map(|name| {
+                let ctx = &ctx;
+                async move {
+                    let res = async {
+                        let account = ctx.account(&name)?;
+                        ctx.with_lease(&name, Duration::from_secs(60), || async {
+                            rotation::recover_account(ctx, account).await?;
+                            rotation::rotate(ctx, account).await
+                        })
+                        .await
+                    }
+                    .await;
+                    (name, res)
                 }
-                .await;
-                (name, res)
-            }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
     let mut failed = 0;
     let mut ok = 0;
     let quiet = results.len() > 50;
@@ -301,7 +333,12 @@ async fn rotate(path: &std::path::Path, args: RotateArgs) -> Result<ExitCode> {
             Ok(r) => {
                 ok += 1;
                 if !quiet {
-                    println!("{name}: rotated to v{} ({}), expires {}", r.version, r.username, ts(r.expires_at));
+                    println!(
+                        "{name}: rotated to v{} ({}), expires {}",
+                        r.version,
+                        r.username,
+                        ts(r.expires_at)
+                    );
                 }
             }
             Err(e) => {
@@ -312,7 +349,11 @@ async fn rotate(path: &std::path::Path, args: RotateArgs) -> Result<ExitCode> {
     }
     println!("{ok} rotated, {failed} failed");
     ctx.ledger.close().await;
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn revoke(path: &std::path::Path, args: RevokeArgs) -> Result<ExitCode> {
@@ -320,7 +361,9 @@ async fn revoke(path: &std::path::Path, args: RevokeArgs) -> Result<ExitCode> {
     let ctx = context(inventory, Arc::new(SystemClock)).await?;
     let account = ctx.account(&args.account)?;
     let res = ctx
-        .with_lease(&args.account, Duration::from_secs(60), || rotation::revoke(&ctx, account, args.previous_only))
+        .with_lease(&args.account, Duration::from_secs(60), || {
+            rotation::revoke(&ctx, account, args.previous_only)
+        })
         .await;
     ctx.ledger.close().await;
     match res {
@@ -331,7 +374,10 @@ async fn revoke(path: &std::path::Path, args: RevokeArgs) -> Result<ExitCode> {
         Ok(revoked) => {
             println!("{}: revoked {}", args.account, revoked.join(", "));
             if !args.previous_only {
-                println!("{}: suspended; `credrotd rotate {}` issues a new credential", args.account, args.account);
+                println!(
+                    "{}: suspended; `credrotd rotate {}` issues a new credential",
+                    args.account, args.account
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -358,7 +404,11 @@ fn cred_status(c: &Credential) -> CredentialStatus {
 }
 
 /// Every account's status, from the ledger.
-pub async fn statuses(inventory: &Inventory, ledger: &Ledger, now: DateTime<Utc>) -> Result<Vec<AccountStatus>> {
+pub async fn statuses(
+    inventory: &Inventory,
+    ledger: &Ledger,
+    now: DateTime<Utc>,
+) -> Result<Vec<AccountStatus>> {
     let mut out = Vec::new();
     for account in inventory.accounts.values() {
         let live = ledger.live(&account.name).await?;
@@ -398,12 +448,16 @@ async fn status(path: &std::path::Path, format: OutputFormat) -> Result<ExitCode
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<24} {:<11} {:<34} {:<20} {:<20} {:<20} {}",
-        "ACCOUNT", "STRATEGY", "CURRENT", "ISSUED", "EXPIRES", "NEXT ROTATION", "LAST RESULT"
+        "{:<24} {:<11} {:<34} {:<20} {:<20} {:<20} LAST RESULT",
+        "ACCOUNT", "STRATEGY", "CURRENT", "ISSUED", "EXPIRES", "NEXT ROTATION"
     );
     for r in rows {
         let (user, issued, expires) = match &r.current {
-            Some(c) => (format!("{} (v{})", c.username, c.version), c.issued_at.clone(), c.expires_at.clone()),
+            Some(c) => (
+                format!("{} (v{})", c.username, c.version),
+                c.issued_at.clone(),
+                c.expires_at.clone(),
+            ),
             None => ("-".into(), "-".into(), "-".into()),
         };
         let mut last = r.last_result.clone().unwrap_or_else(|| "-".into());

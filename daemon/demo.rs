@@ -98,7 +98,9 @@ fn start_cluster(dir: &Path, password: &Secret) -> Result<Cluster> {
         let user = nix::unistd::User::from_name("postgres")
             .ok()
             .flatten()
-            .context("running as root, and there is no `postgres` user to run the demo cluster as")?;
+            .context(
+                "running as root, and there is no `postgres` user to run the demo cluster as",
+            )?;
         Some((user.uid.as_raw(), user.gid.as_raw()))
     } else {
         None
@@ -112,9 +114,17 @@ fn start_cluster(dir: &Path, password: &Secret) -> Result<Cluster> {
         }
     }
     let mut cmd = Command::new(&initdb);
-    cmd.args(["-U", ADMIN, "--auth=scram-sha-256", "-E", "UTF8", "--no-sync", "-D"])
-        .arg(&data)
-        .arg(format!("--pwfile={}", pwfile.display()));
+    cmd.args([
+        "-U",
+        ADMIN,
+        "--auth=scram-sha-256",
+        "-E",
+        "UTF8",
+        "--no-sync",
+        "-D",
+    ])
+    .arg(&data)
+    .arg(format!("--pwfile={}", pwfile.display()));
     as_user(&mut cmd, run_as);
     let out = cmd.output().context("running initdb")?;
     let _ = std::fs::remove_file(&pwfile);
@@ -129,7 +139,10 @@ fn start_cluster(dir: &Path, password: &Secret) -> Result<Cluster> {
         .arg("-l")
         .arg(&log)
         .arg("-o")
-        .arg(format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.display()));
+        .arg(format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1",
+            dir.display()
+        ));
     as_user(&mut cmd, run_as);
     let cluster = Cluster {
         pg_ctl,
@@ -140,7 +153,10 @@ fn start_cluster(dir: &Path, password: &Secret) -> Result<Cluster> {
     let out = cmd.output().context("running pg_ctl start")?;
     if !out.status.success() {
         let log = std::fs::read_to_string(&log).unwrap_or_default();
-        bail!("pg_ctl start failed: {}\n{log}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "pg_ctl start failed: {}\n{log}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(cluster)
 }
@@ -218,7 +234,11 @@ struct Seen {
     password: Secret,
 }
 
-async fn try_login(base: &PgConnectOptions, user: &str, password: &Secret) -> std::result::Result<(), String> {
+async fn try_login(
+    base: &PgConnectOptions,
+    user: &str,
+    password: &Secret,
+) -> std::result::Result<(), String> {
     let opts = base.clone().username(user).password(password.expose());
     match tokio::time::timeout(Duration::from_secs(5), opts.connect()).await {
         Err(_) => Err("timed out".into()),
@@ -227,7 +247,9 @@ async fn try_login(base: &PgConnectOptions, user: &str, password: &Secret) -> st
             other => other.to_string(),
         }),
         Ok(Ok(mut c)) => {
-            let r = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&mut c).await;
+            let r = sqlx::query_scalar::<_, i32>("SELECT 1")
+                .fetch_one(&mut c)
+                .await;
             let _ = c.close().await;
             r.map(|_| ()).map_err(|e| e.to_string())
         }
@@ -251,7 +273,9 @@ async fn consumer(base: PgConnectOptions, secrets: PathBuf, accounts: Vec<String
                 password: String,
                 version: i64,
             }
-            let Ok(doc) = serde_json::from_slice::<Doc>(&bytes) else { continue };
+            let Ok(doc) = serde_json::from_slice::<Doc>(&bytes) else {
+                continue;
+            };
             let now = Seen {
                 version: doc.version,
                 username: doc.username,
@@ -301,13 +325,18 @@ async fn consumer(base: PgConnectOptions, secrets: PathBuf, accounts: Vec<String
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
-    let tmp = tempfile::Builder::new().prefix("credrotd-demo-").tempdir()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("credrotd-demo-")
+        .tempdir()?;
     let dir = tmp.path().to_owned();
     let admin_password = Secret::generate();
     let (cluster, admin_url, pwfile, prefix, created_db);
     match &args.database_url {
         None => {
-            println!("starting a throwaway PostgreSQL cluster in {} ...", dir.display());
+            println!(
+                "starting a throwaway PostgreSQL cluster in {} ...",
+                dir.display()
+            );
             let c = start_cluster(&dir, &admin_password)?;
             let port = c.port;
             cluster = Some(c);
@@ -316,11 +345,13 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             pwfile = Some(pw);
             admin_url = format!("postgres://{ADMIN}@127.0.0.1:{port}/app");
             prefix = String::new();
-            let mut conn = PgConnectOptions::from_str(&format!("postgres://{ADMIN}@127.0.0.1:{port}/postgres"))?
-                .password(admin_password.expose())
-                .log_statements(log::LevelFilter::Off)
-                .connect()
-                .await?;
+            let mut conn = PgConnectOptions::from_str(&format!(
+                "postgres://{ADMIN}@127.0.0.1:{port}/postgres"
+            ))?
+            .password(admin_password.expose())
+            .log_statements(log::LevelFilter::Off)
+            .connect()
+            .await?;
             conn.execute("CREATE DATABASE app").await?;
             conn.close().await?;
             created_db = None;
@@ -332,8 +363,13 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             prefix = format!("demo{tag:04x}_");
             let db = format!("credrotd_demo_{tag:04x}");
             let base = PgConnectOptions::from_str(url).context("--database-url")?;
-            let mut conn = base.clone().log_statements(log::LevelFilter::Off).connect().await?;
-            conn.execute(format!("CREATE DATABASE {db}").as_str()).await?;
+            let mut conn = base
+                .clone()
+                .log_statements(log::LevelFilter::Off)
+                .connect()
+                .await?;
+            conn.execute(format!("CREATE DATABASE {db}").as_str())
+                .await?;
             conn.close().await?;
             let mut u = url.clone();
             if let Some(i) = u.rfind('/') {
@@ -350,7 +386,15 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         }
     }
 
-    let result = demo_body(&args, &dir, &admin_url, pwfile.as_deref(), &admin_password, &prefix).await;
+    let result = demo_body(
+        &args,
+        &dir,
+        &admin_url,
+        pwfile.as_deref(),
+        &admin_password,
+        &prefix,
+    )
+    .await;
 
     if let Some((url, db)) = &created_db {
         if let Err(e) = cleanup_external(url, db, &prefix).await {
@@ -377,11 +421,15 @@ async fn demo_body(
     if pwfile.is_some() {
         admin = admin.password(admin_password.expose());
     }
-    let mut conn = admin.connect().await.context("connecting to the demo database")?;
+    let mut conn = admin
+        .connect()
+        .await
+        .context("connecting to the demo database")?;
     conn.execute(FIXTURES).await?;
     // The static strategy manages an existing role; create it the way an
     // operator's provisioning would.
-    conn.execute(format!("CREATE ROLE {prefix}billing_svc LOGIN").as_str()).await?;
+    conn.execute(format!("CREATE ROLE {prefix}billing_svc LOGIN").as_str())
+        .await?;
     conn.close().await?;
 
     let inv_path = dir.join("inventory.yaml");
@@ -394,7 +442,12 @@ async fn demo_body(
         "accounts:  {prefix}etl_nightly (ephemeral, every 20s, overlap 8s), {prefix}report_gen (alternating, every 30s, overlap 10s), {prefix}billing (static, every 45s, no overlap)"
     );
     println!("watch below: the daemon's log (stderr) and a consumer that logs in with the published secrets.");
-    println!("press Ctrl-C to stop{}\n", args.duration.map(|d| format!(" (or wait {})", humantime::format_duration(d))).unwrap_or_default());
+    println!(
+        "press Ctrl-C to stop{}\n",
+        args.duration
+            .map(|d| format!(" (or wait {})", humantime::format_duration(d)))
+            .unwrap_or_default()
+    );
     let accounts: Vec<String> = checked.inventory.accounts.keys().cloned().collect();
     let ctx = Arc::new(crate::cli::context(checked.inventory, Arc::new(SystemClock)).await?);
     let (_tx, rx) = tokio::sync::mpsc::channel(1);
@@ -427,7 +480,9 @@ async fn demo_body(
             "  {:<20} {:<11} {}",
             s.account,
             s.strategy,
-            s.current.map(|c| format!("v{} {} expires {}", c.version, c.username, c.expires_at)).unwrap_or_else(|| "-".into())
+            s.current
+                .map(|c| format!("v{} {} expires {}", c.version, c.username, c.expires_at))
+                .unwrap_or_else(|| "-".into())
         );
     }
     let events = ctx.ledger.events(0, i64::MAX).await?;
@@ -441,14 +496,22 @@ async fn demo_body(
 async fn cleanup_external(url: &str, db: &str, prefix: &str) -> Result<()> {
     let base = PgConnectOptions::from_str(url)?.log_statements(log::LevelFilter::Off);
     let mut conn = base.connect().await?;
-    conn.execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str()).await?;
-    let roles: Vec<String> = sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1")
-        .bind(format!("{prefix}%"))
-        .fetch_all(&mut conn)
+    conn.execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
         .await?;
-    for r in roles {
-        conn.execute(format!("DROP ROLE IF EXISTS {}", postgres_protocol::escape::escape_identifier(&r)).as_str())
+    let roles: Vec<String> =
+        sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1")
+            .bind(format!("{prefix}%"))
+            .fetch_all(&mut conn)
             .await?;
+    for r in roles {
+        conn.execute(
+            format!(
+                "DROP ROLE IF EXISTS {}",
+                postgres_protocol::escape::escape_identifier(&r)
+            )
+            .as_str(),
+        )
+        .await?;
     }
     conn.close().await?;
     Ok(())

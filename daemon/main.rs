@@ -8,7 +8,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = credrotd::cli::Cli::parse();
     credrotd::cli::init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -108,7 +108,11 @@ impl Context {
     }
 
     async fn event(&self, account: &str, version: Option<i64>, kind: &str, detail: &str) {
-        if let Err(e) = self.ledger.event(self.clock.now(), account, version, kind, detail).await {
+        if let Err(e) = self
+            .ledger
+            .event(self.clock.now(), account, version, kind, detail)
+            .await
+        {
             warn!(account, kind, error = %e, "cannot append to the event log");
         }
     }
@@ -121,14 +125,23 @@ impl Context {
     }
 
     /// Runs `f` holding the account's lease, waiting up to `wait` for it.
-    pub async fn with_lease<T, F, Fut>(&self, account: &str, wait: Duration, f: F) -> Result<T, RotationError>
+    pub async fn with_lease<T, F, Fut>(
+        &self,
+        account: &str,
+        wait: Duration,
+        f: F,
+    ) -> Result<T, RotationError>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T, RotationError>>,
     {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if self.ledger.acquire(account, LEASE_TTL, self.clock.now()).await? {
+            if self
+                .ledger
+                .acquire(account, LEASE_TTL, self.clock.now())
+                .await?
+            {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -147,7 +160,8 @@ impl Context {
 /// Rotates one account: issues, verifies, publishes and promotes a new credential.
 /// The caller holds the account's lease.
 pub async fn rotate(ctx: &Context, account: &Account) -> Result<Rotated, RotationError> {
-    let span = tracing::info_span!("rotation", account = %account.name, version = tracing::field::Empty);
+    let span =
+        tracing::info_span!("rotation", account = %account.name, version = tracing::field::Empty);
     rotate_in_span(ctx, account).instrument(span).await
 }
 
@@ -157,7 +171,8 @@ async fn rotate_in_span(ctx: &Context, account: &Account) -> Result<Rotated, Rot
     if !changes.is_empty() {
         info!(account = %account.name, changes = changes.len(), "reconciled scoped role");
         let detail: Vec<String> = changes.iter().map(|c| c.0.clone()).collect();
-        ctx.event(&account.name, None, "reconciled", &detail.join("; ")).await;
+        ctx.event(&account.name, None, "reconciled", &detail.join("; "))
+            .await;
     }
 
     // Recover anything a crash left for this account before adding to it.
@@ -166,7 +181,11 @@ async fn rotate_in_span(ctx: &Context, account: &Account) -> Result<Rotated, Rot
         recover_account(ctx, account).await?;
     }
     let live = ctx.ledger.live(&account.name).await?;
-    let current = live.iter().rev().find(|c| c.state == CredState::Current).cloned();
+    let current = live
+        .iter()
+        .rev()
+        .find(|c| c.state == CredState::Current)
+        .cloned();
 
     // At most two credentials may be valid: a predecessor still in its overlap is
     // retired now. Its successor is current, so this never strands a consumer
@@ -178,7 +197,13 @@ async fn rotate_in_span(ctx: &Context, account: &Account) -> Result<Rotated, Rot
 
     let now = ctx.clock.now();
     let username = choose_username(ctx, engine.as_ref(), account, current.as_ref(), now).await?;
-    let expires_at = schedule::expiry(now, &account.schedule, account.overlap, account.expiry_margin, account.lifetime);
+    let expires_at = schedule::expiry(
+        now,
+        &account.schedule,
+        account.overlap,
+        account.expiry_margin,
+        account.lifetime,
+    );
     let cred = ctx
         .ledger
         .plan(
@@ -194,7 +219,13 @@ async fn rotate_in_span(ctx: &Context, account: &Account) -> Result<Rotated, Rot
         )
         .await?;
     tracing::Span::current().record("version", cred.version);
-    ctx.event(&account.name, Some(cred.version), "planned", &format!("username={username}")).await;
+    ctx.event(
+        &account.name,
+        Some(cred.version),
+        "planned",
+        &format!("username={username}"),
+    )
+    .await;
     ctx.crash_point(CredState::Planned)?;
 
     let password = Secret::generate();
@@ -253,13 +284,23 @@ async fn rotate_in_span(ctx: &Context, account: &Account) -> Result<Rotated, Rot
     }
     let names: Vec<String> = published.iter().map(|(s, _)| s.name().to_owned()).collect();
     drop(published);
-    ctx.ledger.set_stores(&cred, &names, ctx.clock.now()).await?;
+    ctx.ledger
+        .set_stores(&cred, &names, ctx.clock.now())
+        .await?;
     step(ctx, &cred, CredState::Verified, CredState::Published).await?;
-    ctx.event(&account.name, Some(cred.version), "published", &format!("stores={}", names.join(","))).await;
+    ctx.event(
+        &account.name,
+        Some(cred.version),
+        "published",
+        &format!("stores={}", names.join(",")),
+    )
+    .await;
 
     let promoted_at = ctx.clock.now();
     let retire_at = promoted_at + to_chrono(account.overlap);
-    ctx.ledger.promote(&cred, current.as_ref(), retire_at, promoted_at).await?;
+    ctx.ledger
+        .promote(&cred, current.as_ref(), retire_at, promoted_at)
+        .await?;
     ctx.event(
         &account.name,
         Some(cred.version),
@@ -270,7 +311,9 @@ async fn rotate_in_span(ctx: &Context, account: &Account) -> Result<Rotated, Rot
     info!(username = %username, expires_at = %expires_at, "credential is current");
     ctx.crash_point(CredState::Current)?;
     let next = account.schedule.next_after(now);
-    ctx.ledger.record_success(&account.name, promoted_at, next).await?;
+    ctx.ledger
+        .record_success(&account.name, promoted_at, next)
+        .await?;
 
     let mut previous = None;
     if let Some(prev) = current {
@@ -293,27 +336,47 @@ async fn rotate_in_span(ctx: &Context, account: &Account) -> Result<Rotated, Rot
     })
 }
 
-async fn step(ctx: &Context, cred: &Credential, from: CredState, to: CredState) -> Result<(), RotationError> {
+async fn step(
+    ctx: &Context,
+    cred: &Credential,
+    from: CredState,
+    to: CredState,
+) -> Result<(), RotationError> {
     ctx.ledger.advance(cred, from, to, ctx.clock.now()).await?;
     ctx.crash_point(to)
 }
 
 /// Rolls a failed new credential back and records why. Best effort: whatever
 /// fails here is finished by the next recovery.
-async fn abort(ctx: &Context, account: &Account, cred: &Credential, state: CredState, reason: &str) {
+async fn abort(
+    ctx: &Context,
+    account: &Account,
+    cred: &Credential,
+    state: CredState,
+    reason: &str,
+) {
     warn!(account = %account.name, version = cred.version, error = %reason, "rotation failed; rolling back");
     if let Err(e) = rollback_login(ctx, account, cred).await {
         warn!(account = %account.name, version = cred.version, error = %e, "rollback incomplete; recovery will finish it");
         return;
     }
-    if let Err(e) = ctx.ledger.advance(cred, state, CredState::Aborted, ctx.clock.now()).await {
+    if let Err(e) = ctx
+        .ledger
+        .advance(cred, state, CredState::Aborted, ctx.clock.now())
+        .await
+    {
         warn!(account = %account.name, error = %e, "cannot record the rollback");
     }
-    ctx.event(&account.name, Some(cred.version), "aborted", reason).await;
+    ctx.event(&account.name, Some(cred.version), "aborted", reason)
+        .await;
 }
 
 /// Undoes the database side of a credential that never became current.
-async fn rollback_login(ctx: &Context, account: &Account, cred: &Credential) -> Result<(), RotationError> {
+async fn rollback_login(
+    ctx: &Context,
+    account: &Account,
+    cred: &Credential,
+) -> Result<(), RotationError> {
     let engine = ctx.engine(account);
     match &account.strategy {
         Strategy::Ephemeral => engine.drop_login(account, &cred.username).await?,
@@ -377,7 +440,12 @@ async fn choose_username(
 /// Retires a credential: refuses new logins, ends its sessions after the grace,
 /// and drops the login role (ephemeral). Unless `forced` (break-glass), refuses to
 /// retire a credential that has no current successor (invariant 2).
-pub async fn retire(ctx: &Context, account: &Account, cred: &Credential, forced: bool) -> Result<(), RotationError> {
+pub async fn retire(
+    ctx: &Context,
+    account: &Account,
+    cred: &Credential,
+    forced: bool,
+) -> Result<(), RotationError> {
     let cred = ctx.ledger.get(cred.id).await?;
     if !cred.state.is_live() {
         return Ok(());
@@ -396,13 +464,25 @@ pub async fn retire(ctx: &Context, account: &Account, cred: &Credential, forced:
         }
     }
     revoke_login(ctx, account, &cred).await?;
-    ctx.ledger.advance(&cred, cred.state, CredState::Revoked, ctx.clock.now()).await?;
-    ctx.event(&account.name, Some(cred.version), "revoked", &format!("username={}", cred.username)).await;
+    ctx.ledger
+        .advance(&cred, cred.state, CredState::Revoked, ctx.clock.now())
+        .await?;
+    ctx.event(
+        &account.name,
+        Some(cred.version),
+        "revoked",
+        &format!("username={}", cred.username),
+    )
+    .await;
     info!(account = %account.name, version = cred.version, username = %cred.username, "credential revoked");
     Ok(())
 }
 
-async fn revoke_login(ctx: &Context, account: &Account, cred: &Credential) -> Result<(), RotationError> {
+async fn revoke_login(
+    ctx: &Context,
+    account: &Account,
+    cred: &Credential,
+) -> Result<(), RotationError> {
     let engine = ctx.engine(account);
     let is_static = matches!(account.strategy, Strategy::Static { .. });
     // A static role keeps its name across versions: only its newest credential may
@@ -430,7 +510,11 @@ async fn revoke_login(ctx: &Context, account: &Account, cred: &Credential) -> Re
 /// Break-glass: revokes the account's retiring credentials, and unless
 /// `previous_only` its current one too, then suspends the account until an
 /// explicit rotate. The caller holds the lease.
-pub async fn revoke(ctx: &Context, account: &Account, previous_only: bool) -> Result<Vec<String>, RotationError> {
+pub async fn revoke(
+    ctx: &Context,
+    account: &Account,
+    previous_only: bool,
+) -> Result<Vec<String>, RotationError> {
     let mut revoked = Vec::new();
     let live = ctx.ledger.live(&account.name).await?;
     for cred in &live {
@@ -443,7 +527,9 @@ pub async fn revoke(ctx: &Context, account: &Account, previous_only: bool) -> Re
         }
         if cred.state.is_middle() {
             rollback_login(ctx, account, cred).await?;
-            ctx.ledger.advance(cred, cred.state, CredState::Aborted, ctx.clock.now()).await?;
+            ctx.ledger
+                .advance(cred, cred.state, CredState::Aborted, ctx.clock.now())
+                .await?;
         } else {
             retire(ctx, account, cred, true).await?;
         }
@@ -451,7 +537,13 @@ pub async fn revoke(ctx: &Context, account: &Account, previous_only: bool) -> Re
     }
     if !previous_only {
         ctx.ledger.set_suspended(&account.name, true).await?;
-        ctx.event(&account.name, None, "suspended", "break-glass revoke; rotate to issue a new credential").await;
+        ctx.event(
+            &account.name,
+            None,
+            "suspended",
+            "break-glass revoke; rotate to issue a new credential",
+        )
+        .await;
     }
     Ok(revoked)
 }
@@ -461,7 +553,9 @@ pub async fn recover(ctx: &Context) -> Vec<(String, Result<Recovered, RotationEr
     let mut out = Vec::new();
     for account in ctx.inventory.accounts.values() {
         let r = ctx
-            .with_lease(&account.name, Duration::from_secs(30), || recover_account(ctx, account))
+            .with_lease(&account.name, Duration::from_secs(30), || {
+                recover_account(ctx, account)
+            })
             .await;
         out.push((account.name.clone(), r));
     }
@@ -478,8 +572,16 @@ pub async fn recover_account(ctx: &Context, account: &Account) -> Result<Recover
             CredState::Planned | CredState::Created => {
                 // The password died with the process; no store has seen it.
                 rollback_login(ctx, account, &cred).await?;
-                ctx.ledger.advance(&cred, cred.state, CredState::Aborted, ctx.clock.now()).await?;
-                ctx.event(&account.name, Some(cred.version), "rolled-back", &format!("recovered from state {}", cred.state)).await;
+                ctx.ledger
+                    .advance(&cred, cred.state, CredState::Aborted, ctx.clock.now())
+                    .await?;
+                ctx.event(
+                    &account.name,
+                    Some(cred.version),
+                    "rolled-back",
+                    &format!("recovered from state {}", cred.state),
+                )
+                .await;
                 report.rolled_back.push(cred.username.clone());
                 if matches!(account.strategy, Strategy::Static { .. }) {
                     // The role's password may already be the lost one.
@@ -490,14 +592,23 @@ pub async fn recover_account(ctx: &Context, account: &Account) -> Result<Recover
                 let stores = ctx.stores_of(account);
                 let mut holders = 0;
                 for s in &stores {
-                    if s.current_version(&account.name, &account.path).await? == Some(cred.version) {
+                    if s.current_version(&account.name, &account.path).await? == Some(cred.version)
+                    {
                         holders += 1;
                     }
                 }
                 if holders == 0 {
                     rollback_login(ctx, account, &cred).await?;
-                    ctx.ledger.advance(&cred, cred.state, CredState::Aborted, ctx.clock.now()).await?;
-                    ctx.event(&account.name, Some(cred.version), "rolled-back", "no store holds it").await;
+                    ctx.ledger
+                        .advance(&cred, cred.state, CredState::Aborted, ctx.clock.now())
+                        .await?;
+                    ctx.event(
+                        &account.name,
+                        Some(cred.version),
+                        "rolled-back",
+                        "no store holds it",
+                    )
+                    .await;
                     report.rolled_back.push(cred.username.clone());
                     if matches!(account.strategy, Strategy::Static { .. }) {
                         report.rotate_now = true;
@@ -506,7 +617,14 @@ pub async fn recover_account(ctx: &Context, account: &Account) -> Result<Recover
                     // Some store serves it and it logged in: make it current so
                     // that its predecessor retires after a full overlap.
                     if cred.state == CredState::Verified {
-                        ctx.ledger.advance(&cred, CredState::Verified, CredState::Published, ctx.clock.now()).await?;
+                        ctx.ledger
+                            .advance(
+                                &cred,
+                                CredState::Verified,
+                                CredState::Published,
+                                ctx.clock.now(),
+                            )
+                            .await?;
                     }
                     let now = ctx.clock.now();
                     let prev = ctx
@@ -516,15 +634,31 @@ pub async fn recover_account(ctx: &Context, account: &Account) -> Result<Recover
                         .into_iter()
                         .rev()
                         .find(|c| c.state == CredState::Current);
-                    ctx.ledger.promote(&cred, prev.as_ref(), now + to_chrono(account.overlap), now).await?;
-                    ctx.ledger.record_success(&account.name, now, account.schedule.next_after(cred.issued_at)).await?;
-                    ctx.event(&account.name, Some(cred.version), "recovered", &format!("promoted; {holders} of {} stores held it", stores.len())).await;
+                    ctx.ledger
+                        .promote(&cred, prev.as_ref(), now + to_chrono(account.overlap), now)
+                        .await?;
+                    ctx.ledger
+                        .record_success(
+                            &account.name,
+                            now,
+                            account.schedule.next_after(cred.issued_at),
+                        )
+                        .await?;
+                    ctx.event(
+                        &account.name,
+                        Some(cred.version),
+                        "recovered",
+                        &format!("promoted; {holders} of {} stores held it", stores.len()),
+                    )
+                    .await;
                     report.promoted.push(cred.username.clone());
                     if holders < stores.len() {
                         report.rotate_now = true;
                     }
                     if let Some(prev) = prev {
-                        if matches!(account.strategy, Strategy::Static { .. }) || account.overlap.is_zero() {
+                        if matches!(account.strategy, Strategy::Static { .. })
+                            || account.overlap.is_zero()
+                        {
                             let prev = ctx.ledger.get(prev.id).await?;
                             retire(ctx, account, &prev, false).await?;
                         }
@@ -542,7 +676,13 @@ pub async fn recover_account(ctx: &Context, account: &Account) -> Result<Recover
     for name in engine.managed_logins(account).await? {
         if !live.iter().any(|c| c.username == name) {
             engine.drop_login(account, &name).await?;
-            ctx.event(&account.name, None, "orphan-dropped", &format!("username={name}")).await;
+            ctx.event(
+                &account.name,
+                None,
+                "orphan-dropped",
+                &format!("username={name}"),
+            )
+            .await;
             warn!(account = %account.name, username = %name, "dropped a login role the ledger does not know");
             report.orphans_dropped.push(name);
         }
@@ -554,7 +694,8 @@ pub async fn recover_account(ctx: &Context, account: &Account) -> Result<Recover
         let adopted = cur.strategy == "adopted";
         if !adopted {
             match engine.login_info(&cur.username).await? {
-                Some(info) if info.can_login && info.valid_until.is_none_or(|v| v > ctx.clock.now()) => {}
+                Some(info)
+                    if info.can_login && info.valid_until.is_none_or(|v| v > ctx.clock.now()) => {}
                 _ => {
                     warn!(account = %account.name, username = %cur.username, "current credential cannot log in; rotating now");
                     report.rotate_now = true;
@@ -596,6 +737,12 @@ pub async fn adopt(ctx: &Context, account: &Account) -> Result<(), RotationError
     }
     ctx.ledger.promote(&cred, None, now, now).await?;
     ctx.ledger.record_success(&account.name, now, next).await?;
-    ctx.event(&account.name, Some(cred.version), "adopted", &format!("role={role}; first rotation at the next scheduled fire")).await;
+    ctx.event(
+        &account.name,
+        Some(cred.version),
+        "adopted",
+        &format!("role={role}; first rotation at the next scheduled fire"),
+    )
+    .await;
     Ok(())
 }

@@ -91,7 +91,9 @@ pub fn expiry(
 /// Delay before retry number `attempt` (1-based) of a failed rotation: exponential
 /// from `base`, capped at `cap`.
 pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
+    let factor = 1u32
+        .checked_shl(attempt.saturating_sub(1).min(20))
+        .unwrap_or(u32::MAX);
     base.saturating_mul(factor).min(cap)
 }
 
@@ -140,14 +142,23 @@ mod tests {
             None,
         );
         assert_eq!(e, t(6, 40, 0));
-        let fixed = expiry(t(1, 0, 0), &s, Duration::ZERO, Duration::ZERO, Some(Duration::from_secs(3600)));
+        let fixed = expiry(
+            t(1, 0, 0),
+            &s,
+            Duration::ZERO,
+            Duration::ZERO,
+            Some(Duration::from_secs(3600)),
+        );
         assert_eq!(fixed, t(2, 0, 0));
     }
 
     #[test]
     fn max_interval_of_six_hourly_is_six_hours() {
         let s = Schedule::parse("0 0 */6 * * *", chrono_tz::UTC).unwrap();
-        assert_eq!(s.max_interval(t(0, 0, 0), 10), Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(
+            s.max_interval(t(0, 0, 0), 10),
+            Some(Duration::from_secs(6 * 3600))
+        );
     }
 
     #[test]

@@ -34,8 +34,14 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// What is due for one account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Due {
-    Rotate { at: DateTime<Utc>, why: &'static str },
-    Retire { at: DateTime<Utc>, cred: i64 },
+    Rotate {
+        at: DateTime<Utc>,
+        why: &'static str,
+    },
+    Retire {
+        at: DateTime<Utc>,
+        cred: i64,
+    },
 }
 
 impl Due {
@@ -47,7 +53,12 @@ impl Due {
 }
 
 /// The events coming up for an account, earliest first. Pure.
-pub fn due(account: &Account, state: &AccountState, live: &[&Credential], now: DateTime<Utc>) -> Vec<Due> {
+pub fn due(
+    account: &Account,
+    state: &AccountState,
+    live: &[&Credential],
+    now: DateTime<Utc>,
+) -> Vec<Due> {
     let mut out = Vec::new();
     for c in live.iter().filter(|c| c.state == CredState::Retiring) {
         out.push(Due::Retire {
@@ -58,8 +69,10 @@ pub fn due(account: &Account, state: &AccountState, live: &[&Credential], now: D
     if !state.suspended {
         let current = live.iter().rev().find(|c| c.state == CredState::Current);
         let rotate = match current {
+            // A failed attempt waits for its backoff, with or without a current
+            // credential: retrying at once would hammer a database that is down.
+            _ if state.failures > 0 => Some((state.retry_at.unwrap_or(now), "retry")),
             None => Some((now, "no current credential")),
-            Some(_) if state.failures > 0 => Some((state.retry_at.unwrap_or(now), "retry")),
             Some(cur) => account
                 .schedule
                 .next_after(cur.issued_at)
@@ -98,18 +111,25 @@ pub async fn run(
                 if r.rotate_now {
                     forced.insert(account.clone());
                 }
-                if !(r.rolled_back.is_empty() && r.promoted.is_empty() && r.orphans_dropped.is_empty()) {
+                if !(r.rolled_back.is_empty()
+                    && r.promoted.is_empty()
+                    && r.orphans_dropped.is_empty())
+                {
                     info!(%account, rolled_back = ?r.rolled_back, promoted = ?r.promoted, orphans = ?r.orphans_dropped, "recovered");
                 }
             }
-            Err(e) => warn!(%account, error = %e, "recovery failed; will retry with the account's next rotation"),
+            Err(e) => {
+                warn!(%account, error = %e, "recovery failed; will retry with the account's next rotation")
+            }
         }
     }
     for account in ctx.inventory.accounts.values() {
         if let Strategy::Static { adopt: true, .. } = account.strategy {
             if ctx.ledger.live(&account.name).await?.is_empty() {
                 let res = ctx
-                    .with_lease(&account.name, Duration::from_secs(30), || rotation::adopt(&ctx, account))
+                    .with_lease(&account.name, Duration::from_secs(30), || {
+                        rotation::adopt(&ctx, account)
+                    })
                     .await;
                 if let Err(e) = res {
                     warn!(account = %account.name, error = %e, "cannot adopt static role");
@@ -141,10 +161,17 @@ pub async fn run(
             if busy.contains(&account.name) {
                 continue;
             }
-            let mine: Vec<&Credential> = live.iter().filter(|c| c.account == account.name).collect();
+            let mine: Vec<&Credential> =
+                live.iter().filter(|c| c.account == account.name).collect();
             let mut items = due(account, &states[&account.name], &mine, now);
             if forced.remove(&account.name) {
-                items.insert(0, Due::Rotate { at: now, why: "requested" });
+                items.insert(
+                    0,
+                    Due::Rotate {
+                        at: now,
+                        why: "requested",
+                    },
+                );
             }
             let Some(first) = items.first() else { continue };
             if let (Due::Retire { .. }, Some(until)) = (first, hold.get(&account.name)) {
@@ -203,7 +230,10 @@ pub async fn run(
         }
     }
 
-    info!(in_flight = tasks.len(), "shutting down; finishing in-flight steps");
+    info!(
+        in_flight = tasks.len(),
+        "shutting down; finishing in-flight steps"
+    );
     let drain = async {
         while let Some(joined) = tasks.join_next().await {
             if let Ok(done) = joined {
@@ -218,10 +248,15 @@ pub async fn run(
     Ok(())
 }
 
-async fn rotate_one(ctx: &Context, name: &str, why: &'static str) -> Result<rotation::Rotated, RotationError> {
+async fn rotate_one(
+    ctx: &Context,
+    name: &str,
+    why: &'static str,
+) -> Result<rotation::Rotated, RotationError> {
     let account = ctx.account(name)?;
     info!(account = name, reason = why, "rotating");
-    ctx.with_lease(name, Duration::ZERO, || rotation::rotate(ctx, account)).await
+    ctx.with_lease(name, Duration::ZERO, || rotation::rotate(ctx, account))
+        .await
 }
 
 async fn retire_one(ctx: &Context, name: &str, cred: i64) -> Result<(), RotationError> {
@@ -236,17 +271,31 @@ async fn retire_one(ctx: &Context, name: &str, cred: i64) -> Result<(), Rotation
     .await
 }
 
-async fn handle_done(ctx: &Context, done: Done, busy: &mut HashSet<String>, hold: &mut BTreeMap<String, DateTime<Utc>>) {
+async fn handle_done(
+    ctx: &Context,
+    done: Done,
+    busy: &mut HashSet<String>,
+    hold: &mut BTreeMap<String, DateTime<Utc>>,
+) {
     match done {
         Done::Rotated(name, Ok(r)) => {
             busy.remove(&name);
             info!(account = %name, version = r.version, username = %r.username, expires_at = %r.expires_at, "rotation complete");
         }
-        Done::Rotated(name, Err(RotationError::Busy(_))) | Done::Retired(name, Err(RotationError::Busy(_))) => {
+        Done::Rotated(name, Err(RotationError::Busy(_)))
+        | Done::Retired(name, Err(RotationError::Busy(_))) => {
             // Another process is working on it; look again shortly.
             busy.remove(&name);
             let now = ctx.clock.now();
-            let _ = ctx.ledger.record_failure(&name, now, "busy: another process holds the lease", now + chrono::Duration::seconds(5)).await;
+            let _ = ctx
+                .ledger
+                .record_failure(
+                    &name,
+                    now,
+                    "busy: another process holds the lease",
+                    now + chrono::Duration::seconds(5),
+                )
+                .await;
         }
         Done::Rotated(name, Err(e)) => {
             busy.remove(&name);
@@ -274,10 +323,17 @@ async fn record_failure(ctx: &Context, name: &str, e: &RotationError) {
     let attempt = (state.failures + 1).clamp(1, u32::MAX as i64) as u32;
     let cfg = &ctx.inventory.rotation;
     let retry_at = now + to_chrono(backoff(attempt, cfg.retry_initial, cfg.retry_max));
-    if let Err(le) = ctx.ledger.record_failure(name, now, &e.to_string(), retry_at).await {
+    if let Err(le) = ctx
+        .ledger
+        .record_failure(name, now, &e.to_string(), retry_at)
+        .await
+    {
         error!(account = name, error = %le, "cannot record rotation failure");
     }
-    let _ = ctx.ledger.event(now, name, None, "failed", &e.to_string()).await;
+    let _ = ctx
+        .ledger
+        .event(now, name, None, "failed", &e.to_string())
+        .await;
     let current = ctx
         .ledger
         .live(name)
@@ -297,7 +353,9 @@ async fn record_failure(ctx: &Context, name: &str, e: &RotationError) {
                 "rotation failed; the current credential expires then if no rotation succeeds"
             );
         }
-        None => warn!(account = name, attempt, error = %e, retry_at = %retry_at, "rotation failed; the account has no current credential"),
+        None => {
+            warn!(account = name, attempt, error = %e, retry_at = %retry_at, "rotation failed; the account has no current credential")
+        }
     }
 }
 

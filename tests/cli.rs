@@ -26,7 +26,11 @@ fn run(args: &[&str], config: &Path) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn account(name: &str, strategy: &str, extra: &str) -> String {
@@ -52,7 +56,11 @@ async fn check_exits_0_on_a_valid_inventory_and_1_with_located_errors() {
     assert!(text(&out).contains("ok (1 accounts"), "{}", text(&out));
 
     let bad = db.dir.path().join("bad.yaml");
-    std::fs::write(&bad, db.inventory("  Bad-Name:\n    database: nowhere\n    schedule: \"nope\"\n")).unwrap();
+    std::fs::write(
+        &bad,
+        db.inventory("  Bad-Name:\n    database: nowhere\n    schedule: \"nope\"\n"),
+    )
+    .unwrap();
     let out = run(&["check"], &bad);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let t = text(&out);
@@ -71,14 +79,25 @@ async fn check_exits_0_on_a_valid_inventory_and_1_with_located_errors() {
 async fn an_invalid_inventory_changes_nothing() {
     let db = setup().await;
     let good = account(&db.name("good"), "ephemeral", "");
-    let broken = format!("{good}  {}:\n    database: main\n    strategy: sideways\n", db.name("bad"));
+    let broken = format!(
+        "{good}  {}:\n    database: main\n    strategy: sideways\n",
+        db.name("bad")
+    );
     let path = db.write_inventory(&broken);
     for args in [&["rotate", "--all"][..], &["run"][..], &["plan"][..]] {
         let out = run(args, &path);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
-        assert!(text(&out).contains("unknown strategy \"sideways\""), "{}", text(&out));
+        assert!(
+            text(&out).contains("unknown strategy \"sideways\""),
+            "{}",
+            text(&out)
+        );
     }
-    assert!(db.roles().await.is_empty(), "no role was created: {:?}", db.roles().await);
+    assert!(
+        db.roles().await.is_empty(),
+        "no role was created: {:?}",
+        db.roles().await
+    );
     assert!(!db.ledger_path().exists(), "no ledger was written");
     assert!(!db.secrets_dir().exists(), "nothing was published");
 }
@@ -88,14 +107,26 @@ async fn rotate_status_revoke_round_trip_without_a_daemon() {
     let db = setup().await;
     let a = db.name("etl");
     let b = db.name("rep");
-    let path = db.write_inventory(&format!("{}{}", account(&a, "ephemeral", "    overlap: 1h\n"), account(&b, "alternating", "")));
+    let path = db.write_inventory(&format!(
+        "{}{}",
+        account(&a, "ephemeral", "    overlap: 1h\n"),
+        account(&b, "alternating", "")
+    ));
     let mut outputs = String::new();
     let mut passwords = Vec::new();
 
     let out = run(&["plan"], &path);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains(&format!("would run: CREATE ROLE \"{a}\" NOLOGIN")), "{}", text(&out));
-    assert!(text(&out).contains("would rotate now (no current credential)"), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("would run: CREATE ROLE \"{a}\" NOLOGIN")),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("would rotate now (no current credential)"),
+        "{}",
+        text(&out)
+    );
     assert!(db.roles().await.is_empty(), "plan is read-only");
     outputs.push_str(&text(&out));
 
@@ -107,13 +138,19 @@ async fn rotate_status_revoke_round_trip_without_a_daemon() {
         for acc in [&a, &b] {
             let p = db.published(acc);
             assert_eq!(p.version, round);
-            db.login(&p.username, p.password.expose()).await.expect("published credential logs in");
+            db.login(&p.username, p.password.expose())
+                .await
+                .expect("published credential logs in");
             passwords.push(p.password.expose().to_owned());
         }
     }
     let out = run(&["rotate", &db.name("nope")], &path);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("is not in the inventory"), "{}", text(&out));
+    assert!(
+        text(&out).contains("is not in the inventory"),
+        "{}",
+        text(&out)
+    );
 
     let out = run(&["status", "--format", "json"], &path);
     assert!(out.status.success(), "{}", text(&out));
@@ -121,7 +158,11 @@ async fn rotate_status_revoke_round_trip_without_a_daemon() {
     let rows: Vec<credrotd::api::AccountStatus> = serde_json::from_slice(&out.stdout).unwrap();
     let row = rows.iter().find(|r| r.account == a).unwrap();
     assert_eq!(row.current.as_ref().unwrap().version, 2);
-    assert_eq!(row.previous.as_ref().unwrap().version, 1, "v1 is in its overlap");
+    assert_eq!(
+        row.previous.as_ref().unwrap().version,
+        1,
+        "v1 is in its overlap"
+    );
     assert_eq!(row.last_result.as_deref(), Some("ok"));
     assert!(row.next_rotation.is_some());
 
@@ -131,11 +172,18 @@ async fn rotate_status_revoke_round_trip_without_a_daemon() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!db.roles().await.contains(&v1_user));
     let current = db.published(&a);
-    db.login(&current.username, current.password.expose()).await.expect("current survives --previous-only");
+    db.login(&current.username, current.password.expose())
+        .await
+        .expect("current survives --previous-only");
     let out = run(&["revoke", &a], &path);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("suspended"), "{}", text(&out));
-    assert!(db.login(&current.username, current.password.expose()).await.is_err(), "break-glass revoke kills the current login");
+    assert!(
+        db.login(&current.username, current.password.expose())
+            .await
+            .is_err(),
+        "break-glass revoke kills the current login"
+    );
     let out = run(&["status"], &path);
     assert!(text(&out).contains("(suspended)"), "{}", text(&out));
     outputs.push_str(&text(&out));
@@ -146,7 +194,11 @@ async fn rotate_status_revoke_round_trip_without_a_daemon() {
     db.login(&p.username, p.password.expose()).await.unwrap();
     passwords.push(p.password.expose().to_owned());
 
-    assert_no_secret("credrotd's output at RUST_LOG=trace", outputs.as_bytes(), &passwords);
+    assert_no_secret(
+        "credrotd's output at RUST_LOG=trace",
+        outputs.as_bytes(),
+        &passwords,
+    );
 }
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -172,7 +224,11 @@ fn version_of(db: &TestDb, account: &str) -> i64 {
 async fn the_daemon_rotates_on_schedule_and_stops_cleanly_on_sigterm() {
     let db = setup().await;
     let a = db.name("tick");
-    let path = db.write_inventory(&account(&a, "ephemeral", "    schedule: \"*/3 * * * * *\"\n    overlap: 2s\n    expiry_margin: 30s\n"));
+    let path = db.write_inventory(&account(
+        &a,
+        "ephemeral",
+        "    schedule: \"*/3 * * * * *\"\n    overlap: 2s\n    expiry_margin: 30s\n",
+    ));
     let log = db.dir.path().join("daemon.log");
     let child = credrotd()
         .arg("-c")
@@ -195,9 +251,16 @@ async fn the_daemon_rotates_on_schedule_and_stops_cleanly_on_sigterm() {
         v >= 3
     });
     // The first credential's overlap has ended: it is revoked and dropped.
-    let ledger = credrotd::ledger::Ledger::open(&format!("sqlite://{}", db.ledger_path().display())).await.unwrap();
+    let ledger =
+        credrotd::ledger::Ledger::open(&format!("sqlite://{}", db.ledger_path().display()))
+            .await
+            .unwrap();
     let creds = ledger.credentials(&a).await.unwrap();
-    assert_eq!(creds[0].state, credrotd::ledger::CredState::Revoked, "{creds:?}");
+    assert_eq!(
+        creds[0].state,
+        credrotd::ledger::CredState::Revoked,
+        "{creds:?}"
+    );
     assert!(!db.roles().await.contains(&creds[0].username));
     ledger.close().await;
 
@@ -205,9 +268,13 @@ async fn the_daemon_rotates_on_schedule_and_stops_cleanly_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
     let logs = std::fs::read(&log).unwrap();
-    assert!(String::from_utf8_lossy(&logs).contains("SIGTERM"), "json log mentions the signal");
+    assert!(
+        String::from_utf8_lossy(&logs).contains("SIGTERM"),
+        "json log mentions the signal"
+    );
     for line in String::from_utf8_lossy(&logs).lines() {
-        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
     }
     assert_no_secret("the daemon's trace log", &logs, &passwords);
 }
@@ -216,26 +283,53 @@ async fn the_daemon_rotates_on_schedule_and_stops_cleanly_on_sigterm() {
 async fn after_kill_9_a_restart_recovers_and_carries_on() {
     let db = setup().await;
     let a = db.name("kill");
-    let path = db.write_inventory(&account(&a, "ephemeral", "    schedule: \"* * * * * *\"\n    overlap: 0\n    expiry_margin: 30s\n"));
-    let mut child = credrotd().arg("-c").arg(&path).arg("run").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    wait_until("a few rotations", Duration::from_secs(30), || version_of(&db, &a) >= 3);
+    let path = db.write_inventory(&account(
+        &a,
+        "ephemeral",
+        "    schedule: \"* * * * * *\"\n    overlap: 0\n    expiry_margin: 30s\n",
+    ));
+    let mut child = credrotd()
+        .arg("-c")
+        .arg(&path)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("a few rotations", Duration::from_secs(30), || {
+        version_of(&db, &a) >= 3
+    });
     child.kill().unwrap(); // SIGKILL, mid-whatever it was doing
     child.wait().unwrap();
 
     // A restart (here: a one-shot rotate, which recovers first) finishes the job.
     let out = run(&["rotate", &a], &path);
     assert!(out.status.success(), "{}", text(&out));
-    let ledger = credrotd::ledger::Ledger::open(&format!("sqlite://{}", db.ledger_path().display())).await.unwrap();
+    let ledger =
+        credrotd::ledger::Ledger::open(&format!("sqlite://{}", db.ledger_path().display()))
+            .await
+            .unwrap();
     let creds = ledger.credentials(&a).await.unwrap();
     assert!(creds.iter().all(|c| !c.state.is_middle()), "{creds:?}");
-    let live: Vec<String> = creds.iter().filter(|c| c.state.is_live()).map(|c| c.username.clone()).collect();
+    let live: Vec<String> = creds
+        .iter()
+        .filter(|c| c.state.is_live())
+        .map(|c| c.username.clone())
+        .collect();
     assert!(live.len() <= 2, "{live:?}");
     // Every login role of the account in the database is one the ledger knows.
-    for role in db.roles().await.into_iter().filter(|r| r.starts_with(&format!("{a}_"))) {
+    for role in db
+        .roles()
+        .await
+        .into_iter()
+        .filter(|r| r.starts_with(&format!("{a}_")))
+    {
         assert!(live.contains(&role), "unknown login {role} survived");
     }
     let p = db.published(&a);
-    db.login(&p.username, p.password.expose()).await.expect("current logs in after recovery");
+    db.login(&p.username, p.password.expose())
+        .await
+        .expect("current logs in after recovery");
     ledger.close().await;
 }
 
@@ -248,8 +342,17 @@ fn demo_shows_issue_rotate_overlap_and_revoke_on_its_own_cluster() {
         .unwrap();
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    for needle in ["login ok", "still works (overlap)", "refused", "credential revoked", "final status:"] {
+    for needle in [
+        "login ok",
+        "still works (overlap)",
+        "refused",
+        "credential revoked",
+        "final status:",
+    ] {
         assert!(t.contains(needle), "demo output lacks {needle:?}:\n{t}");
     }
-    assert!(!t.contains("login FAILED"), "a published credential failed to log in:\n{t}");
+    assert!(
+        !t.contains("login FAILED"),
+        "a published credential failed to log in:\n{t}"
+    );
 }

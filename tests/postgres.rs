@@ -41,14 +41,19 @@ fn etl(name: &str, strategy: &str, extra: &str) -> String {
 
 /// Checks that `conn` can do exactly what `etl()` grants.
 async fn assert_exact_privileges(db: &TestDb, user: &str, password: &str) {
-    let mut c = db.login(user, password).await.expect("the issued credential logs in");
+    let mut c = db
+        .login(user, password)
+        .await
+        .expect("the issued credential logs in");
     let ok = |sql: &'static str| sql;
     for sql in [
         ok("SELECT count(*) FROM analytics.events"),
         ok("INSERT INTO analytics.events (kind) VALUES ('x')"),
         ok("SELECT count(*) FROM public.orders"),
     ] {
-        c.execute(sql).await.unwrap_or_else(|e| panic!("{user} should be allowed: {sql}: {e}"));
+        c.execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{user} should be allowed: {sql}: {e}"));
     }
     for sql in [
         "UPDATE analytics.events SET kind = 'y'",
@@ -62,22 +67,28 @@ async fn assert_exact_privileges(db: &TestDb, user: &str, password: &str) {
     ] {
         let err = c.execute(sql).await.expect_err(sql);
         let msg = err.to_string();
-        assert!(msg.contains("permission denied"), "{user}: {sql}: expected permission denied, got {msg}");
+        assert!(
+            msg.contains("permission denied"),
+            "{user}: {sql}: expected permission denied, got {msg}"
+        );
     }
     // A table created later in a "*" schema is covered by default privileges.
     db.exec("CREATE TABLE analytics.later (id int)").await;
-    c.execute("SELECT count(*) FROM analytics.later").await.expect("future tables are covered");
+    c.execute("SELECT count(*) FROM analytics.later")
+        .await
+        .expect("future tables are covered");
     db.exec("DROP TABLE analytics.later").await;
     c.close().await.unwrap();
 }
 
 async fn valid_until(db: &TestDb, user: &str) -> Option<chrono::DateTime<Utc>> {
     let mut c = db.admin().await;
-    let v: Option<chrono::DateTime<Utc>> = sqlx::query_scalar("SELECT rolvaliduntil FROM pg_roles WHERE rolname = $1")
-        .bind(user)
-        .fetch_one(&mut c)
-        .await
-        .unwrap();
+    let v: Option<chrono::DateTime<Utc>> =
+        sqlx::query_scalar("SELECT rolvaliduntil FROM pg_roles WHERE rolname = $1")
+            .bind(user)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
     v
 }
 
@@ -89,7 +100,11 @@ async fn ephemeral_credential_logs_in_with_exactly_the_declared_privileges() {
     let ctx = db.context(&etl(&name, "ephemeral", ""), system()).await;
     let account = ctx.account(&name).unwrap().clone();
     let r = rotation::rotate(&ctx, &account).await.unwrap();
-    assert!(r.username.starts_with(&format!("{name}_")) && r.username.len() == name.len() + 15, "{}", r.username);
+    assert!(
+        r.username.starts_with(&format!("{name}_")) && r.username.len() == name.len() + 15,
+        "{}",
+        r.username
+    );
 
     let p = db.published(&name);
     assert_eq!(p.username, r.username);
@@ -97,7 +112,9 @@ async fn ephemeral_credential_logs_in_with_exactly_the_declared_privileges() {
     assert_exact_privileges(&db, &p.username, p.password.expose()).await;
 
     // VALID UNTIL is the ledger's expiry, enforced by the server.
-    let vu = valid_until(&db, &p.username).await.expect("VALID UNTIL is set");
+    let vu = valid_until(&db, &p.username)
+        .await
+        .expect("VALID UNTIL is set");
     assert_eq!(vu.timestamp(), r.expires_at.timestamp());
     // Scoped role: NOLOGIN, no dangerous attribute, marked as managed; the login
     // role holds no grant of its own.
@@ -116,7 +133,9 @@ async fn alternating_uses_two_fixed_roles_in_turn_with_an_overlap() {
     let db = TestDb::new().await;
     db.exec(FIXTURES).await;
     let name = db.name("rep");
-    let ctx = db.context(&etl(&name, "alternating", "    overlap: 30m\n"), system()).await;
+    let ctx = db
+        .context(&etl(&name, "alternating", "    overlap: 30m\n"), system())
+        .await;
     let account = ctx.account(&name).unwrap().clone();
 
     rotation::rotate(&ctx, &account).await.unwrap();
@@ -127,24 +146,50 @@ async fn alternating_uses_two_fixed_roles_in_turn_with_an_overlap() {
     let r2 = rotation::rotate(&ctx, &account).await.unwrap();
     let second = db.published(&name);
     assert_eq!(second.username, format!("{name}_b"));
-    assert_eq!(r2.previous.as_ref().map(|p| p.0.as_str()), Some(first.username.as_str()));
+    assert_eq!(
+        r2.previous.as_ref().map(|p| p.0.as_str()),
+        Some(first.username.as_str())
+    );
     // During the overlap both log in.
-    db.login(&first.username, first.password.expose()).await.expect("previous works during the overlap");
-    db.login(&second.username, second.password.expose()).await.expect("current works");
+    db.login(&first.username, first.password.expose())
+        .await
+        .expect("previous works during the overlap");
+    db.login(&second.username, second.password.expose())
+        .await
+        .expect("current works");
 
     // The overlap ends: the previous is refused; the current still works.
-    let prev = ctx.ledger.live(&name).await.unwrap().into_iter().find(|c| c.state == CredState::Retiring).unwrap();
-    rotation::retire(&ctx, &account, &prev, false).await.unwrap();
-    let err = db.login(&first.username, first.password.expose()).await.unwrap_err();
+    let prev = ctx
+        .ledger
+        .live(&name)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.state == CredState::Retiring)
+        .unwrap();
+    rotation::retire(&ctx, &account, &prev, false)
+        .await
+        .unwrap();
+    let err = db
+        .login(&first.username, first.password.expose())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("not permitted to log in"), "{err}");
-    db.login(&second.username, second.password.expose()).await.expect("current still works");
+    db.login(&second.username, second.password.expose())
+        .await
+        .expect("current still works");
 
     // The third rotation reuses `_a` with a fresh password.
     rotation::rotate(&ctx, &account).await.unwrap();
     let third = db.published(&name);
     assert_eq!(third.username, first.username);
     assert_ne!(third.password.expose(), first.password.expose());
-    assert!(db.login(&first.username, first.password.expose()).await.is_err(), "the old _a password is dead");
+    assert!(
+        db.login(&first.username, first.password.expose())
+            .await
+            .is_err(),
+        "the old _a password is dead"
+    );
     assert_exact_privileges(&db, &third.username, third.password.expose()).await;
 }
 
@@ -154,17 +199,25 @@ async fn static_role_gets_a_new_password_in_place_and_adopt_leaves_it_alone() {
     db.exec(FIXTURES).await;
     let name = db.name("legacy");
     let role = db.name("legacy_svc");
-    db.exec(&format!("CREATE ROLE {role} LOGIN PASSWORD 'OriginalPassword-123456789'")).await;
+    db.exec(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'OriginalPassword-123456789'"
+    ))
+    .await;
     let extra = format!("    role: {role}\n    adopt: true\n    overlap: 0\n");
     let ctx = db.context(&etl(&name, "static", &extra), system()).await;
     let account = ctx.account(&name).unwrap().clone();
 
     // Adopting records the role without touching it.
     rotation::adopt(&ctx, &account).await.unwrap();
-    db.login(&role, "OriginalPassword-123456789").await.expect("adopted role keeps its password");
+    db.login(&role, "OriginalPassword-123456789")
+        .await
+        .expect("adopted role keeps its password");
     let live = ctx.ledger.live(&name).await.unwrap();
     assert_eq!(live.len(), 1);
-    assert_eq!((live[0].state, live[0].strategy.as_str()), (CredState::Current, "adopted"));
+    assert_eq!(
+        (live[0].state, live[0].strategy.as_str()),
+        (CredState::Current, "adopted")
+    );
 
     // The first rotation replaces the password; the role gets the scoped grants.
     rotation::rotate(&ctx, &account).await.unwrap();
@@ -174,7 +227,14 @@ async fn static_role_gets_a_new_password_in_place_and_adopt_leaves_it_alone() {
     assert_exact_privileges(&db, &role, p.password.expose()).await;
     assert!(valid_until(&db, &role).await.is_some());
     // No overlap on PostgreSQL: the previous version is revoked at once.
-    let states: Vec<CredState> = ctx.ledger.credentials(&name).await.unwrap().iter().map(|c| c.state).collect();
+    let states: Vec<CredState> = ctx
+        .ledger
+        .credentials(&name)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.state)
+        .collect();
     assert_eq!(states, vec![CredState::Revoked, CredState::Current]);
 }
 
@@ -186,7 +246,11 @@ async fn scheduler_revokes_the_previous_credential_when_the_overlap_ends() {
     let clock = ManualClock::new(Utc::now());
     let ctx = Arc::new(
         db.context(
-            &etl(&name, "ephemeral", "    schedule: \"0 0 * * * *\"\n    overlap: 10m\n"),
+            &etl(
+                &name,
+                "ephemeral",
+                "    schedule: \"0 0 * * * *\"\n    overlap: 10m\n",
+            ),
             Arc::new(clock.clone()),
         )
         .await,
@@ -215,19 +279,31 @@ async fn scheduler_revokes_the_previous_credential_when_the_overlap_ends() {
     let v1 = db.published(&name);
 
     // The next hourly fire rotates.
-    let next = ctx.account(&name).unwrap().schedule.next_after(clock.now()).unwrap();
+    let next = ctx
+        .account(&name)
+        .unwrap()
+        .schedule
+        .next_after(clock.now())
+        .unwrap();
     clock.set(next + chrono::Duration::seconds(1));
     let creds = wait_for(2).await;
     assert_eq!(creds[0].state, CredState::Retiring);
     let v2 = db.published(&name);
     assert_eq!(v2.version, 2);
-    db.login(&v1.username, v1.password.expose()).await.expect("v1 works during the overlap");
+    db.login(&v1.username, v1.password.expose())
+        .await
+        .expect("v1 works during the overlap");
 
     // Nine minutes in: still valid. Past ten: revoked and dropped.
     clock.advance(chrono::Duration::minutes(9));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(ctx.ledger.credentials(&name).await.unwrap()[0].state, CredState::Retiring);
-    db.login(&v1.username, v1.password.expose()).await.expect("v1 still works before the overlap ends");
+    assert_eq!(
+        ctx.ledger.credentials(&name).await.unwrap()[0].state,
+        CredState::Retiring
+    );
+    db.login(&v1.username, v1.password.expose())
+        .await
+        .expect("v1 still works before the overlap ends");
     clock.advance(chrono::Duration::minutes(2));
     for _ in 0..500 {
         if ctx.ledger.credentials(&name).await.unwrap()[0].state == CredState::Revoked {
@@ -235,10 +311,21 @@ async fn scheduler_revokes_the_previous_credential_when_the_overlap_ends() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(ctx.ledger.credentials(&name).await.unwrap()[0].state, CredState::Revoked);
-    assert!(db.login(&v1.username, v1.password.expose()).await.is_err(), "v1 refused after the overlap");
-    assert!(!db.roles().await.contains(&v1.username), "the ephemeral login role is dropped");
-    db.login(&v2.username, v2.password.expose()).await.expect("v2 still works");
+    assert_eq!(
+        ctx.ledger.credentials(&name).await.unwrap()[0].state,
+        CredState::Revoked
+    );
+    assert!(
+        db.login(&v1.username, v1.password.expose()).await.is_err(),
+        "v1 refused after the overlap"
+    );
+    assert!(
+        !db.roles().await.contains(&v1.username),
+        "the ephemeral login role is dropped"
+    );
+    db.login(&v2.username, v2.password.expose())
+        .await
+        .expect("v2 still works");
 
     stop_tx.send(()).unwrap();
     daemon.await.unwrap().unwrap();
@@ -252,24 +339,55 @@ async fn a_credential_past_its_valid_until_cannot_log_in() {
     // A clock ten days behind issues a credential whose VALID UNTIL has passed:
     // the server refuses it, so verification fails and the saga rolls back.
     let clock = ManualClock::new(Utc::now() - chrono::Duration::days(10));
-    let ctx = db.context(&etl(&name, "ephemeral", "    schedule: \"0 0 * * * *\"\n    overlap: 5m\n"), Arc::new(clock)).await;
+    let ctx = db
+        .context(
+            &etl(
+                &name,
+                "ephemeral",
+                "    schedule: \"0 0 * * * *\"\n    overlap: 5m\n",
+            ),
+            Arc::new(clock),
+        )
+        .await;
     let account = ctx.account(&name).unwrap().clone();
     let err = rotation::rotate(&ctx, &account).await.unwrap_err();
-    assert!(matches!(err, RotationError::Engine(credrotd::engine::EngineError::Verify { .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            RotationError::Engine(credrotd::engine::EngineError::Verify { .. })
+        ),
+        "{err}"
+    );
     let creds = ctx.ledger.credentials(&name).await.unwrap();
     assert_eq!(creds.len(), 1);
     assert_eq!(creds[0].state, CredState::Aborted);
-    assert!(!db.roles().await.contains(&creds[0].username), "the rolled-back login is dropped");
-    assert!(!db.secrets_dir().join(format!("{name}.json")).exists(), "nothing was published");
+    assert!(
+        !db.roles().await.contains(&creds[0].username),
+        "the rolled-back login is dropped"
+    );
+    assert!(
+        !db.secrets_dir().join(format!("{name}.json")).exists(),
+        "nothing was published"
+    );
 
     // And a working credential stops working when its expiry passes.
     let ctx = db.context(&etl(&name, "ephemeral", ""), system()).await;
     rotation::rotate(&ctx, &account).await.unwrap();
     let p = db.published(&name);
     db.login(&p.username, p.password.expose()).await.unwrap();
-    db.exec(&format!("ALTER ROLE \"{}\" VALID UNTIL '2000-01-01'", p.username)).await;
-    let err = db.login(&p.username, p.password.expose()).await.unwrap_err();
-    assert!(err.to_string().contains("password authentication failed"), "{err}");
+    db.exec(&format!(
+        "ALTER ROLE \"{}\" VALID UNTIL '2000-01-01'",
+        p.username
+    ))
+    .await;
+    let err = db
+        .login(&p.username, p.password.expose())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("password authentication failed"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,24 +407,52 @@ async fn revocation_ends_live_sessions_and_keeps_owned_objects() {
     // role itself is the owner).
     let mut session = db.login(&v1.username, v1.password.expose()).await.unwrap();
     session.execute("RESET ROLE").await.unwrap();
-    session.execute("CREATE TABLE analytics.made_by_login (id int)").await.unwrap();
+    session
+        .execute("CREATE TABLE analytics.made_by_login (id int)")
+        .await
+        .unwrap();
     session.execute("SET ROLE NONE").await.unwrap();
-    session.execute(format!("SET ROLE \"{name}\"").as_str()).await.unwrap();
-    session.execute("CREATE TABLE analytics.made_by_scoped (id int)").await.unwrap();
+    session
+        .execute(format!("SET ROLE \"{name}\"").as_str())
+        .await
+        .unwrap();
+    session
+        .execute("CREATE TABLE analytics.made_by_scoped (id int)")
+        .await
+        .unwrap();
 
     rotation::rotate(&ctx, &account).await.unwrap();
-    let prev = ctx.ledger.live(&name).await.unwrap().into_iter().find(|c| c.state == CredState::Retiring).unwrap();
-    rotation::retire(&ctx, &account, &prev, false).await.unwrap();
+    let prev = ctx
+        .ledger
+        .live(&name)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.state == CredState::Retiring)
+        .unwrap();
+    rotation::retire(&ctx, &account, &prev, false)
+        .await
+        .unwrap();
 
-    let err = session.execute("SELECT 1").await.expect_err("the live session is terminated");
+    let err = session
+        .execute("SELECT 1")
+        .await
+        .expect_err("the live session is terminated");
     drop(err);
-    assert!(!db.roles().await.contains(&v1.username), "the login role is gone");
+    assert!(
+        !db.roles().await.contains(&v1.username),
+        "the login role is gone"
+    );
     let owners = db
         .query_strings(
             "SELECT tableowner::text FROM pg_tables WHERE schemaname = 'analytics' AND tablename LIKE 'made_by_%' ORDER BY tablename",
         )
         .await;
-    assert_eq!(owners, vec![name.clone(), name.clone()], "objects are handed to the scoped role, not dropped");
+    assert_eq!(
+        owners,
+        vec![name.clone(), name.clone()],
+        "objects are handed to the scoped role, not dropped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,12 +467,21 @@ async fn reconciliation_undoes_changes_made_behind_its_back() {
     let account = ctx.account(&name).unwrap().clone();
     rotation::rotate(&ctx, &account).await.unwrap();
     let engine = ctx.engines["main"].clone();
-    assert!(engine.reconcile(&account, false).await.unwrap().is_empty(), "no drift right after a rotation");
+    assert!(
+        engine.reconcile(&account, false).await.unwrap().is_empty(),
+        "no drift right after a rotation"
+    );
     let p = db.published(&name);
     let mut c = db.login(&p.username, p.password.expose()).await.unwrap();
-    let tenant: String = sqlx::query_scalar("SELECT current_setting('app.tenant_id')").fetch_one(&mut c).await.unwrap();
+    let tenant: String = sqlx::query_scalar("SELECT current_setting('app.tenant_id')")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
     assert_eq!(tenant, "42", "settings reach the login's session");
-    let who: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&mut c).await.unwrap();
+    let who: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
     assert_eq!(who, name, "sessions run as the scoped role");
     c.close().await.unwrap();
 
@@ -337,14 +492,36 @@ async fn reconciliation_undoes_changes_made_behind_its_back() {
          ALTER ROLE {name} SET app.tenant_id = '7'; ALTER ROLE {name} SET search_path = 'x'"
     ))
     .await;
-    let plan: Vec<String> = engine.reconcile(&account, false).await.unwrap().into_iter().map(|c| c.0).collect();
-    for needle in ["GRANT SELECT ON TABLE \"public\".\"orders\"", "REVOKE DELETE ON TABLE \"public\".\"orders\"", "REVOKE SELECT ON TABLE \"public\".\"payroll\"", "GRANT \"", "app\".\"tenant_id\" = '42'", "RESET \"search_path\""] {
-        assert!(plan.iter().any(|s| s.contains(needle)), "plan lacks {needle}: {plan:#?}");
+    let plan: Vec<String> = engine
+        .reconcile(&account, false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
+    for needle in [
+        "GRANT SELECT ON TABLE \"public\".\"orders\"",
+        "REVOKE DELETE ON TABLE \"public\".\"orders\"",
+        "REVOKE SELECT ON TABLE \"public\".\"payroll\"",
+        "GRANT \"",
+        "app\".\"tenant_id\" = '42'",
+        "RESET \"search_path\"",
+    ] {
+        assert!(
+            plan.iter().any(|s| s.contains(needle)),
+            "plan lacks {needle}: {plan:#?}"
+        );
     }
     // Plan changed nothing.
-    assert_eq!(engine.reconcile(&account, false).await.unwrap().len(), plan.len());
+    assert_eq!(
+        engine.reconcile(&account, false).await.unwrap().len(),
+        plan.len()
+    );
     engine.reconcile(&account, true).await.unwrap();
-    assert!(engine.reconcile(&account, false).await.unwrap().is_empty(), "drift is gone");
+    assert!(
+        engine.reconcile(&account, false).await.unwrap().is_empty(),
+        "drift is gone"
+    );
     assert_exact_privileges(&db, &p.username, p.password.expose()).await;
 }
 
@@ -353,12 +530,19 @@ async fn a_role_credrotd_does_not_manage_is_never_taken_over() {
     let db = TestDb::new().await;
     db.exec(FIXTURES).await;
     let name = db.name("taken");
-    db.exec(&format!("CREATE ROLE {name} LOGIN SUPERUSER")).await;
+    db.exec(&format!("CREATE ROLE {name} LOGIN SUPERUSER"))
+        .await;
     let ctx = db.context(&etl(&name, "ephemeral", ""), system()).await;
     let account = ctx.account(&name).unwrap().clone();
     let err = rotation::rotate(&ctx, &account).await.unwrap_err();
     assert!(err.to_string().contains("not managed by credrotd"), "{err}");
-    assert!(db.query_bool(&format!("SELECT rolsuper FROM pg_roles WHERE rolname = '{name}'")).await, "untouched");
+    assert!(
+        db.query_bool(&format!(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = '{name}'"
+        ))
+        .await,
+        "untouched"
+    );
     assert!(ctx.ledger.credentials(&name).await.unwrap().is_empty());
 }
 
@@ -367,9 +551,15 @@ async fn a_role_credrotd_does_not_manage_is_never_taken_over() {
 async fn a_crash_in_any_middle_state_is_finished_or_rolled_back() {
     let db = TestDb::new().await;
     db.exec(FIXTURES).await;
-    for (i, state) in [CredState::Planned, CredState::Created, CredState::Verified, CredState::Published, CredState::Current]
-        .into_iter()
-        .enumerate()
+    for (i, state) in [
+        CredState::Planned,
+        CredState::Created,
+        CredState::Verified,
+        CredState::Published,
+        CredState::Current,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let name = db.name(&format!("crash{i}"));
         let accounts = etl(&name, "ephemeral", "");
@@ -381,22 +571,36 @@ async fn a_crash_in_any_middle_state_is_finished_or_rolled_back() {
         let mut crashing = db.context(&accounts, system()).await;
         crashing.crash_after = Some(state);
         let err = rotation::rotate(&crashing, &account).await.unwrap_err();
-        assert!(matches!(err, RotationError::Crash(s) if s == state), "{err}");
+        assert!(
+            matches!(err, RotationError::Crash(s) if s == state),
+            "{err}"
+        );
         let v2 = crashing.ledger.credentials(&name).await.unwrap()[1].clone();
         assert_eq!(v2.state, state);
 
         // Restart: a fresh context (new process, same ledger) recovers.
         let ctx = db.context(&accounts, system()).await;
-        let report = ctx.with_lease(&name, Duration::from_secs(5), || rotation::recover_account(&ctx, &account)).await.unwrap();
+        let report = ctx
+            .with_lease(&name, Duration::from_secs(5), || {
+                rotation::recover_account(&ctx, &account)
+            })
+            .await
+            .unwrap();
         let creds = ctx.ledger.credentials(&name).await.unwrap();
-        assert!(creds.iter().all(|c| !c.state.is_middle()), "{state}: a middle state is left: {creds:?}");
+        assert!(
+            creds.iter().all(|c| !c.state.is_middle()),
+            "{state}: a middle state is left: {creds:?}"
+        );
         let held = db.published(&name);
         match state {
             CredState::Planned | CredState::Created | CredState::Verified => {
                 assert_eq!(creds[1].state, CredState::Aborted, "{state}");
                 assert_eq!(creds[0].state, CredState::Current, "{state}");
                 assert_eq!(report.rolled_back, vec![v2.username.clone()]);
-                assert!(!db.roles().await.contains(&v2.username), "{state}: the new login is dropped");
+                assert!(
+                    !db.roles().await.contains(&v2.username),
+                    "{state}: the new login is dropped"
+                );
                 assert_eq!(held.version, 1, "{state}: the store still holds v1");
             }
             CredState::Published | CredState::Current => {
@@ -407,12 +611,26 @@ async fn a_crash_in_any_middle_state_is_finished_or_rolled_back() {
             _ => unreachable!(),
         }
         // Invariant 1: what the store marks current logs in; v1 too (overlap).
-        db.login(&held.username, held.password.expose()).await.unwrap_or_else(|e| panic!("{state}: {e}"));
-        db.login(&v1.username, v1.password.expose()).await.unwrap_or_else(|e| panic!("{state}: v1: {e}"));
+        db.login(&held.username, held.password.expose())
+            .await
+            .unwrap_or_else(|e| panic!("{state}: {e}"));
+        db.login(&v1.username, v1.password.expose())
+            .await
+            .unwrap_or_else(|e| panic!("{state}: v1: {e}"));
         // Invariant 3: no login role the ledger does not know as live.
-        let live: Vec<String> = ctx.ledger.live(&name).await.unwrap().into_iter().map(|c| c.username).collect();
+        let live: Vec<String> = ctx
+            .ledger
+            .live(&name)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.username)
+            .collect();
         for role in ctx.engines["main"].managed_logins(&account).await.unwrap() {
-            assert!(live.contains(&role), "{state}: unknown login {role} survived recovery");
+            assert!(
+                live.contains(&role),
+                "{state}: unknown login {role} survived recovery"
+            );
         }
         // Invariant 4: at most two valid.
         assert!(live.len() <= 2, "{state}: {live:?}");
@@ -437,7 +655,9 @@ async fn recovery_drops_login_roles_the_ledger_does_not_know() {
     assert_eq!(report.orphans_dropped, vec![orphan.clone()]);
     assert!(!db.roles().await.contains(&orphan));
     let p = db.published(&name);
-    db.login(&p.username, p.password.expose()).await.expect("the current credential is untouched");
+    db.login(&p.username, p.password.expose())
+        .await
+        .expect("the current credential is untouched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,7 +665,9 @@ async fn no_password_reaches_the_server_log_the_ledger_or_an_error() {
     let db = TestDb::new().await;
     db.exec(FIXTURES).await;
     let name = db.name("leak");
-    let ctx = db.context(&etl(&name, "ephemeral", "    overlap: 0\n"), system()).await;
+    let ctx = db
+        .context(&etl(&name, "ephemeral", "    overlap: 0\n"), system())
+        .await;
     let account = ctx.account(&name).unwrap().clone();
     let mut passwords = Vec::new();
     for _ in 0..3 {
@@ -454,16 +676,37 @@ async fn no_password_reaches_the_server_log_the_ledger_or_an_error() {
     }
     // A failing verification produces an error that must not carry the password.
     let alt = db.name("leak_alt");
-    let actx = db.context(&format!("{}{}", etl(&name, "ephemeral", "    overlap: 0\n"), etl(&alt, "alternating", "")), system()).await;
+    let actx = db
+        .context(
+            &format!(
+                "{}{}",
+                etl(&name, "ephemeral", "    overlap: 0\n"),
+                etl(&alt, "alternating", "")
+            ),
+            system(),
+        )
+        .await;
     let aacc = actx.account(&alt).unwrap().clone();
     rotation::rotate(&actx, &aacc).await.unwrap();
     passwords.push(db.published(&alt).password.expose().to_owned());
-    let errors = vec![format!("{:?}", rotation::rotate(&ctx, &account).await.map(|_| ()))];
+    // A failed login (wrong password, and an unknown user) gives errors that name
+    // the user but never carry the password that was tried.
+    let engine = ctx.engines["main"].clone();
+    let wrong = credrotd::secret::Secret::new("WrongPassword-0123456789abcdef".to_owned());
+    let mut errors = Vec::new();
+    for user in [db.published(&name).username, db.name("nobody")] {
+        let err = engine.verify(&user, &wrong).await.expect_err("a wrong password is refused");
+        errors.push(format!("{err} {err:?}"));
+    }
+    passwords.push(wrong.expose().to_owned());
     ctx.ledger.close().await;
     actx.ledger.close().await;
 
     let log = common::read_all(&[&common::pg_log()]);
-    assert!(!log.is_empty(), "the server log is empty: statement logging is off?");
+    assert!(
+        !log.is_empty(),
+        "the server log is empty: statement logging is off?"
+    );
     assert!(
         log.windows(11).any(|w| w == b"CREATE ROLE"),
         "the server log does not show CREATE ROLE: log_statement=all is not in effect"

@@ -109,7 +109,11 @@ pub trait Engine: Send + Sync {
     async fn create_login(&self, account: &Account, login: &Login<'_>) -> Result<(), EngineError>;
 
     /// Makes sure a fixed login role exists (alternating), without login rights.
-    async fn ensure_fixed_login(&self, account: &Account, username: &str) -> Result<(), EngineError>;
+    async fn ensure_fixed_login(
+        &self,
+        account: &Account,
+        username: &str,
+    ) -> Result<(), EngineError>;
 
     /// Sets a new password and expiry on an existing role and lets it log in.
     async fn set_password(&self, account: &Account, login: &Login<'_>) -> Result<(), EngineError>;

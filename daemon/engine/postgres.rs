@@ -101,13 +101,21 @@ impl Postgres {
         }
     }
 
-    async fn exec(&self, tx: &mut Transaction<'_, Pg>, stmt: &str, action: &str) -> Result<(), EngineError> {
+    async fn exec(
+        &self,
+        tx: &mut Transaction<'_, Pg>,
+        stmt: &str,
+        action: &str,
+    ) -> Result<(), EngineError> {
         tx.execute(stmt).await.map_err(self.sql(action))?;
         Ok(())
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Pg>, EngineError> {
-        self.pool.begin().await.map_err(self.sql("begin transaction"))
+        self.pool
+            .begin()
+            .await
+            .map_err(self.sql("begin transaction"))
     }
 
     /// The role's comment and attributes, if it exists.
@@ -144,14 +152,25 @@ impl Postgres {
 
     /// Computes the statements that bring the scoped role to the declared state.
     /// Runs inside `tx` so that apply sees the same catalog it planned against.
-    async fn diff(&self, tx: &mut Transaction<'_, Pg>, account: &Account) -> Result<Vec<String>, EngineError> {
+    async fn diff(
+        &self,
+        tx: &mut Transaction<'_, Pg>,
+        account: &Account,
+    ) -> Result<Vec<String>, EngineError> {
         let role = account.scoped_role();
         let mut out = Vec::new();
         let existing = self.role(&mut **tx, role).await?;
         match &existing {
             None => {
-                out.push(format!("CREATE ROLE {} NOLOGIN {SAFE_ATTRIBUTES} INHERIT", q(role)));
-                out.push(format!("COMMENT ON ROLE {} IS {}", q(role), lit(&scoped_comment(&account.name))));
+                out.push(format!(
+                    "CREATE ROLE {} NOLOGIN {SAFE_ATTRIBUTES} INHERIT",
+                    q(role)
+                ));
+                out.push(format!(
+                    "COMMENT ON ROLE {} IS {}",
+                    q(role),
+                    lit(&scoped_comment(&account.name))
+                ));
             }
             Some(r) => {
                 if r.comment.as_deref() != Some(scoped_comment(&account.name).as_str()) {
@@ -177,7 +196,11 @@ impl Postgres {
             out.push(format!("GRANT {privilege} ON {} TO {}", obj.sql(), q(role)));
         }
         for (obj, privilege) in actual.difference(&desired) {
-            out.push(format!("REVOKE {privilege} ON {} FROM {}", obj.sql(), q(role)));
+            out.push(format!(
+                "REVOKE {privilege} ON {} FROM {}",
+                obj.sql(),
+                q(role)
+            ));
         }
 
         // Default privileges for objects created later ("*" grants).
@@ -258,7 +281,12 @@ impl Postgres {
         };
         for (k, v) in &account.settings {
             if !actual.iter().any(|(ak, av)| ak == k && av == v) {
-                out.push(format!("ALTER ROLE {} SET {} = {}", q(role), setting_name(k), lit(v)));
+                out.push(format!(
+                    "ALTER ROLE {} SET {} = {}",
+                    q(role),
+                    setting_name(k),
+                    lit(v)
+                ));
             }
         }
         for (k, _) in &actual {
@@ -291,7 +319,12 @@ impl Postgres {
         Ok(out)
     }
 
-    async fn schema_owner(&self, tx: &mut Transaction<'_, Pg>, schema: &str, account: &str) -> Result<String, EngineError> {
+    async fn schema_owner(
+        &self,
+        tx: &mut Transaction<'_, Pg>,
+        schema: &str,
+        account: &str,
+    ) -> Result<String, EngineError> {
         sqlx::query_scalar(
             "SELECT pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = $1",
         )
@@ -305,14 +338,22 @@ impl Postgres {
         })
     }
 
-    async fn desired_privileges(&self, tx: &mut Transaction<'_, Pg>, account: &Account) -> Result<BTreeSet<(Obj, String)>, EngineError> {
+    async fn desired_privileges(
+        &self,
+        tx: &mut Transaction<'_, Pg>,
+        account: &Account,
+    ) -> Result<BTreeSet<(Obj, String)>, EngineError> {
         let mut out = BTreeSet::new();
         for g in &account.grants {
             self.schema_owner(tx, &g.schema, &account.name).await?;
             let objects: Vec<Obj> = match (&g.kind, &g.objects) {
                 (ObjectKind::Schema, _) | (_, None) => vec![Obj::Schema(g.schema.clone())],
                 (ObjectKind::Table | ObjectKind::Sequence, Some(sel)) => {
-                    let kinds = if g.kind == ObjectKind::Table { "rvmfp" } else { "S" };
+                    let kinds = if g.kind == ObjectKind::Table {
+                        "rvmfp"
+                    } else {
+                        "S"
+                    };
                     let rows: Vec<String> = sqlx::query_scalar(
                         "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                          WHERE n.nspname = $1 AND strpos($2, c.relkind::text) > 0 ORDER BY 1",
@@ -359,7 +400,11 @@ impl Postgres {
         Ok(out)
     }
 
-    async fn actual_privileges(&self, tx: &mut Transaction<'_, Pg>, role: &str) -> Result<BTreeSet<(Obj, String)>, EngineError> {
+    async fn actual_privileges(
+        &self,
+        tx: &mut Transaction<'_, Pg>,
+        role: &str,
+    ) -> Result<BTreeSet<(Obj, String)>, EngineError> {
         let mut out = BTreeSet::new();
         let action = || format!("read privileges of {role}");
         let schemas: Vec<(String, String)> = sqlx::query_as(
@@ -396,11 +441,19 @@ impl Postgres {
         .fetch_all(&mut **tx)
         .await
         .map_err(self.sql(action()))?;
-        out.extend(funcs.into_iter().map(|(s, n, args, p)| (Obj::Function(s, n, args), p)));
+        out.extend(
+            funcs
+                .into_iter()
+                .map(|(s, n, args, p)| (Obj::Function(s, n, args), p)),
+        );
         Ok(out)
     }
 
-    async fn desired_defaults(&self, tx: &mut Transaction<'_, Pg>, account: &Account) -> Result<BTreeSet<DefaultAcl>, EngineError> {
+    async fn desired_defaults(
+        &self,
+        tx: &mut Transaction<'_, Pg>,
+        account: &Account,
+    ) -> Result<BTreeSet<DefaultAcl>, EngineError> {
         let mut out = BTreeSet::new();
         for g in &account.grants {
             if g.objects != Some(Objects::All) {
@@ -425,7 +478,11 @@ impl Postgres {
         Ok(out)
     }
 
-    async fn actual_defaults(&self, tx: &mut Transaction<'_, Pg>, role: &str) -> Result<BTreeSet<DefaultAcl>, EngineError> {
+    async fn actual_defaults(
+        &self,
+        tx: &mut Transaction<'_, Pg>,
+        role: &str,
+    ) -> Result<BTreeSet<DefaultAcl>, EngineError> {
         let rows: Vec<(String, Option<String>, String, String)> = sqlx::query_as(
             "SELECT r.rolname::text, n.nspname::text, d.defaclobjtype::text, a.privilege_type
              FROM pg_default_acl d JOIN pg_roles r ON r.oid = d.defaclrole
@@ -449,7 +506,11 @@ impl Postgres {
             .collect())
     }
 
-    async fn role_settings(&self, tx: &mut Transaction<'_, Pg>, role: &str) -> Result<Vec<(String, String)>, EngineError> {
+    async fn role_settings(
+        &self,
+        tx: &mut Transaction<'_, Pg>,
+        role: &str,
+    ) -> Result<Vec<(String, String)>, EngineError> {
         let rows: Vec<Vec<String>> = sqlx::query_scalar(
             "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
              WHERE r.rolname = $1 AND s.setdatabase = 0",
@@ -461,7 +522,10 @@ impl Postgres {
         Ok(rows
             .into_iter()
             .flatten()
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            })
             .collect())
     }
 
@@ -475,7 +539,12 @@ impl Postgres {
             lit(account.scoped_role())
         )];
         for (k, v) in &account.settings {
-            out.push(format!("ALTER ROLE {} SET {} = {}", q(username), setting_name(k), lit(v)));
+            out.push(format!(
+                "ALTER ROLE {} SET {} = {}",
+                q(username),
+                setting_name(k),
+                lit(v)
+            ));
         }
         out.push(format!(
             "ALTER ROLE {} CONNECTION LIMIT {}",
@@ -582,7 +651,12 @@ impl Engine for Postgres {
     async fn reconcile(&self, account: &Account, apply: bool) -> Result<Vec<Change>, EngineError> {
         let mut tx = self.begin().await?;
         if !apply {
-            self.exec(&mut tx, "SET TRANSACTION READ ONLY", "start read-only transaction").await?;
+            self.exec(
+                &mut tx,
+                "SET TRANSACTION READ ONLY",
+                "start read-only transaction",
+            )
+            .await?;
         }
         let mut stmts = self.diff(&mut tx, account).await?;
         if apply && !stmts.is_empty() {
@@ -595,7 +669,8 @@ impl Engine for Postgres {
                 .map_err(self.sql("take reconcile lock"))?;
             stmts = self.diff(&mut tx, account).await?;
             for s in &stmts {
-                self.exec(&mut tx, s, &format!("reconcile role {}", account.name)).await?;
+                self.exec(&mut tx, s, &format!("reconcile role {}", account.name))
+                    .await?;
             }
             tx.commit().await.map_err(self.sql("commit reconcile"))?;
         } else {
@@ -605,7 +680,8 @@ impl Engine for Postgres {
     }
 
     async fn create_login(&self, account: &Account, login: &Login<'_>) -> Result<(), EngineError> {
-        let verifier = postgres_protocol::password::scram_sha_256(login.password.expose().as_bytes());
+        let verifier =
+            postgres_protocol::password::scram_sha_256(login.password.expose().as_bytes());
         let mut tx = self.begin().await?;
         let action = format!("create login role {}", login.username);
         self.exec(
@@ -622,7 +698,11 @@ impl Engine for Postgres {
         .await?;
         self.exec(
             &mut tx,
-            &format!("COMMENT ON ROLE {} IS {}", q(login.username), lit(&login_comment(&account.name))),
+            &format!(
+                "COMMENT ON ROLE {} IS {}",
+                q(login.username),
+                lit(&login_comment(&account.name))
+            ),
             &action,
         )
         .await?;
@@ -633,7 +713,11 @@ impl Engine for Postgres {
         Ok(())
     }
 
-    async fn ensure_fixed_login(&self, account: &Account, username: &str) -> Result<(), EngineError> {
+    async fn ensure_fixed_login(
+        &self,
+        account: &Account,
+        username: &str,
+    ) -> Result<(), EngineError> {
         let mut tx = self.begin().await?;
         let action = format!("prepare login role {username}");
         match self.role(&mut *tx, username).await? {
@@ -657,7 +741,11 @@ impl Engine for Postgres {
                 .await?;
                 self.exec(
                     &mut tx,
-                    &format!("COMMENT ON ROLE {} IS {}", q(username), lit(&fixed_comment(&account.name))),
+                    &format!(
+                        "COMMENT ON ROLE {} IS {}",
+                        q(username),
+                        lit(&fixed_comment(&account.name))
+                    ),
                     &action,
                 )
                 .await?;
@@ -668,7 +756,8 @@ impl Engine for Postgres {
     }
 
     async fn set_password(&self, account: &Account, login: &Login<'_>) -> Result<(), EngineError> {
-        let verifier = postgres_protocol::password::scram_sha_256(login.password.expose().as_bytes());
+        let verifier =
+            postgres_protocol::password::scram_sha_256(login.password.expose().as_bytes());
         let mut tx = self.begin().await?;
         let action = format!("set password of {}", login.username);
         if self.role(&mut *tx, login.username).await?.is_none() {
@@ -698,7 +787,11 @@ impl Engine for Postgres {
     }
 
     async fn verify(&self, username: &str, password: &Secret) -> Result<(), EngineError> {
-        let opts = self.base.clone().username(username).password(password.expose());
+        let opts = self
+            .base
+            .clone()
+            .username(username)
+            .password(password.expose());
         let err = |source| EngineError::Verify {
             database: self.name.clone(),
             username: username.to_owned(),
@@ -709,7 +802,10 @@ impl Engine for Postgres {
             .await
             .map_err(|_| err(sqlx::Error::PoolTimedOut))?
             .map_err(err)?;
-        let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.map_err(err)?;
+        let one: i32 = sqlx::query_scalar("SELECT 1")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(err)?;
         let _ = conn.close().await;
         if one == 1 {
             Ok(())
@@ -721,8 +817,12 @@ impl Engine for Postgres {
     async fn disable_login(&self, username: &str) -> Result<(), EngineError> {
         let mut tx = self.begin().await?;
         if self.role(&mut *tx, username).await?.is_some() {
-            self.exec(&mut tx, &format!("ALTER ROLE {} NOLOGIN", q(username)), &format!("disable login {username}"))
-                .await?;
+            self.exec(
+                &mut tx,
+                &format!("ALTER ROLE {} NOLOGIN", q(username)),
+                &format!("disable login {username}"),
+            )
+            .await?;
         }
         tx.commit().await.map_err(self.sql("commit"))?;
         Ok(())
@@ -753,7 +853,11 @@ impl Engine for Postgres {
         if self.role(&mut *tx, username).await?.is_some() {
             for s in [
                 format!("ALTER ROLE {} NOLOGIN", q(username)),
-                format!("REASSIGN OWNED BY {} TO {}", q(username), q(account.scoped_role())),
+                format!(
+                    "REASSIGN OWNED BY {} TO {}",
+                    q(username),
+                    q(account.scoped_role())
+                ),
                 format!("DROP OWNED BY {}", q(username)),
                 format!("DROP ROLE {}", q(username)),
             ] {

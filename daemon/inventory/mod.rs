@@ -110,7 +110,9 @@ impl PasswordSource {
             PasswordSource::None => Ok(None),
             PasswordSource::File(p) => {
                 let text = std::fs::read_to_string(p)?;
-                Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']).to_owned())))
+                Ok(Some(Secret::new(
+                    text.trim_end_matches(['\r', '\n']).to_owned(),
+                )))
             }
             PasswordSource::Env(var) => match std::env::var(var) {
                 Ok(v) => Ok(Some(Secret::new(v))),
@@ -505,7 +507,9 @@ impl Validator {
             Err(e) => {
                 self.error(
                     &v.referenced,
-                    format!("{what}: invalid duration {text:?} ({e}); expected e.g. 30s, 15m, 6h, 7d"),
+                    format!(
+                        "{what}: invalid duration {text:?} ({e}); expected e.g. 30s, 15m, 6h, 7d"
+                    ),
                 );
                 None
             }
@@ -526,7 +530,10 @@ impl Validator {
         if raw.version.value != 1 {
             self.error(
                 &raw.version.referenced,
-                format!("unsupported inventory version {}; expected 1", raw.version.value),
+                format!(
+                    "unsupported inventory version {}; expected 1",
+                    raw.version.value
+                ),
             );
         }
         self.environment = match raw.environment.as_ref().map(|e| e.value.as_str()) {
@@ -534,7 +541,11 @@ impl Validator {
             Some("staging") => Environment::Staging,
             Some("development") => Environment::Development,
             Some(other) => {
-                let at = raw.environment.as_ref().map(|e| e.referenced).unwrap_or(top);
+                let at = raw
+                    .environment
+                    .as_ref()
+                    .map(|e| e.referenced)
+                    .unwrap_or(top);
                 self.error(
                     &at,
                     format!("unknown environment {other:?}; expected production, staging or development"),
@@ -547,14 +558,18 @@ impl Validator {
             Some(s) => {
                 if s.value.starts_with("sqlite:") {
                     s.value.clone()
-                } else if s.value.starts_with("postgres://") || s.value.starts_with("postgresql://") {
+                } else if s.value.starts_with("postgres://") || s.value.starts_with("postgresql://")
+                {
                     self.error(
                         &s.referenced,
                         "a PostgreSQL ledger (for several replicas) is not supported yet; use sqlite:///path/state.db",
                     );
                     s.value.clone()
                 } else {
-                    self.error(&s.referenced, format!("state: expected a sqlite:// URL, found {:?}", s.value));
+                    self.error(
+                        &s.referenced,
+                        format!("state: expected a sqlite:// URL, found {:?}", s.value),
+                    );
                     s.value.clone()
                 }
             }
@@ -577,7 +592,11 @@ impl Validator {
                 .socket
                 .map(|s| self.path(&s.value))
                 .unwrap_or_else(|| PathBuf::from("/run/credrotd/admin.sock")),
-            allow_uids: if a.allow_uids.is_empty() { vec![0] } else { a.allow_uids },
+            allow_uids: if a.allow_uids.is_empty() {
+                vec![0]
+            } else {
+                a.allow_uids
+            },
             allow_gids: a.allow_gids,
         });
         let metrics = raw.metrics.and_then(|m| match m.listen.value.parse() {
@@ -585,7 +604,10 @@ impl Validator {
             Err(_) => {
                 self.error(
                     &m.listen.referenced,
-                    format!("metrics.listen: expected host:port such as 127.0.0.1:9477, found {:?}", m.listen.value),
+                    format!(
+                        "metrics.listen: expected host:port such as 127.0.0.1:9477, found {:?}",
+                        m.listen.value
+                    ),
                 );
                 None
             }
@@ -594,15 +616,26 @@ impl Validator {
         if let Some(r) = raw.rotation {
             if let Some(c) = r.concurrency {
                 if c.value == 0 || c.value > 1024 {
-                    self.error(&c.referenced, "rotation.concurrency must be between 1 and 1024");
+                    self.error(
+                        &c.referenced,
+                        "rotation.concurrency must be between 1 and 1024",
+                    );
                 } else {
                     rotation.concurrency = c.value as usize;
                 }
             }
-            if let Some(d) = r.retry_initial.as_ref().and_then(|d| self.duration(d, "rotation.retry_initial")) {
+            if let Some(d) = r
+                .retry_initial
+                .as_ref()
+                .and_then(|d| self.duration(d, "rotation.retry_initial"))
+            {
                 rotation.retry_initial = d.max(Duration::from_secs(1));
             }
-            if let Some(d) = r.retry_max.as_ref().and_then(|d| self.duration(d, "rotation.retry_max")) {
+            if let Some(d) = r
+                .retry_max
+                .as_ref()
+                .and_then(|d| self.duration(d, "rotation.retry_max"))
+            {
                 rotation.retry_max = d.max(rotation.retry_initial);
             }
         }
@@ -612,13 +645,18 @@ impl Validator {
             overlap: d.overlap,
             expiry_margin: d.expiry_margin,
             strategy: d.strategy,
-            store: d.store.map(|s| Spanned::new(s.value.into_vec(), s.referenced, s.defined)),
+            store: d
+                .store
+                .map(|s| Spanned::new(s.value.into_vec(), s.referenced, s.defined)),
         };
 
         let mut databases = BTreeMap::new();
         for (name, db) in raw.databases.0 {
             if databases.contains_key(&name.value) {
-                self.error(&name.referenced, format!("database {:?} is defined twice", name.value));
+                self.error(
+                    &name.referenced,
+                    format!("database {:?} is defined twice", name.value),
+                );
                 continue;
             }
             if let Some(db) = self.database(&name, db) {
@@ -628,7 +666,10 @@ impl Validator {
         let mut stores = BTreeMap::new();
         for (name, st) in raw.stores.0 {
             if stores.contains_key(&name.value) {
-                self.error(&name.referenced, format!("store {:?} is defined twice", name.value));
+                self.error(
+                    &name.referenced,
+                    format!("store {:?} is defined twice", name.value),
+                );
                 continue;
             }
             if let Some(st) = self.store(&name, st) {
@@ -639,7 +680,10 @@ impl Validator {
         let mut role_names: BTreeMap<String, String> = BTreeMap::new();
         for (name, acc) in raw.accounts.0 {
             if accounts.contains_key(&name.value) {
-                self.error(&name.referenced, format!("account {:?} is defined twice", name.value));
+                self.error(
+                    &name.referenced,
+                    format!("account {:?} is defined twice", name.value),
+                );
                 continue;
             }
             if let Some(acc) = self.account(&name, acc, &defaults, &databases, &stores, timezone) {
@@ -674,20 +718,32 @@ impl Validator {
 
     fn database(&mut self, name: &S<String>, db: RawDatabase) -> Option<Database> {
         if !is_account_name(&name.value) {
-            self.error(&name.referenced, format!("database name {:?} must match {ACCOUNT_NAME_RULE}", name.value));
+            self.error(
+                &name.referenced,
+                format!(
+                    "database name {:?} must match {ACCOUNT_NAME_RULE}",
+                    name.value
+                ),
+            );
         }
         let engine = match db.engine.value.as_str() {
             "postgres" | "postgresql" => Some(EngineKind::Postgres),
             "mysql" | "mariadb" => {
                 self.error(
                     &db.engine.referenced,
-                    format!("engine {:?} is not supported yet; this build supports postgres", db.engine.value),
+                    format!(
+                        "engine {:?} is not supported yet; this build supports postgres",
+                        db.engine.value
+                    ),
                 );
                 self.unsupported.insert(name.value.clone());
                 None
             }
             other => {
-                self.error(&db.engine.referenced, format!("unknown engine {other:?}; expected postgres or mysql"));
+                self.error(
+                    &db.engine.referenced,
+                    format!("unknown engine {other:?}; expected postgres or mysql"),
+                );
                 self.unsupported.insert(name.value.clone());
                 None
             }
@@ -742,12 +798,18 @@ impl Validator {
 
     fn store(&mut self, name: &S<String>, st: RawStore) -> Option<StoreConfig> {
         if !is_account_name(&name.value) {
-            self.error(&name.referenced, format!("store name {:?} must match {ACCOUNT_NAME_RULE}", name.value));
+            self.error(
+                &name.referenced,
+                format!("store name {:?} must match {ACCOUNT_NAME_RULE}", name.value),
+            );
         }
         match st.kind.value.as_str() {
             "file" => {
                 let Some(dir) = st.dir else {
-                    self.error(&st.kind.referenced, format!("store {:?}: kind file needs `dir`", name.value));
+                    self.error(
+                        &st.kind.referenced,
+                        format!("store {:?}: kind file needs `dir`", name.value),
+                    );
                     return None;
                 };
                 let mode = match st.mode {
@@ -765,9 +827,19 @@ impl Validator {
                         }
                     },
                 };
-                for (key, val) in [("address", &st.address), ("region", &st.region), ("endpoint", &st.endpoint)] {
+                for (key, val) in [
+                    ("address", &st.address),
+                    ("region", &st.region),
+                    ("endpoint", &st.endpoint),
+                ] {
                     if let Some(v) = val {
-                        self.error(&v.referenced, format!("store {:?}: `{key}` does not apply to kind file", name.value));
+                        self.error(
+                            &v.referenced,
+                            format!(
+                                "store {:?}: `{key}` does not apply to kind file",
+                                name.value
+                            ),
+                        );
                     }
                 }
                 Some(StoreConfig {
@@ -782,14 +854,19 @@ impl Validator {
                 self.unsupported.insert(name.value.clone());
                 self.error(
                     &st.kind.referenced,
-                    format!("store kind {:?} is not supported yet; this build supports file", st.kind.value),
+                    format!(
+                        "store kind {:?} is not supported yet; this build supports file",
+                        st.kind.value
+                    ),
                 );
                 None
             }
             other => {
                 self.error(
                     &st.kind.referenced,
-                    format!("unknown store kind {other:?}; expected file, vault or aws_secrets_manager"),
+                    format!(
+                        "unknown store kind {other:?}; expected file, vault or aws_secrets_manager"
+                    ),
                 );
                 None
             }
@@ -817,12 +894,19 @@ impl Validator {
         } else if !databases.contains_key(&acc.database.value) {
             self.error(
                 &acc.database.referenced,
-                format!("account {n:?}: unknown database {:?}; defined databases: {}", acc.database.value, list(databases.keys())),
+                format!(
+                    "account {n:?}: unknown database {:?}; defined databases: {}",
+                    acc.database.value,
+                    list(databases.keys())
+                ),
             );
         }
         for (field, val) in [("purpose", &acc.purpose), ("owner", &acc.owner)] {
             match val {
-                Some(v) if v.value.trim().is_empty() => self.error(&v.referenced, format!("account {n:?}: `{field}` must not be empty")),
+                Some(v) if v.value.trim().is_empty() => self.error(
+                    &v.referenced,
+                    format!("account {n:?}: `{field}` must not be empty"),
+                ),
                 Some(_) => {}
                 None => self.policy(&at, format!("account {n:?}: `{field}` is required")),
             }
@@ -838,7 +922,10 @@ impl Validator {
                     if role.value == n {
                         self.error(&role.referenced, format!("account {n:?}: the static role must differ from the account name, which is the account's scoped role"));
                     } else if let Some(p) = identifier_problem(&role.value) {
-                        self.error(&role.referenced, format!("account {n:?}: role {:?} {p}", role.value));
+                        self.error(
+                            &role.referenced,
+                            format!("account {n:?}: role {:?} {p}", role.value),
+                        );
                     }
                     Some(Strategy::Static {
                         role: role.value.clone(),
@@ -846,7 +933,10 @@ impl Validator {
                     })
                 }
                 None => {
-                    self.error(&sat, format!("account {n:?}: strategy static needs `role: <existing role>`"));
+                    self.error(
+                        &sat,
+                        format!("account {n:?}: strategy static needs `role: <existing role>`"),
+                    );
                     None
                 }
             },
@@ -857,17 +947,26 @@ impl Validator {
         };
         if !matches!(strategy, Some(Strategy::Static { .. }) | None) {
             if let Some(role) = &acc.role {
-                self.error(&role.referenced, format!("account {n:?}: `role` only applies to strategy static"));
+                self.error(
+                    &role.referenced,
+                    format!("account {n:?}: `role` only applies to strategy static"),
+                );
             }
             if let Some(adopt) = &acc.adopt {
-                self.error(&adopt.referenced, format!("account {n:?}: `adopt` only applies to strategy static"));
+                self.error(
+                    &adopt.referenced,
+                    format!("account {n:?}: `adopt` only applies to strategy static"),
+                );
             }
         }
 
         // Schedule, overlap, lifetime.
         let schedule = match acc.schedule.as_ref().or(defaults.schedule.as_ref()) {
             None => {
-                self.error(&at, format!("account {n:?}: no schedule (set `schedule` here or in `defaults`)"));
+                self.error(
+                    &at,
+                    format!("account {n:?}: no schedule (set `schedule` here or in `defaults`)"),
+                );
                 None
             }
             Some(s) => match Schedule::parse(&s.value, tz) {
@@ -883,7 +982,11 @@ impl Validator {
             Some(o) => self.duration(o, "overlap"),
             None => Some(Duration::from_secs(3600)),
         };
-        let expiry_margin = match acc.expiry_margin.as_ref().or(defaults.expiry_margin.as_ref()) {
+        let expiry_margin = match acc
+            .expiry_margin
+            .as_ref()
+            .or(defaults.expiry_margin.as_ref())
+        {
             Some(m) => self.duration(m, "expiry_margin"),
             None => Some(Duration::from_secs(3600)),
         };
@@ -905,9 +1008,16 @@ impl Validator {
             }
             overlap = Duration::ZERO;
         }
-        if let (Some(schedule), Some(margin), Some(lifetime), true) = (&schedule, expiry_margin, lifetime, overlap_valid) {
+        if let (Some(schedule), Some(margin), Some(lifetime), true) =
+            (&schedule, expiry_margin, lifetime, overlap_valid)
+        {
             let now = Utc::now();
-            let sched_at = acc.schedule.as_ref().or(defaults.schedule.as_ref()).map(|s| s.referenced).unwrap_or(at);
+            let sched_at = acc
+                .schedule
+                .as_ref()
+                .or(defaults.schedule.as_ref())
+                .map(|s| s.referenced)
+                .unwrap_or(at);
             let max = schedule.max_interval(now, 64);
             let min = min_interval(schedule, now, 64);
             if let Some(min) = min {
@@ -938,7 +1048,11 @@ impl Validator {
                     }
                 }
                 if effective > PRODUCTION_MAX_LIFETIME {
-                    let lat = acc.lifetime.as_ref().map(|l| l.referenced).unwrap_or(sched_at);
+                    let lat = acc
+                        .lifetime
+                        .as_ref()
+                        .map(|l| l.referenced)
+                        .unwrap_or(sched_at);
                     self.policy(
                         &lat,
                         format!(
@@ -961,14 +1075,29 @@ impl Validator {
         let mut member_of = Vec::new();
         for m in acc.member_of {
             if let Some(p) = identifier_problem(&m.value) {
-                self.error(&m.referenced, format!("account {n:?}: member_of role {:?} {p}", m.value));
+                self.error(
+                    &m.referenced,
+                    format!("account {n:?}: member_of role {:?} {p}", m.value),
+                );
             } else if m.value == n || m.value.eq_ignore_ascii_case("public") {
-                self.error(&m.referenced, format!("account {n:?}: cannot be a member of {:?}", m.value));
+                self.error(
+                    &m.referenced,
+                    format!("account {n:?}: cannot be a member of {:?}", m.value),
+                );
             } else if DANGEROUS_MEMBERSHIPS.contains(&m.value.as_str()) {
-                self.policy(&m.referenced, format!("account {n:?}: membership in {} grants far more than least privilege", m.value));
+                self.policy(
+                    &m.referenced,
+                    format!(
+                        "account {n:?}: membership in {} grants far more than least privilege",
+                        m.value
+                    ),
+                );
                 member_of.push(m.value);
             } else if member_of.contains(&m.value) {
-                self.warn(&m.referenced, format!("account {n:?}: member_of lists {:?} twice", m.value));
+                self.warn(
+                    &m.referenced,
+                    format!("account {n:?}: member_of lists {:?} twice", m.value),
+                );
             } else {
                 member_of.push(m.value);
             }
@@ -978,9 +1107,18 @@ impl Validator {
             if !is_setting_name(&k.value) {
                 self.error(&k.referenced, format!("account {n:?}: setting name {:?} is not a valid parameter name (e.g. app.tenant_id)", k.value));
             } else if FORBIDDEN_SETTINGS.contains(&k.value.as_str()) {
-                self.error(&k.referenced, format!("account {n:?}: setting {:?} is managed by credrotd and cannot be set", k.value));
+                self.error(
+                    &k.referenced,
+                    format!(
+                        "account {n:?}: setting {:?} is managed by credrotd and cannot be set",
+                        k.value
+                    ),
+                );
             } else if v.value.contains('\0') {
-                self.error(&v.referenced, format!("account {n:?}: setting {:?} contains a NUL byte", k.value));
+                self.error(
+                    &v.referenced,
+                    format!("account {n:?}: setting {:?} contains a NUL byte", k.value),
+                );
             } else {
                 settings.insert(k.value, v.value);
             }
@@ -1007,7 +1145,10 @@ impl Validator {
             ),
             (None, Some(d)) => d.clone(),
             (None, None) => {
-                self.error(&at, format!("account {n:?}: no store (set `store` here or in `defaults`)"));
+                self.error(
+                    &at,
+                    format!("account {n:?}: no store (set `store` here or in `defaults`)"),
+                );
                 Spanned::new(Vec::new(), at, at)
             }
         };
@@ -1018,18 +1159,30 @@ impl Validator {
             } else if !stores.contains_key(s) {
                 self.error(
                     &store_names.referenced,
-                    format!("account {n:?}: unknown store {s:?}; defined stores: {}", list(stores.keys())),
+                    format!(
+                        "account {n:?}: unknown store {s:?}; defined stores: {}",
+                        list(stores.keys())
+                    ),
                 );
             } else if !store_list.contains(s) {
                 store_list.push(s.clone());
             }
         }
         if store_names.value.is_empty() && acc.store.is_some() {
-            self.error(&store_names.referenced, format!("account {n:?}: `store` lists no store"));
+            self.error(
+                &store_names.referenced,
+                format!("account {n:?}: `store` lists no store"),
+            );
         }
         let path = match &acc.path {
             Some(p) if p.value.trim().is_empty() || p.value.contains("..") => {
-                self.error(&p.referenced, format!("account {n:?}: path {:?} must be non-empty and must not contain \"..\"", p.value));
+                self.error(
+                    &p.referenced,
+                    format!(
+                        "account {n:?}: path {:?} must be non-empty and must not contain \"..\"",
+                        p.value
+                    ),
+                );
                 String::new()
             }
             Some(p) => p.value.trim_matches('/').to_owned(),
@@ -1074,7 +1227,10 @@ impl Validator {
 
     fn grant(&mut self, account: &str, g: RawGrant, allow_ddl: bool) -> Option<Grant> {
         if let Some(p) = identifier_problem(&g.schema.value) {
-            self.error(&g.schema.referenced, format!("account {account:?}: schema {:?} {p}", g.schema.value));
+            self.error(
+                &g.schema.referenced,
+                format!("account {account:?}: schema {:?} {p}", g.schema.value),
+            );
             return None;
         }
         let targets: Vec<(ObjectKind, &S<ObjectList>)> = [
@@ -1095,13 +1251,22 @@ impl Validator {
                         return None;
                     }
                     ObjectList::Names(names) if names.is_empty() => {
-                        self.error(&list.referenced, format!("account {account:?}: {}: the list is empty", kind.as_str()));
+                        self.error(
+                            &list.referenced,
+                            format!("account {account:?}: {}: the list is empty", kind.as_str()),
+                        );
                         return None;
                     }
                     ObjectList::Names(names) => {
                         for name in names {
                             if let Some(p) = identifier_problem(name) {
-                                self.error(&list.referenced, format!("account {account:?}: {} name {name:?} {p}", kind.as_str()));
+                                self.error(
+                                    &list.referenced,
+                                    format!(
+                                        "account {account:?}: {} name {name:?} {p}",
+                                        kind.as_str()
+                                    ),
+                                );
                                 return None;
                             }
                         }
@@ -1118,7 +1283,13 @@ impl Validator {
         let allowed = kind.privileges();
         let mut privileges = BTreeSet::new();
         if g.privileges.value.is_empty() {
-            self.error(&g.privileges.referenced, format!("account {account:?}: grant on schema {:?} lists no privileges", g.schema.value));
+            self.error(
+                &g.privileges.referenced,
+                format!(
+                    "account {account:?}: grant on schema {:?} lists no privileges",
+                    g.schema.value
+                ),
+            );
             return None;
         }
         for p in &g.privileges.value {
@@ -1160,11 +1331,18 @@ impl Validator {
     }
 
     fn error_count(&self) -> usize {
-        self.diags.iter().filter(|d| d.severity == Severity::Error).count()
+        self.diags
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
     }
 }
 
-fn min_interval(schedule: &Schedule, from: chrono::DateTime<Utc>, samples: usize) -> Option<Duration> {
+fn min_interval(
+    schedule: &Schedule,
+    from: chrono::DateTime<Utc>,
+    samples: usize,
+) -> Option<Duration> {
     let mut prev = schedule.next_after(from)?;
     let mut min: Option<Duration> = None;
     for _ in 0..samples {
@@ -1196,9 +1374,10 @@ fn url_has_password(url: &str) -> bool {
     let in_userinfo = authority
         .rsplit_once('@')
         .is_some_and(|(userinfo, _)| userinfo.contains(':'));
-    let in_query = rest
-        .split_once('?')
-        .is_some_and(|(_, q)| q.split('&').any(|kv| kv.split('=').next() == Some("password")));
+    let in_query = rest.split_once('?').is_some_and(|(_, q)| {
+        q.split('&')
+            .any(|kv| kv.split('=').next() == Some("password"))
+    });
     in_userinfo || in_query
 }
 

@@ -218,7 +218,9 @@ impl Ledger {
                 url: url.to_owned(),
                 source,
             })?;
-        sqlx::migrate!("daemon/ledger/migrations").run(&pool).await?;
+        sqlx::migrate!("daemon/ledger/migrations")
+            .run(&pool)
+            .await?;
         Ok(Ledger {
             pool,
             holder: holder_id(),
@@ -231,7 +233,11 @@ impl Ledger {
     }
 
     /// Records a new credential in state `planned`, with the next version number.
-    pub async fn plan(&self, new: NewCredential<'_>, now: DateTime<Utc>) -> Result<Credential, LedgerError> {
+    pub async fn plan(
+        &self,
+        new: NewCredential<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Credential, LedgerError> {
         // One statement, so that the version is assigned under SQLite's write lock
         // (a read-then-write transaction could fail with SQLITE_BUSY instead of
         // waiting for a concurrent writer).
@@ -331,7 +337,12 @@ impl Ledger {
     }
 
     /// Sets the overlap end of a retiring credential (used to cut it short).
-    pub async fn set_retire_at(&self, cred: &Credential, at: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), LedgerError> {
+    pub async fn set_retire_at(
+        &self,
+        cred: &Credential,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
         sqlx::query("UPDATE credentials SET retire_at = ?1, updated_at = ?2 WHERE id = ?3")
             .bind(ms(at))
             .bind(ms(now))
@@ -342,7 +353,12 @@ impl Ledger {
     }
 
     /// Records which stores hold a credential.
-    pub async fn set_stores(&self, cred: &Credential, stores: &[String], now: DateTime<Utc>) -> Result<(), LedgerError> {
+    pub async fn set_stores(
+        &self,
+        cred: &Credential,
+        stores: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
         let json = serde_json::to_string(stores).unwrap_or_else(|_| "[]".into());
         sqlx::query("UPDATE credentials SET stores = ?1, updated_at = ?2 WHERE id = ?3")
             .bind(json)
@@ -392,14 +408,16 @@ impl Ledger {
         kind: &str,
         detail: &str,
     ) -> Result<(), LedgerError> {
-        sqlx::query("INSERT INTO events (at, account, version, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .bind(ms(at))
-            .bind(account)
-            .bind(version)
-            .bind(kind)
-            .bind(detail)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO events (at, account, version, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(ms(at))
+        .bind(account)
+        .bind(version)
+        .bind(kind)
+        .bind(detail)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -498,7 +516,11 @@ impl Ledger {
     }
 
     /// Sets when the account rotates next.
-    pub async fn set_next_rotation(&self, account: &str, next: Option<DateTime<Utc>>) -> Result<(), LedgerError> {
+    pub async fn set_next_rotation(
+        &self,
+        account: &str,
+        next: Option<DateTime<Utc>>,
+    ) -> Result<(), LedgerError> {
         self.ensure_account(account).await?;
         sqlx::query("UPDATE accounts SET next_rotation_at = ?1 WHERE account = ?2")
             .bind(next.map(ms))
@@ -521,7 +543,12 @@ impl Ledger {
 
     /// Takes the account's lease for `ttl`. Returns false if another live holder
     /// has it. A lease whose holder process on this host is gone is taken over.
-    pub async fn acquire(&self, account: &str, ttl: Duration, now: DateTime<Utc>) -> Result<bool, LedgerError> {
+    pub async fn acquire(
+        &self,
+        account: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, LedgerError> {
         let until = now + crate::schedule::to_chrono(ttl);
         let done = sqlx::query(
             "INSERT INTO leases (account, holder, expires_at) VALUES (?1, ?2, ?3)
@@ -537,10 +564,11 @@ impl Ledger {
         if done.rows_affected() == 1 {
             return Ok(true);
         }
-        let other: Option<String> = sqlx::query_scalar("SELECT holder FROM leases WHERE account = ?1")
-            .bind(account)
-            .fetch_optional(&self.pool)
-            .await?;
+        let other: Option<String> =
+            sqlx::query_scalar("SELECT holder FROM leases WHERE account = ?1")
+                .bind(account)
+                .fetch_optional(&self.pool)
+                .await?;
         match other {
             Some(other) if holder_is_dead(&other) => {
                 let done = sqlx::query(
@@ -627,7 +655,9 @@ fn holder_is_dead(holder: &str) -> bool {
 
 /// Default ledger path helper for messages.
 pub fn describe(url: &str) -> &str {
-    url.strip_prefix("sqlite://").map(|p| if p.is_empty() { url } else { p }).unwrap_or(url)
+    url.strip_prefix("sqlite://")
+        .map(|p| if p.is_empty() { url } else { p })
+        .unwrap_or(url)
 }
 
 #[cfg(test)]
@@ -660,8 +690,13 @@ mod tests {
         let a2 = l.plan(new("a", "a_2"), now).await.unwrap();
         let b1 = l.plan(new("b", "b_1"), now).await.unwrap();
         assert_eq!((a1.version, a2.version, b1.version), (1, 2, 1));
-        l.advance(&a1, CredState::Planned, CredState::Created, now).await.unwrap();
-        let err = l.advance(&a1, CredState::Planned, CredState::Created, now).await.unwrap_err();
+        l.advance(&a1, CredState::Planned, CredState::Created, now)
+            .await
+            .unwrap();
+        let err = l
+            .advance(&a1, CredState::Planned, CredState::Created, now)
+            .await
+            .unwrap_err();
         assert!(matches!(err, LedgerError::StateConflict { .. }), "{err}");
         assert_eq!(l.get(a1.id).await.unwrap().state, CredState::Created);
     }
@@ -691,7 +726,10 @@ mod tests {
         l.promote(&a2, Some(&a1), until, now).await.unwrap();
         let a1 = l.get(a1.id).await.unwrap();
         assert_eq!(a1.state, CredState::Retiring);
-        assert_eq!(a1.retire_at.unwrap().timestamp_millis(), until.timestamp_millis());
+        assert_eq!(
+            a1.retire_at.unwrap().timestamp_millis(),
+            until.timestamp_millis()
+        );
         assert_eq!(l.get(a2.id).await.unwrap().state, CredState::Current);
     }
 
@@ -702,13 +740,24 @@ mod tests {
         let l2 = Ledger::open(&url).await.unwrap();
         let now = Utc::now();
         assert!(l1.acquire("a", Duration::from_secs(60), now).await.unwrap());
-        assert!(l1.acquire("a", Duration::from_secs(60), now).await.unwrap(), "re-entrant for the same holder");
+        assert!(
+            l1.acquire("a", Duration::from_secs(60), now).await.unwrap(),
+            "re-entrant for the same holder"
+        );
         assert!(!l2.acquire("a", Duration::from_secs(60), now).await.unwrap());
         assert!(l2.acquire("b", Duration::from_secs(60), now).await.unwrap());
         let later = now + chrono::Duration::seconds(61);
-        assert!(l2.acquire("a", Duration::from_secs(60), later).await.unwrap(), "expired lease is taken over");
+        assert!(
+            l2.acquire("a", Duration::from_secs(60), later)
+                .await
+                .unwrap(),
+            "expired lease is taken over"
+        );
         l2.release("a").await.unwrap();
-        assert!(l1.acquire("a", Duration::from_secs(60), later).await.unwrap());
+        assert!(l1
+            .acquire("a", Duration::from_secs(60), later)
+            .await
+            .unwrap());
     }
 
     #[tokio::test]

@@ -49,7 +49,9 @@ impl FileStore {
                 .create(&self.dir)
                 .map_err(self.write_err(&self.dir))?;
         }
-        let tmp = self.dir.join(format!(".{account}.json.tmp-{}", std::process::id()));
+        let tmp = self
+            .dir
+            .join(format!(".{account}.json.tmp-{}", std::process::id()));
         let result = (|| {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -137,11 +139,15 @@ impl Store for FileStore {
         struct Version {
             version: i64,
         }
-        Ok(serde_json::from_slice::<Version>(&text).ok().map(|v| v.version))
+        Ok(serde_json::from_slice::<Version>(&text)
+            .ok()
+            .map(|v| v.version))
     }
 
     async fn check(&self) -> Result<(), StoreError> {
-        let probe = self.dir.join(format!(".credrotd-probe-{}", std::process::id()));
+        let probe = self
+            .dir
+            .join(format!(".credrotd-probe-{}", std::process::id()));
         let res = (|| {
             fs::create_dir_all(&self.dir)?;
             File::create(&probe)?.sync_all()?;
@@ -187,13 +193,28 @@ mod tests {
         let meta = fs::metadata(&file).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o440);
         let doc: serde_json::Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
-        for key in ["engine", "host", "port", "dbname", "username", "password", "url", "account", "version", "issued_at", "expires_at"] {
+        for key in [
+            "engine",
+            "host",
+            "port",
+            "dbname",
+            "username",
+            "password",
+            "url",
+            "account",
+            "version",
+            "issued_at",
+            "expires_at",
+        ] {
             assert!(doc.get(key).is_some(), "payload lacks {key}");
         }
         assert_eq!(doc["password"], pw.expose());
         assert_eq!(store.current_version("etl", "").await.unwrap(), Some(7));
         // No temp file is left behind.
-        let names: Vec<_> = fs::read_dir(dir.path().join("secrets")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path().join("secrets"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
 
         // A second publish can be reverted to the first document.

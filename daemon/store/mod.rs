@@ -136,7 +136,9 @@ pub fn build(inventory: &Inventory) -> Stores {
         .values()
         .map(|s| {
             let store: Arc<dyn Store> = match &s.kind {
-                StoreKind::File { dir, mode } => Arc::new(file::FileStore::new(&s.name, dir.clone(), *mode)),
+                StoreKind::File { dir, mode } => {
+                    Arc::new(file::FileStore::new(&s.name, dir.clone(), *mode))
+                }
             };
             (s.name.clone(), store)
         })

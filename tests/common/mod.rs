@@ -26,7 +26,9 @@ pub fn pg_url() -> String {
 
 /// The test cluster's statement log (log_statement=all).
 pub fn pg_log() -> PathBuf {
-    PathBuf::from(std::env::var("CREDROTD_TEST_PG_LOG").expect("CREDROTD_TEST_PG_LOG (run ./scripts/test)"))
+    PathBuf::from(
+        std::env::var("CREDROTD_TEST_PG_LOG").expect("CREDROTD_TEST_PG_LOG (run ./scripts/test)"),
+    )
 }
 
 fn split_password(url: &str) -> (String, String) {
@@ -58,8 +60,14 @@ impl TestDb {
             .unwrap()
             .password(&pw)
             .log_statements(log::LevelFilter::Off);
-        let mut c = base.clone().connect().await.expect("connect to the test cluster");
-        c.execute(format!("CREATE DATABASE {dbname}").as_str()).await.unwrap();
+        let mut c = base
+            .clone()
+            .connect()
+            .await
+            .expect("connect to the test cluster");
+        c.execute(format!("CREATE DATABASE {dbname}").as_str())
+            .await
+            .unwrap();
         c.close().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let password_file = dir.path().join("admin.pw");
@@ -90,20 +98,28 @@ impl TestDb {
 
     pub async fn exec(&self, sql: &str) {
         let mut c = self.admin().await;
-        c.execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
         c.close().await.unwrap();
     }
 
     pub async fn query_bool(&self, sql: &str) -> bool {
         let mut c = self.admin().await;
-        let v: bool = sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let v: bool = sqlx::query_scalar(sql)
+            .fetch_one(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
         c.close().await.unwrap();
         v
     }
 
     pub async fn query_strings(&self, sql: &str) -> Vec<String> {
         let mut c = self.admin().await;
-        let v: Vec<String> = sqlx::query_scalar(sql).fetch_all(&mut c).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let v: Vec<String> = sqlx::query_scalar(sql)
+            .fetch_all(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
         c.close().await.unwrap();
         v
     }
@@ -157,7 +173,9 @@ impl TestDb {
         let path = self.write_inventory(accounts);
         let checked = credrotd::inventory::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let inventory = checked.inventory;
-        let ledger = credrotd::ledger::Ledger::open(&inventory.state).await.unwrap();
+        let ledger = credrotd::ledger::Ledger::open(&inventory.state)
+            .await
+            .unwrap();
         Context {
             engines: credrotd::engine::build(&inventory).unwrap(),
             stores: credrotd::store::build(&inventory),
