@@ -66,6 +66,8 @@ printf '%s' "$password" > "$work/admin.pw"
     for i in $(seq 1 "$N"); do
         echo "  ${tag}_acc$i:"
         echo "    database: main"
+        echo "    purpose: benchmark account $i"
+        echo "    owner: bench"
         echo "    grants:"
         echo "      - { schema: app, privileges: [USAGE] }"
         echo "      - { schema: app, tables: [items], privileges: [SELECT, INSERT] }"

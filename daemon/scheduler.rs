@@ -142,7 +142,8 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(ctx.inventory.rotation.concurrency));
     let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut busy: HashSet<String> = HashSet::new();
-    // Accounts whose last revocation failed, held back until then.
+    // Accounts held back until a time: their last revocation failed, or another
+    // process held their lease.
     let mut hold: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
     tokio::pin!(shutdown);
 
@@ -174,7 +175,7 @@ pub async fn run(
                 );
             }
             let Some(first) = items.first() else { continue };
-            if let (Due::Retire { .. }, Some(until)) = (first, hold.get(&account.name)) {
+            if let Some(until) = hold.get(&account.name) {
                 if *until > now {
                     wake = wake.min(*until);
                     continue;
@@ -280,25 +281,19 @@ async fn handle_done(
     match done {
         Done::Rotated(name, Ok(r)) => {
             busy.remove(&name);
+            hold.remove(&name);
             info!(account = %name, version = r.version, username = %r.username, expires_at = %r.expires_at, "rotation complete");
         }
         Done::Rotated(name, Err(RotationError::Busy(_)))
         | Done::Retired(name, Err(RotationError::Busy(_))) => {
-            // Another process is working on it; look again shortly.
+            // Another process (a `credrotd rotate`) is working on it: not a
+            // failure; look again shortly.
             busy.remove(&name);
-            let now = ctx.clock.now();
-            let _ = ctx
-                .ledger
-                .record_failure(
-                    &name,
-                    now,
-                    "busy: another process holds the lease",
-                    now + chrono::Duration::seconds(5),
-                )
-                .await;
+            hold.insert(name, ctx.clock.now() + chrono::Duration::seconds(5));
         }
         Done::Rotated(name, Err(e)) => {
             busy.remove(&name);
+            hold.remove(&name);
             record_failure(ctx, &name, &e).await;
         }
         Done::Retired(name, res) => {

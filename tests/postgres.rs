@@ -695,7 +695,10 @@ async fn no_password_reaches_the_server_log_the_ledger_or_an_error() {
     let wrong = credrotd::secret::Secret::new("WrongPassword-0123456789abcdef".to_owned());
     let mut errors = Vec::new();
     for user in [db.published(&name).username, db.name("nobody")] {
-        let err = engine.verify(&user, &wrong).await.expect_err("a wrong password is refused");
+        let err = engine
+            .verify(&user, &wrong)
+            .await
+            .expect_err("a wrong password is refused");
         errors.push(format!("{err} {err:?}"));
     }
     passwords.push(wrong.expose().to_owned());
