@@ -24,7 +24,17 @@ impl Schedule {
                 "expected 6 or 7 fields (sec min hour day-of-month month day-of-week [year]), found {fields}"
             ));
         }
-        let cron = cron::Schedule::from_str(expr).map_err(|e| e.to_string())?;
+        let cron = cron::Schedule::from_str(expr).map_err(|e| {
+            // The cron crate echoes the expression and a caret line; keep the
+            // explanation on one line.
+            let text = e.to_string();
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && *l != expr.trim() && !l.chars().all(|c| c == '^'))
+                .collect();
+            lines.join(" ")
+        })?;
         if cron.upcoming(tz).next().is_none() {
             return Err("the expression never fires again".into());
         }

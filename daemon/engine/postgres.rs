@@ -877,7 +877,8 @@ impl Engine for Postgres {
 
     async fn managed_logins(&self, account: &Account) -> Result<Vec<String>, EngineError> {
         sqlx::query_scalar(
-            "SELECT rolname::text FROM pg_roles WHERE shobj_description(oid, 'pg_authid') = $1 ORDER BY 1",
+            "SELECT r.rolname::text FROM pg_shdescription d JOIN pg_roles r ON r.oid = d.objoid
+             WHERE d.classoid = 'pg_authid'::regclass AND d.description = $1 ORDER BY 1",
         )
         .bind(login_comment(&account.name))
         .fetch_all(&self.pool)
