@@ -16,7 +16,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::inventory::{self, Checked, Inventory, InventoryError};
 use crate::ledger::{CredState, Credential, Ledger};
 use crate::rotation::{self, Context};
-use crate::scheduler::{self, Control};
+use crate::scheduler;
 use crate::{engine, store};
 
 #[derive(Debug, Parser)]
@@ -71,8 +71,47 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
+    /// Talk to a running daemon over its admin socket.
+    Ctl(CtlArgs),
     /// Run the quickstart on a throwaway local PostgreSQL.
     Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The admin socket (default: the inventory's `admin.socket`).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Every account's status.
+    Status {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// One account in detail.
+    Account { account: String },
+    /// Rotate an account now.
+    Rotate { account: String },
+    /// Revoke an account's credentials now.
+    Revoke {
+        account: String,
+        #[arg(long)]
+        previous_only: bool,
+    },
+    /// Reload the inventory.
+    Reload,
+    /// The event log after an event id.
+    Events {
+        #[arg(long, default_value_t = 0)]
+        since: i64,
+    },
+    /// Is the daemon alive (GET /healthz)?
+    Health,
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +154,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Rotate(args) => rotate(&cli.config, args).await,
         Command::Revoke(args) => revoke(&cli.config, args).await,
         Command::Status { format } => status(&cli.config, format).await,
+        Command::Ctl(args) => ctl(&cli.config, args).await,
         Command::Demo(args) => crate::demo::run(args).await,
     };
     match result {
@@ -177,19 +217,10 @@ fn check(path: &std::path::Path) -> Result<ExitCode> {
 
 /// Builds the saga context for an inventory.
 pub async fn context(inventory: Inventory, clock: SharedClock) -> Result<Context> {
-    let ledger = Ledger::open(&inventory.state)
+    let state = inventory.state.clone();
+    crate::service::context(inventory, clock, None)
         .await
-        .with_context(|| format!("opening the ledger {}", inventory.state))?;
-    let engines = engine::build(&inventory)?;
-    let stores = store::build(&inventory);
-    Ok(Context {
-        inventory: Arc::new(inventory),
-        engines,
-        stores,
-        ledger,
-        clock,
-        crash_after: None,
-    })
+        .with_context(|| format!("starting with the ledger {state}"))
 }
 
 async fn plan(path: &std::path::Path) -> Result<ExitCode> {
@@ -258,37 +289,110 @@ async fn plan(path: &std::path::Path) -> Result<ExitCode> {
 
 async fn run(path: &std::path::Path) -> Result<ExitCode> {
     let inventory = load(path)?;
-    let ctx = Arc::new(context(inventory, Arc::new(SystemClock)).await?);
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let shutdown = signals(tx)?;
-    scheduler::run(ctx.clone(), rx, shutdown).await?;
-    ctx.ledger.close().await;
+    crate::service::run(path, inventory, Arc::new(SystemClock)).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Turns signals into control messages once; resolves on SIGTERM or SIGINT.
-fn signals(
-    tx: tokio::sync::mpsc::Sender<Control>,
-) -> Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut usr1 = signal(SignalKind::user_defined1())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    Ok(async move {
-        loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return; }
-                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return; }
-                _ = usr1.recv() => {
-                    tracing::info!("SIGUSR1: rotating every account now");
-                    let _ = tx.send(Control::RotateNow(Vec::new())).await;
+/// The admin socket to use: `--socket`, else the inventory's, else the default.
+fn socket_path(config: &std::path::Path, socket: Option<PathBuf>) -> PathBuf {
+    if let Some(s) = socket {
+        return s;
+    }
+    inventory::load(config)
+        .ok()
+        .and_then(|c| c.inventory.admin.map(|a| a.socket))
+        .unwrap_or_else(|| PathBuf::from("/run/credrotd/admin.sock"))
+}
+
+async fn ctl(config: &std::path::Path, args: CtlArgs) -> Result<ExitCode> {
+    use hyper::Method;
+    let socket = socket_path(config, args.socket);
+    let (method, path, body) = match &args.command {
+        CtlCommand::Status { .. } => (Method::GET, "/v1/status".to_owned(), None),
+        CtlCommand::Account { account } => (Method::GET, format!("/v1/accounts/{account}"), None),
+        CtlCommand::Rotate { account } => {
+            (Method::POST, format!("/v1/accounts/{account}/rotate"), None)
+        }
+        CtlCommand::Revoke {
+            account,
+            previous_only,
+        } => (
+            Method::POST,
+            format!("/v1/accounts/{account}/revoke"),
+            Some(serde_json::to_vec(&crate::api::RevokeRequest {
+                previous_only: *previous_only,
+            })?),
+        ),
+        CtlCommand::Reload => (Method::POST, "/v1/reload".to_owned(), None),
+        CtlCommand::Events { since } => (Method::GET, format!("/v1/events?since={since}"), None),
+        CtlCommand::Health => (Method::GET, "/healthz".to_owned(), None),
+    };
+    let (status, bytes) = crate::admin::client::request(&socket, method, &path, body).await?;
+    if !status.is_success() {
+        let msg = serde_json::from_slice::<crate::api::ErrorBody>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        println!("error ({status}): {msg}");
+        return Ok(ExitCode::FAILURE);
+    }
+    match &args.command {
+        CtlCommand::Status {
+            format: OutputFormat::Table,
+        } => {
+            let rows: Vec<AccountStatus> = serde_json::from_slice(&bytes)?;
+            print_status_table(rows);
+        }
+        CtlCommand::Rotate { .. } => {
+            let r: crate::api::RotateResponse = serde_json::from_slice(&bytes)?;
+            println!(
+                "{}: rotated to v{} ({}), expires {}",
+                r.account, r.version, r.username, r.expires_at
+            );
+        }
+        CtlCommand::Revoke { .. } => {
+            let r: crate::api::RevokeResponse = serde_json::from_slice(&bytes)?;
+            println!(
+                "{}: revoked {}{}",
+                r.account,
+                if r.revoked.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    r.revoked.join(", ")
+                },
+                if r.suspended {
+                    "; suspended until the next explicit rotate"
+                } else {
+                    ""
                 }
-                _ = hup.recv() => tracing::warn!("SIGHUP: reload is not supported yet; restart credrotd to load a changed inventory"),
+            );
+        }
+        CtlCommand::Reload => {
+            let r: crate::api::ReloadResponse = serde_json::from_slice(&bytes)?;
+            for w in &r.warnings {
+                println!("{w}");
+            }
+            println!(
+                "reloaded: {} accounts (added: {:?}, removed: {:?})",
+                r.accounts, r.added, r.removed
+            );
+        }
+        CtlCommand::Events { .. } => {
+            let events: Vec<crate::api::EventEntry> = serde_json::from_slice(&bytes)?;
+            for e in events {
+                let v = e.version.map(|v| format!(" v{v}")).unwrap_or_default();
+                println!(
+                    "{:>6} {} {}{} {} {}",
+                    e.id, e.at, e.account, v, e.kind, e.detail
+                );
             }
         }
-    })
+        _ => {
+            let v: serde_json::Value = serde_json::from_slice(&bytes)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn rotate(path: &std::path::Path, args: RotateArgs) -> Result<ExitCode> {
@@ -447,6 +551,11 @@ async fn status(path: &std::path::Path, format: OutputFormat) -> Result<ExitCode
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
+    print_status_table(rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status_table(rows: Vec<AccountStatus>) {
     println!(
         "{:<24} {:<11} {:<34} {:<20} {:<20} {:<20} LAST RESULT",
         "ACCOUNT", "STRATEGY", "CURRENT", "ISSUED", "EXPIRES", "NEXT ROTATION"
@@ -487,5 +596,4 @@ async fn status(path: &std::path::Path, format: OutputFormat) -> Result<ExitCode
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -17,8 +17,14 @@
 //! - [`scheduler`]: when each account rotates and retires; runs the saga.
 //! - [`api`]: the wire format of JSON output (and the admin API).
 //! - [`cli`]: the command line (`check`, `plan`, `run`, `rotate`, ...).
+//! - [`notify`]: tells consumers that a new credential is current.
+//! - [`telemetry`]: every Prometheus metric, in one place.
+//! - [`systemd`]: readiness, status, reload and watchdog notifications.
+//! - [`admin`]: the admin socket (HTTP/1.1 + JSON over a Unix socket) and its client.
+//! - [`service`]: `credrotd run`: start-up, listeners, signals, reload, shutdown.
 //! - [`demo`]: the quickstart on a throwaway PostgreSQL.
 
+pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod clock;
@@ -26,8 +32,12 @@ pub mod demo;
 pub mod engine;
 pub mod inventory;
 pub mod ledger;
+pub mod notify;
 pub mod rotation;
 pub mod schedule;
 pub mod scheduler;
 pub mod secret;
+pub mod service;
 pub mod store;
+pub mod systemd;
+pub mod telemetry;

@@ -314,6 +314,7 @@ async fn rotate_in_span(ctx: &Context, account: &Account) -> Result<Rotated, Rot
     ctx.ledger
         .record_success(&account.name, promoted_at, next)
         .await?;
+    crate::notify::consumers(&ctx.inventory, account, cred.version).await;
 
     let mut previous = None;
     if let Some(prev) = current {
@@ -463,7 +464,11 @@ pub async fn retire(
             });
         }
     }
-    revoke_login(ctx, account, &cred).await?;
+    if let Err(e) = revoke_login(ctx, account, &cred).await {
+        crate::telemetry::revocation(&account.name, false);
+        return Err(e);
+    }
+    crate::telemetry::revocation(&account.name, true);
     ctx.ledger
         .advance(&cred, cred.state, CredState::Revoked, ctx.clock.now())
         .await?;

@@ -87,22 +87,38 @@ pub fn due(
 }
 
 /// A request from outside the loop.
-#[derive(Debug, Clone)]
 pub enum Control {
     /// Rotate these accounts now (all if empty).
     RotateNow(Vec<String>),
+    /// Swap in a freshly validated inventory (reload).
+    Reload(Arc<Context>),
+    /// Look at the ledger again now (another path changed it).
+    Wake,
+    /// Answer to show the loop is alive (the systemd watchdog).
+    Ping(tokio::sync::oneshot::Sender<()>),
 }
 
 enum Done {
-    Rotated(String, Result<rotation::Rotated, RotationError>),
+    Rotated(String, Result<rotation::Rotated, RotationError>, Duration),
     Retired(String, Result<(), RotationError>),
 }
 
 /// Runs the daemon loop until `shutdown` resolves. Recovery runs first.
 pub async fn run(
     ctx: Arc<Context>,
+    control: tokio::sync::mpsc::Receiver<Control>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), LedgerError> {
+    run_with(ctx, control, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `on_ready` with the number of accounts once start-up
+/// recovery is done (systemd's READY=1).
+pub async fn run_with(
+    mut ctx: Arc<Context>,
     mut control: tokio::sync::mpsc::Receiver<Control>,
     shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(usize),
 ) -> Result<(), LedgerError> {
     let mut forced: HashSet<String> = HashSet::new();
     for (account, result) in rotation::recover(&ctx).await {
@@ -138,6 +154,7 @@ pub async fn run(
         }
     }
     info!(accounts = ctx.inventory.accounts.len(), "scheduler started");
+    on_ready(ctx.inventory.accounts.len());
 
     let permits = Arc::new(Semaphore::new(ctx.inventory.rotation.concurrency));
     let mut tasks: JoinSet<Done> = JoinSet::new();
@@ -157,6 +174,7 @@ pub async fn run(
             m
         };
         let live = ctx.ledger.all_live().await?;
+        publish_schedule(&ctx, &states, &live, now);
         let mut wake = now + to_chrono(LEDGER_REFRESH);
         for account in ctx.inventory.accounts.values() {
             if busy.contains(&account.name) {
@@ -193,8 +211,9 @@ pub async fn run(
                 Due::Rotate { why, .. } => {
                     tasks.spawn(async move {
                         let _permit = permits.acquire_owned().await;
+                        let started = std::time::Instant::now();
                         let res = rotate_one(&ctx, &name, why).await;
-                        Done::Rotated(name, res)
+                        Done::Rotated(name, res, started.elapsed())
                     });
                 }
                 Due::Retire { cred, .. } => {
@@ -209,11 +228,21 @@ pub async fn run(
 
         tokio::select! {
             _ = &mut shutdown => break,
-            Some(msg) = control.recv() => {
-                let Control::RotateNow(names) = msg;
-                let names = if names.is_empty() { ctx.inventory.accounts.keys().cloned().collect() } else { names };
-                forced.extend(names.into_iter().filter(|n| ctx.inventory.accounts.contains_key(n)));
-            }
+            Some(msg) = control.recv() => match msg {
+                Control::RotateNow(names) => {
+                    let names = if names.is_empty() { ctx.inventory.accounts.keys().cloned().collect() } else { names };
+                    forced.extend(names.into_iter().filter(|n| ctx.inventory.accounts.contains_key(n)));
+                }
+                Control::Reload(fresh) => {
+                    // In-flight tasks keep the context they started with.
+                    ctx = fresh;
+                    hold.retain(|name, _| ctx.inventory.accounts.contains_key(name));
+                }
+                Control::Wake => {}
+                Control::Ping(reply) => {
+                    let _ = reply.send(());
+                }
+            },
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 match joined {
                     Ok(done) => handle_done(&ctx, done, &mut busy, &mut hold).await,
@@ -249,6 +278,52 @@ pub async fn run(
     Ok(())
 }
 
+/// Exports each account's expiry and next rotation, and a systemd status line.
+fn publish_schedule(
+    ctx: &Context,
+    states: &BTreeMap<String, AccountState>,
+    live: &[Credential],
+    now: DateTime<Utc>,
+) {
+    let mut next: Option<(DateTime<Utc>, &str)> = None;
+    let mut failing = 0;
+    for account in ctx.inventory.accounts.values() {
+        let mine: Vec<&Credential> = live.iter().filter(|c| c.account == account.name).collect();
+        let state = &states[&account.name];
+        let expiry = mine
+            .iter()
+            .rev()
+            .find(|c| c.state == CredState::Current)
+            .map(|c| c.expires_at.timestamp());
+        let rotate_at = due(account, state, &mine, now)
+            .into_iter()
+            .find_map(|d| match d {
+                Due::Rotate { at, .. } => Some(at),
+                Due::Retire { .. } => None,
+            });
+        crate::telemetry::schedule(&account.name, expiry, rotate_at.map(|t| t.timestamp()));
+        if let Some(at) = rotate_at {
+            if next.is_none_or(|(n, _)| at < n) {
+                next = Some((at, &account.name));
+            }
+        }
+        if state.failures > 0 {
+            failing += 1;
+        }
+    }
+    let mut line = format!("{} accounts", ctx.inventory.accounts.len());
+    if let Some((at, name)) = next {
+        line.push_str(&format!(
+            "; next rotation {name} at {}",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
+    if failing > 0 {
+        line.push_str(&format!("; {failing} failing"));
+    }
+    crate::systemd::status(&line);
+}
+
 async fn rotate_one(
     ctx: &Context,
     name: &str,
@@ -279,22 +354,17 @@ async fn handle_done(
     hold: &mut BTreeMap<String, DateTime<Utc>>,
 ) {
     match done {
-        Done::Rotated(name, Ok(r)) => {
-            busy.remove(&name);
-            hold.remove(&name);
-            info!(account = %name, version = r.version, username = %r.username, expires_at = %r.expires_at, "rotation complete");
-        }
-        Done::Rotated(name, Err(RotationError::Busy(_)))
+        Done::Rotated(name, Err(RotationError::Busy(_)), _)
         | Done::Retired(name, Err(RotationError::Busy(_))) => {
             // Another process (a `credrotd rotate`) is working on it: not a
             // failure; look again shortly.
             busy.remove(&name);
             hold.insert(name, ctx.clock.now() + chrono::Duration::seconds(5));
         }
-        Done::Rotated(name, Err(e)) => {
+        Done::Rotated(name, res, took) => {
             busy.remove(&name);
             hold.remove(&name);
-            record_failure(ctx, &name, &e).await;
+            observe_rotation(ctx, &name, &res, took).await;
         }
         Done::Retired(name, res) => {
             busy.remove(&name);
@@ -304,11 +374,42 @@ async fn handle_done(
                 }
                 Err(e) => {
                     let until = ctx.clock.now() + to_chrono(ctx.inventory.rotation.retry_initial);
+                    count_error(&e);
                     warn!(account = %name, error = %e, retry_at = %until, "revocation failed; will retry");
                     hold.insert(name, until);
                 }
             }
         }
+    }
+}
+
+/// Records a rotation's outcome wherever it ran (scheduler or admin API): the
+/// metrics, the log, and on failure the ledger's retry state.
+pub async fn observe_rotation(
+    ctx: &Context,
+    name: &str,
+    res: &Result<rotation::Rotated, RotationError>,
+    took: Duration,
+) {
+    match res {
+        Ok(r) => {
+            crate::telemetry::rotation(name, true, took.as_secs_f64());
+            info!(account = %name, version = r.version, username = %r.username, expires_at = %r.expires_at, "rotation complete");
+        }
+        Err(RotationError::Busy(_)) => {}
+        Err(e) => {
+            crate::telemetry::rotation(name, false, took.as_secs_f64());
+            count_error(e);
+            record_failure(ctx, name, e).await;
+        }
+    }
+}
+
+fn count_error(e: &RotationError) {
+    match e {
+        RotationError::Engine(e) => crate::telemetry::database_error(e.database()),
+        RotationError::Store(e) => crate::telemetry::store_error(e.store()),
+        _ => {}
     }
 }
 

@@ -52,6 +52,8 @@ pub struct Inventory {
     pub admin: Option<AdminConfig>,
     pub metrics: Option<MetricsConfig>,
     pub rotation: RotationConfig,
+    /// On reload, revoke the credentials of accounts removed from the inventory.
+    pub prune: bool,
     pub databases: BTreeMap<String, Database>,
     pub stores: BTreeMap<String, StoreConfig>,
     pub accounts: BTreeMap<String, Account>,
@@ -242,6 +244,18 @@ pub struct RevokePolicy {
     pub grace: Duration,
 }
 
+/// How to tell an account's consumers that a new credential is current.
+#[derive(Debug, Clone, Default)]
+pub struct Notify {
+    /// A command and its arguments; it gets CREDROTD_ACCOUNT, CREDROTD_VERSION and
+    /// CREDROTD_FILE in its environment, never the password.
+    pub exec: Option<Vec<String>>,
+    /// A process to signal, by pid file.
+    pub signal: Option<(PathBuf, nix::sys::signal::Signal)>,
+    /// How long the command may run.
+    pub timeout: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Account {
     /// `^[a-z][a-z0-9_]{0,39}$`; also the scoped role's name.
@@ -263,6 +277,7 @@ pub struct Account {
     pub path: String,
     pub allow_ddl: bool,
     pub revoke: RevokePolicy,
+    pub notify: Notify,
 }
 
 impl Account {
@@ -710,6 +725,7 @@ impl Validator {
             admin,
             metrics,
             rotation,
+            prune: raw.prune.is_some_and(|p| p.value),
             databases,
             stores,
             accounts,
@@ -1201,10 +1217,15 @@ impl Validator {
                 grace: Duration::ZERO,
             },
         };
+        let notify = match acc.notify {
+            None => Notify::default(),
+            Some(raw) => self.notify(&n, raw),
+        };
         if self.error_count() > errors_before {
             return None;
         }
         Some(Account {
+            notify,
             name: n,
             database: acc.database.value,
             purpose: acc.purpose.map(|p| p.value),
@@ -1223,6 +1244,54 @@ impl Validator {
             allow_ddl,
             revoke,
         })
+    }
+
+    fn notify(&mut self, account: &str, raw: raw::RawNotify) -> Notify {
+        let mut out = Notify {
+            timeout: Duration::from_secs(30),
+            ..Notify::default()
+        };
+        if let Some(exec) = raw.exec {
+            if exec.value.is_empty() || exec.value[0].trim().is_empty() {
+                self.error(
+                    &exec.referenced,
+                    format!("account {account:?}: notify.exec needs a command"),
+                );
+            } else {
+                out.exec = Some(exec.value);
+            }
+        }
+        if let Some(sig) = raw.signal {
+            let name = sig
+                .signal
+                .as_ref()
+                .map(|s| s.value.to_ascii_uppercase())
+                .unwrap_or_else(|| "HUP".into());
+            let full = if name.starts_with("SIG") {
+                name.clone()
+            } else {
+                format!("SIG{name}")
+            };
+            match full.parse::<nix::sys::signal::Signal>() {
+                Ok(signal) => out.signal = Some((self.path(&sig.pid_file.value), signal)),
+                Err(_) => {
+                    let at = sig
+                        .signal
+                        .as_ref()
+                        .map(|s| s.referenced)
+                        .unwrap_or(sig.pid_file.referenced);
+                    self.error(&at, format!("account {account:?}: unknown signal {name:?}; expected e.g. HUP, USR1, USR2, TERM"));
+                }
+            }
+        }
+        if let Some(t) = raw
+            .timeout
+            .as_ref()
+            .and_then(|t| self.duration(t, "notify.timeout"))
+        {
+            out.timeout = t;
+        }
+        out
     }
 
     fn grant(&mut self, account: &str, g: RawGrant, allow_ddl: bool) -> Option<Grant> {

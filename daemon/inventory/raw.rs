@@ -85,6 +85,7 @@ pub struct RawInventory {
     pub metrics: Option<RawMetrics>,
     pub rotation: Option<RawRotation>,
     pub defaults: Option<RawDefaults>,
+    pub prune: Option<S<bool>>,
     #[serde(default)]
     pub databases: Entries<RawDatabase>,
     #[serde(default)]
@@ -196,6 +197,22 @@ pub struct RawAccount {
     pub path: Option<S<String>>,
     pub allow_ddl: Option<S<bool>>,
     pub revoke: Option<RawRevoke>,
+    pub notify: Option<RawNotify>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub exec: Option<S<Vec<String>>>,
+    pub signal: Option<RawSignal>,
+    pub timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignal {
+    pub pid_file: S<String>,
+    pub signal: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -35,6 +35,15 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// The store the error concerns.
+    pub fn store(&self) -> &str {
+        match self {
+            StoreError::Write { store, .. } | StoreError::Read { store, .. } => store,
+        }
+    }
+}
+
 /// The document published for an account: the keys AWS uses for RDS secrets, so
 /// existing tools read it, plus credrotd's own.
 #[derive(Serialize)]
