@@ -148,8 +148,14 @@ impl TestDb {
     /// The inventory header (database, file store, ledger) followed by `accounts`,
     /// a YAML block indented by two spaces under `accounts:`.
     pub fn inventory(&self, accounts: &str) -> String {
+        self.inventory_with("", accounts)
+    }
+
+    /// Like [`TestDb::inventory`], with `top` (whole top-level lines such as
+    /// `admin:` or `metrics:`) added.
+    pub fn inventory_with(&self, top: &str, accounts: &str) -> String {
         format!(
-            "version: 1\nenvironment: development\nstate: sqlite://{ledger}\n\
+            "version: 1\nenvironment: development\nstate: sqlite://{ledger}\n{top}\
              rotation: {{ concurrency: 8, retry_initial: 1s, retry_max: 5s }}\n\
              defaults: {{ schedule: \"0 0 3 * * *\", overlap: 1h, expiry_margin: 1h, store: local }}\n\
              databases:\n  main:\n    engine: postgres\n    url: {url}\n    password_file: {pw}\n\
@@ -163,8 +169,12 @@ impl TestDb {
     }
 
     pub fn write_inventory(&self, accounts: &str) -> PathBuf {
+        self.write_inventory_with("", accounts)
+    }
+
+    pub fn write_inventory_with(&self, top: &str, accounts: &str) -> PathBuf {
         let p = self.dir.path().join("inventory.yaml");
-        std::fs::write(&p, self.inventory(accounts)).unwrap();
+        std::fs::write(&p, self.inventory_with(top, accounts)).unwrap();
         p
     }
 

@@ -1,0 +1,613 @@
+//! `credrotd run` as an operator runs it: the admin socket (every endpoint, a
+//! refused peer, malformed requests), signals (reload, a broken inventory, rotate
+//! all, terminate during a rotation), systemd readiness, metrics and consumer
+//! notification, against the real PostgreSQL started by `./scripts/test`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_no_secret, TestDb};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(db: &TestDb, inventory: &Path, env: &[(&str, &str)]) -> Daemon {
+        let log = db
+            .dir
+            .path()
+            .join(format!("daemon-{}.log", rand::random::<u16>()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_credrotd"));
+        cmd.arg("-c")
+            .arg(inventory)
+            .arg("run")
+            .env("RUST_LOG", "debug,sqlx=warn,hyper=info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Daemon {
+            child: cmd.spawn().unwrap(),
+            log,
+            socket: db.dir.path().join("admin.sock"),
+        }
+    }
+
+    fn signal(&self, s: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), s).unwrap();
+    }
+
+    fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "daemon did not stop:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// One raw HTTP/1.1 request over the socket; returns (status, body).
+    fn http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        raw(&self.socket, format!(
+            "{method} {path} HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ).as_bytes())
+    }
+
+    fn wait_ready(&mut self) {
+        wait_until("readyz", Duration::from_secs(60), || {
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "daemon exited:\n{}",
+                self.log()
+            );
+            self.socket.exists() && self.http("GET", "/readyz", "").0 == 200
+        });
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn raw(socket: &Path, request: &[u8]) -> (u16, String) {
+    let Ok(mut s) = UnixStream::connect(socket) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn account(name: &str, extra: &str) -> String {
+    format!(
+        "  {name}:\n    database: main\n{extra}    grants:\n      - {{ schema: public, privileges: [USAGE] }}\n"
+    )
+}
+
+fn admin_top(db: &TestDb) -> String {
+    format!(
+        "admin: {{ socket: {}, allow_uids: [{}] }}\n",
+        db.dir.path().join("admin.sock").display(),
+        nix::unistd::geteuid().as_raw()
+    )
+}
+
+fn version_of(db: &TestDb, account: &str) -> i64 {
+    std::fs::read(db.secrets_dir().join(format!("{account}.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["version"].as_i64())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_serves_every_endpoint_and_refuses_strangers() {
+    let db = TestDb::new().await;
+    let a = db.name("api");
+    let path = db.write_inventory_with(&admin_top(&db), &account(&a, "    overlap: 1h\n"));
+    let mut d = Daemon::start(&db, &path, &[]);
+    d.wait_ready();
+    wait_until("the first credential", Duration::from_secs(30), || {
+        version_of(&db, &a) == 1
+    });
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "socket mode");
+
+    assert_eq!(
+        d.http("GET", "/healthz", ""),
+        (200, "{\"status\":\"ok\"}".into())
+    );
+    let (code, body) = d.http("GET", "/v1/status", "");
+    assert_eq!(code, 200, "{body}");
+    let rows: Vec<credrotd::api::AccountStatus> = serde_json::from_str(&body).unwrap();
+    assert_eq!(rows[0].current.as_ref().unwrap().version, 1);
+
+    let (code, body) = d.http("POST", &format!("/v1/accounts/{a}/rotate"), "");
+    assert_eq!(code, 200, "{body}");
+    let r: credrotd::api::RotateResponse = serde_json::from_str(&body).unwrap();
+    assert_eq!(r.version, 2);
+    let (code, body) = d.http("GET", &format!("/v1/accounts/{a}"), "");
+    assert_eq!(code, 200, "{body}");
+    let detail: credrotd::api::AccountDetail = serde_json::from_str(&body).unwrap();
+    assert_eq!(detail.live.len(), 2, "v1 in its overlap and v2 current");
+    assert!(
+        !body.contains(db.published(&a).password.expose()),
+        "the API never returns the password"
+    );
+
+    let (code, body) = d.http(
+        "POST",
+        &format!("/v1/accounts/{a}/revoke"),
+        "{\"previous_only\": true}",
+    );
+    assert_eq!(code, 200, "{body}");
+    let r: credrotd::api::RevokeResponse = serde_json::from_str(&body).unwrap();
+    assert_eq!((r.revoked.len(), r.suspended), (1, false));
+
+    let (code, body) = d.http("GET", "/v1/events?since=0", "");
+    assert_eq!(code, 200);
+    let events: Vec<credrotd::api::EventEntry> = serde_json::from_str(&body).unwrap();
+    assert!(events.iter().any(|e| e.kind == "revoked"), "{body}");
+    let last = events.last().unwrap().id;
+    let (_, body) = d.http("GET", &format!("/v1/events?since={last}"), "");
+    assert_eq!(body, "[]");
+
+    // Malformed and unknown requests get a clear error; the daemon survives them.
+    for (method, path, body, want) in [
+        ("GET", "/v1/accounts/nobody_here", "", 404),
+        ("POST", "/v1/accounts/nobody_here/rotate", "", 404),
+        (
+            "POST",
+            &format!("/v1/accounts/{a}/revoke"),
+            "{not json",
+            400,
+        ),
+        (
+            "POST",
+            &format!("/v1/accounts/{a}/revoke"),
+            "{\"previous_only\": true, \"extra\": 1}",
+            400,
+        ),
+        ("GET", "/v1/events?since=yesterday", "", 400),
+        ("DELETE", "/v1/status", "", 405),
+        ("GET", "/v1/accounts/x/rotate", "", 405),
+        ("GET", "/nope", "", 404),
+    ] {
+        let (code, body) = d.http(method, path, body);
+        assert_eq!(code, want, "{method} {path}: {body}");
+        assert!(body.contains("\"error\""), "{method} {path}: {body}");
+    }
+    let big = "x".repeat(100_000);
+    assert_eq!(d.http("POST", "/v1/reload", &big).0, 413);
+    let (code, _) = raw(&d.socket, b"\x00\x01garbage that is not http\r\n\r\n");
+    assert!(
+        code == 400 || code == 0,
+        "garbage gets 400 or a closed connection, got {code}"
+    );
+    assert_eq!(
+        d.http("GET", "/healthz", "").0,
+        200,
+        "the daemon survives garbage"
+    );
+
+    // The client.
+    let ctl = Command::new(env!("CARGO_BIN_EXE_credrotd"))
+        .args(["-c"])
+        .arg(&path)
+        .args(["ctl", "status"])
+        .output()
+        .unwrap();
+    assert!(
+        ctl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ctl.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ctl.stdout).contains(&a));
+    let (code, body) = d.http("POST", "/v1/reload", "");
+    assert_eq!(code, 200, "{body}");
+
+    // A peer whose uid is not allowed is refused by SO_PEERCRED, even when the
+    // file mode would let it in.
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test switches uid and needs root (CI runs as root)"
+    );
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let stranger = {
+        use std::os::unix::process::CommandExt;
+        Command::new(env!("CARGO_BIN_EXE_credrotd"))
+            .args(["ctl", "--socket"])
+            .arg(&d.socket)
+            .arg("health")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(stranger.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&stranger.stdout);
+    assert!(out.contains("403") && out.contains("not allowed"), "{out}");
+    assert!(d.log().contains("refused a peer"), "refusals are logged");
+    assert!(d.alive());
+
+    let socket = d.socket.clone();
+    assert!(d.stop().success());
+    assert!(!socket.exists(), "the socket is removed at exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_reload_rotate_and_survive_a_broken_inventory() {
+    let db = TestDb::new().await;
+    let a = db.name("sa");
+    let b = db.name("sb");
+    let top = admin_top(&db);
+    let path = db.write_inventory_with(&top, &account(&a, ""));
+    let mut d = Daemon::start(&db, &path, &[]);
+    d.wait_ready();
+    wait_until("the first credential", Duration::from_secs(30), || {
+        version_of(&db, &a) == 1
+    });
+
+    // SIGHUP with an added account: it is issued.
+    db.write_inventory_with(&top, &format!("{}{}", account(&a, ""), account(&b, "")));
+    d.signal(Signal::SIGHUP);
+    wait_until(
+        "the added account is issued",
+        Duration::from_secs(30),
+        || version_of(&db, &b) == 1,
+    );
+
+    // A broken inventory: logged, the running one stays, the daemon lives on.
+    std::fs::write(
+        &path,
+        db.inventory_with(&top, &format!("{}    colour: blue\n", account(&a, ""))),
+    )
+    .unwrap();
+    d.signal(Signal::SIGHUP);
+    wait_until(
+        "the failed reload is logged",
+        Duration::from_secs(30),
+        || d.log().contains("reload failed"),
+    );
+    assert!(d.alive());
+    let (code, body) = d.http("POST", "/v1/reload", "");
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("unknown field `colour`") && body.contains("inventory.yaml:"),
+        "{body}"
+    );
+    let (_, status) = d.http("GET", "/v1/status", "");
+    assert!(
+        status.contains(&b),
+        "the running inventory (with {b}) is kept: {status}"
+    );
+
+    // SIGUSR1 rotates every account.
+    d.signal(Signal::SIGUSR1);
+    wait_until("every account rotated", Duration::from_secs(30), || {
+        version_of(&db, &a) == 2 && version_of(&db, &b) == 2
+    });
+
+    // Removing an account with `prune: true` revokes its credentials.
+    let b_cred = db.published(&b);
+    db.write_inventory_with(&format!("{top}prune: true\n"), &account(&a, ""));
+    d.signal(Signal::SIGHUP);
+    wait_until(
+        "the removed account's logins are revoked",
+        Duration::from_secs(30),
+        || {
+            !db_roles_blocking(&db)
+                .iter()
+                .any(|r| r.starts_with(&format!("{b}_")))
+        },
+    );
+    assert!(db
+        .login(&b_cred.username, b_cred.password.expose())
+        .await
+        .is_err());
+    let a_cred = db.published(&a);
+    db.login(&a_cred.username, a_cred.password.expose())
+        .await
+        .expect("the kept account is untouched");
+    assert!(d.stop().success());
+}
+
+fn db_roles_blocking(db: &TestDb) -> Vec<String> {
+    let tag = db.tag.clone();
+    let url = common::pg_url();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use sqlx::ConnectOptions;
+            let mut c = url
+                .parse::<sqlx::postgres::PgConnectOptions>()
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            sqlx::query_scalar::<_, String>(
+                "SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1",
+            )
+            .bind(format!("{tag}%"))
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_comes_after_recovery_with_listeners_bound_and_metrics_follow_rotations() {
+    let db = TestDb::new().await;
+    let a = db.name("rdy");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let top = format!(
+        "{}metrics: {{ listen: \"127.0.0.1:{port}\" }}\n",
+        admin_top(&db)
+    );
+    let path = db.write_inventory_with(&top, &account(&a, ""));
+    let notify_path = db.dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let d = Daemon::start(
+        &db,
+        &path,
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    );
+
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = notify
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no READY=1 ({e}); got {messages:?}\n{}", d.log()));
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let ready = m.lines().any(|l| l == "READY=1");
+        messages.push(m);
+        if ready {
+            break;
+        }
+    }
+    // At READY=1 start-up recovery is done and both listeners answer. (The first
+    // issue runs after it: a database that is down must not keep the service
+    // from starting.)
+    assert!(
+        d.log().contains("scheduler started"),
+        "READY=1 before recovery finished"
+    );
+    assert_eq!(d.http("GET", "/healthz", "").0, 200);
+    assert!(http_get(port, "/metrics").starts_with("HTTP/1.1 200"));
+    wait_until("the first credential", Duration::from_secs(30), || {
+        version_of(&db, &a) == 1
+    });
+    wait_until("the rotation is counted", Duration::from_secs(10), || {
+        http_get(port, "/metrics").contains(&format!(
+            "credrotd_rotations_total{{account=\"{a}\",result=\"ok\"}} 1"
+        ))
+    });
+    let metrics = http_get(port, "/metrics");
+    for needle in [
+        format!("credrotd_rotations_total{{account=\"{a}\",result=\"ok\"}} 1"),
+        format!("credrotd_credential_expiry_timestamp_seconds{{account=\"{a}\"}}"),
+        "credrotd_up 1".to_owned(),
+        "credrotd_rotation_duration_seconds_count".to_owned(),
+    ] {
+        assert!(
+            metrics.contains(&needle),
+            "metrics lack {needle}:\n{metrics}"
+        );
+    }
+    assert!(http_get(port, "/other").starts_with("HTTP/1.1 404"));
+    let (code, _) = d.http("POST", &format!("/v1/accounts/{a}/rotate"), "");
+    assert_eq!(code, 200);
+    assert!(http_get(port, "/metrics").contains(&format!(
+        "credrotd_rotations_total{{account=\"{a}\",result=\"ok\"}} 2"
+    )));
+    assert!(
+        messages.iter().any(|m| m.contains("STATUS=")),
+        "{messages:?}"
+    );
+
+    let status = d.stop();
+    assert!(status.success());
+    let mut rest = Vec::new();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    while let Ok(n) = notify.recv(&mut buf) {
+        rest.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(rest.iter().any(|m| m.contains("STOPPING=1")), "{rest:?}");
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_are_notified_by_exec_and_signal_without_the_password() {
+    let db = TestDb::new().await;
+    let a = db.name("ntf");
+    let dir = db.dir.path();
+    let pid_file = dir.join("consumer.pid");
+    let marker = dir.join("consumer.hup");
+    let mut consumer = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {pid}; trap 'echo hup >> {marker}' HUP; while :; do sleep 0.1; done",
+            pid = pid_file.display(),
+            marker = marker.display()
+        ))
+        .spawn()
+        .unwrap();
+    wait_until("consumer pid file", Duration::from_secs(10), || {
+        pid_file.exists()
+    });
+    let envdump = dir.join("env.dump");
+    let extra = format!(
+        "    notify:\n      exec: [/bin/sh, -c, 'env > {env}']\n      signal: {{ pid_file: {pid}, signal: HUP }}\n",
+        env = envdump.display(),
+        pid = pid_file.display()
+    );
+    let path = db.write_inventory_with(&admin_top(&db), &account(&a, &extra));
+    let mut d = Daemon::start(&db, &path, &[]);
+    d.wait_ready();
+    wait_until("the consumer got SIGHUP", Duration::from_secs(20), || {
+        marker.exists()
+    });
+    let env = std::fs::read_to_string(&envdump).unwrap();
+    for needle in [
+        format!("CREDROTD_ACCOUNT={a}"),
+        "CREDROTD_VERSION=1".to_owned(),
+        format!(
+            "CREDROTD_FILE={}",
+            db.secrets_dir().join(format!("{a}.json")).display()
+        ),
+    ] {
+        assert!(
+            env.contains(&needle),
+            "the command's environment lacks {needle}"
+        );
+    }
+    let password = db.published(&a).password.expose().to_owned();
+    assert_no_secret(
+        "the notify command's environment",
+        env.as_bytes(),
+        std::slice::from_ref(&password),
+    );
+    assert!(
+        d.log().contains("notified consumers (exec)")
+            && d.log().contains("notified consumers (signal)")
+    );
+    assert_no_secret("the daemon's debug log", d.log().as_bytes(), &[password]);
+    assert!(d.stop().success());
+    let _ = consumer.kill();
+    let _ = consumer.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_rotation_finishes_it_and_a_restart_resumes_cleanly() {
+    let db = TestDb::new().await;
+    let a = db.name("term");
+    // The notify step holds the rotation open for three seconds.
+    let extra = "    notify: { exec: [/bin/sleep, \"3\"] }\n";
+    let path = db.write_inventory_with(&admin_top(&db), &account(&a, extra));
+    let d = Daemon::start(&db, &path, &[]);
+    wait_until(
+        "the rotation reaches its notify step",
+        Duration::from_secs(30),
+        || version_of(&db, &a) == 1,
+    );
+    let started = Instant::now();
+    let log = d.log.clone();
+    let status = d.stop();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "SIGTERM waited for the in-flight step"
+    );
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("in_flight=1"), "{log}");
+
+    // Restart: nothing in a middle state, the credential works, and the daemon
+    // carries on.
+    let out = Command::new(env!("CARGO_BIN_EXE_credrotd"))
+        .arg("-c")
+        .arg(&path)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let ledger =
+        credrotd::ledger::Ledger::open(&format!("sqlite://{}", db.ledger_path().display()))
+            .await
+            .unwrap();
+    assert!(ledger
+        .credentials(&a)
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| !c.state.is_middle()));
+    ledger.close().await;
+    let mut d = Daemon::start(&db, &path, &[]);
+    d.wait_ready();
+    let p = db.published(&a);
+    db.login(&p.username, p.password.expose())
+        .await
+        .expect("the credential finished before exit logs in");
+    assert!(d.stop().success());
+}
