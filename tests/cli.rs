@@ -356,3 +356,18 @@ fn demo_shows_issue_rotate_overlap_and_revoke_on_its_own_cluster() {
         "a published credential failed to log in:\n{t}"
     );
 }
+
+#[test]
+fn every_example_inventory_passes_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = run(&["check"], &path);
+            assert!(out.status.success(), "{}: {}", path.display(), text(&out));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "found only {checked} examples in {}", dir.display());
+}
