@@ -369,5 +369,43 @@ fn every_example_inventory_passes_check() {
             checked += 1;
         }
     }
-    assert!(checked >= 3, "found only {checked} examples in {}", dir.display());
+    assert!(
+        checked >= 3,
+        "found only {checked} examples in {}",
+        dir.display()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_password_files_come_from_systemds_credentials_directory() {
+    let db = setup().await;
+    let a = db.name("cred");
+    let creds = db.dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::copy(&db.password_file, creds.join("main-admin")).unwrap();
+    let yaml = db.inventory(&account(&a, "ephemeral", "")).replace(
+        &format!("password_file: {}", db.password_file.display()),
+        "password_file: main-admin",
+    );
+    let path = db.dir.path().join("inventory.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = credrotd()
+        .arg("-c")
+        .arg(&path)
+        .args(["rotate", "--all"])
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let p = db.published(&a);
+    db.login(&p.username, p.password.expose()).await.unwrap();
+    // Without the variable the same relative path is looked up beside the
+    // inventory, where it does not exist.
+    let out = run(&["rotate", "--all"], &path);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("cannot read the admin password"),
+        "{}",
+        text(&out)
+    );
 }

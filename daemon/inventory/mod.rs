@@ -531,6 +531,16 @@ impl Validator {
         }
     }
 
+    /// A secret file: relative paths are resolved against systemd's
+    /// `$CREDENTIALS_DIRECTORY` (where `LoadCredential=` puts them) when it is
+    /// set, else against the inventory's directory.
+    fn secret_path(&self, p: &str) -> PathBuf {
+        match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) if Path::new(p).is_relative() => PathBuf::from(dir).join(p),
+            _ => self.path(p),
+        }
+    }
+
     fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
@@ -780,7 +790,7 @@ impl Validator {
                 self.error(&f.referenced, "set password_file or password_env, not both");
                 PasswordSource::None
             }
-            (Some(f), None) => PasswordSource::File(self.path(&f.value)),
+            (Some(f), None) => PasswordSource::File(self.secret_path(&f.value)),
             (None, Some(e)) => PasswordSource::Env(e.value.clone()),
             (None, None) => PasswordSource::None,
         };
