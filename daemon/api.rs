@@ -2,7 +2,64 @@
 //! later, serves on its admin socket. Domain types never derive `Serialize`; they
 //! are converted into these on purpose, so that the contract changes only here.
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::inventory::Inventory;
+use crate::ledger::{CredState, Credential, Ledger, LedgerError};
+use crate::scheduler;
+
+/// Timestamps on the wire: RFC 3339, UTC, whole seconds.
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// A credential's wire form.
+pub fn credential_status(c: &Credential) -> CredentialStatus {
+    CredentialStatus {
+        version: c.version,
+        username: c.username.clone(),
+        state: c.state.to_string(),
+        issued_at: timestamp(c.issued_at),
+        expires_at: timestamp(c.expires_at),
+        retire_at: c.retire_at.map(timestamp),
+    }
+}
+
+/// Every account's status, from the ledger (`status`, `GET /v1/status`).
+pub async fn statuses(
+    inventory: &Inventory,
+    ledger: &Ledger,
+    now: DateTime<Utc>,
+) -> Result<Vec<AccountStatus>, LedgerError> {
+    let mut out = Vec::new();
+    for account in inventory.accounts.values() {
+        let live = ledger.live(&account.name).await?;
+        let state = ledger.account(&account.name).await?;
+        let current = live.iter().rev().find(|c| c.state == CredState::Current);
+        let previous = live.iter().rev().find(|c| c.state == CredState::Retiring);
+        let refs: Vec<&Credential> = live.iter().collect();
+        let next_rotation = scheduler::due(account, &state, &refs, now)
+            .into_iter()
+            .find_map(|d| match d {
+                scheduler::Due::Rotate { at, .. } => Some(timestamp(at)),
+                scheduler::Due::Retire { .. } => None,
+            });
+        out.push(AccountStatus {
+            account: account.name.clone(),
+            database: account.database.clone(),
+            strategy: account.strategy.as_str().to_owned(),
+            current: current.map(credential_status),
+            previous: previous.map(credential_status),
+            next_rotation,
+            last_result: state.last_result,
+            last_error: state.last_error,
+            failures: state.failures,
+            suspended: state.suspended,
+        });
+    }
+    Ok(out)
+}
 
 /// One account's state as shown by `credrotd status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::Utc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::stream::{self, StreamExt};
 
-use crate::api::{AccountStatus, CredentialStatus};
+use crate::api::AccountStatus;
 use crate::clock::{SharedClock, SystemClock};
 use crate::inventory::{self, Checked, Inventory, InventoryError};
-use crate::ledger::{CredState, Credential, Ledger};
+use crate::ledger::{Credential, Ledger};
 use crate::rotation::{self, Context};
 use crate::scheduler;
 use crate::{engine, store};
@@ -276,14 +276,16 @@ async fn plan(path: &std::path::Path) -> Result<ExitCode> {
                 scheduler::Due::Rotate { at, why } if at <= now => {
                     println!("  would rotate now ({why})")
                 }
-                scheduler::Due::Rotate { at, .. } => println!("  next rotation at {}", ts(at)),
+                scheduler::Due::Rotate { at, .. } => {
+                    println!("  next rotation at {}", crate::api::timestamp(at))
+                }
                 scheduler::Due::Retire { at, cred } => {
                     let user = live
                         .iter()
                         .find(|c| c.id == cred)
                         .map(|c| c.username.as_str())
                         .unwrap_or("?");
-                    println!("  would revoke {user} at {}", ts(at));
+                    println!("  would revoke {user} at {}", crate::api::timestamp(at));
                 }
             }
         }
@@ -445,7 +447,7 @@ async fn rotate(path: &std::path::Path, args: RotateArgs) -> Result<ExitCode> {
                         "{name}: rotated to v{} ({}), expires {}",
                         r.version,
                         r.username,
-                        ts(r.expires_at)
+                        crate::api::timestamp(r.expires_at)
                     );
                 }
             }
@@ -496,60 +498,10 @@ async fn revoke(path: &std::path::Path, args: RevokeArgs) -> Result<ExitCode> {
     }
 }
 
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-fn cred_status(c: &Credential) -> CredentialStatus {
-    CredentialStatus {
-        version: c.version,
-        username: c.username.clone(),
-        state: c.state.to_string(),
-        issued_at: ts(c.issued_at),
-        expires_at: ts(c.expires_at),
-        retire_at: c.retire_at.map(ts),
-    }
-}
-
-/// Every account's status, from the ledger.
-pub async fn statuses(
-    inventory: &Inventory,
-    ledger: &Ledger,
-    now: DateTime<Utc>,
-) -> Result<Vec<AccountStatus>> {
-    let mut out = Vec::new();
-    for account in inventory.accounts.values() {
-        let live = ledger.live(&account.name).await?;
-        let state = ledger.account(&account.name).await?;
-        let current = live.iter().rev().find(|c| c.state == CredState::Current);
-        let previous = live.iter().rev().find(|c| c.state == CredState::Retiring);
-        let refs: Vec<&Credential> = live.iter().collect();
-        let next_rotation = scheduler::due(account, &state, &refs, now)
-            .into_iter()
-            .find_map(|d| match d {
-                scheduler::Due::Rotate { at, .. } => Some(ts(at)),
-                _ => None,
-            });
-        out.push(AccountStatus {
-            account: account.name.clone(),
-            database: account.database.clone(),
-            strategy: account.strategy.as_str().to_owned(),
-            current: current.map(cred_status),
-            previous: previous.map(cred_status),
-            next_rotation,
-            last_result: state.last_result,
-            last_error: state.last_error,
-            failures: state.failures,
-            suspended: state.suspended,
-        });
-    }
-    Ok(out)
-}
-
 async fn status(path: &std::path::Path, format: OutputFormat) -> Result<ExitCode> {
     let inventory = load(path)?;
     let ledger = Ledger::open(&inventory.state).await?;
-    let rows = statuses(&inventory, &ledger, Utc::now()).await?;
+    let rows = crate::api::statuses(&inventory, &ledger, Utc::now()).await?;
     ledger.close().await;
     if format == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -475,7 +475,7 @@ async fn demo_body(
     watcher.abort();
     let _ = watcher.await;
     println!("\nfinal status:");
-    for s in crate::cli::statuses(&ctx.inventory, &ctx.ledger, Utc::now()).await? {
+    for s in crate::api::statuses(&ctx.inventory, &ctx.ledger, Utc::now()).await? {
         println!(
             "  {:<20} {:<11} {}",
             s.account,

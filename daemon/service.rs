@@ -12,19 +12,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use chrono::SecondsFormat;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::admin;
 use crate::api::{
-    AccountDetail, AccountStatus, CredentialStatus, EventEntry, ReloadResponse, RevokeResponse,
-    RotateResponse,
+    AccountDetail, AccountStatus, EventEntry, ReloadResponse, RevokeResponse, RotateResponse,
 };
 use crate::clock::SharedClock;
 use crate::inventory::{self, Inventory};
-use crate::ledger::{Credential, Ledger};
+use crate::ledger::Ledger;
 use crate::rotation::{self, Context, RotationError};
 use crate::scheduler::{self, Control};
 use crate::{engine, store, systemd, telemetry};
@@ -80,21 +78,6 @@ pub struct Service {
     reload_lock: tokio::sync::Mutex<()>,
 }
 
-fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-fn cred_status(c: &Credential) -> CredentialStatus {
-    CredentialStatus {
-        version: c.version,
-        username: c.username.clone(),
-        state: c.state.to_string(),
-        issued_at: ts(c.issued_at),
-        expires_at: ts(c.expires_at),
-        retire_at: c.retire_at.map(ts),
-    }
-}
-
 /// Builds the saga context for an inventory, reusing `ledger` if given.
 pub async fn context(
     inventory: Inventory,
@@ -132,7 +115,7 @@ impl Service {
 
     pub async fn status(&self) -> Result<Vec<AccountStatus>, ApiError> {
         let ctx = self.ctx();
-        crate::cli::statuses(&ctx.inventory, &ctx.ledger, ctx.clock.now())
+        crate::api::statuses(&ctx.inventory, &ctx.ledger, ctx.clock.now())
             .await
             .map_err(|e| ApiError::Failed(e.to_string()))
     }
@@ -153,7 +136,7 @@ impl Service {
             .map_err(|e| ApiError::Failed(e.to_string()))?;
         Ok(AccountDetail {
             status,
-            live: live.iter().map(cred_status).collect(),
+            live: live.iter().map(crate::api::credential_status).collect(),
         })
     }
 
@@ -175,7 +158,7 @@ impl Service {
             account: r.account,
             version: r.version,
             username: r.username,
-            expires_at: ts(r.expires_at),
+            expires_at: crate::api::timestamp(r.expires_at),
         })
     }
 
@@ -210,7 +193,7 @@ impl Service {
             .into_iter()
             .map(|e| EventEntry {
                 id: e.id,
-                at: ts(e.at),
+                at: crate::api::timestamp(e.at),
                 account: e.account,
                 version: e.version,
                 kind: e.kind,
