@@ -693,6 +693,29 @@ pub async fn recover_account(ctx: &Context, account: &Account) -> Result<Recover
         }
     }
 
+    // An alternating role that can log in although no live credential uses it
+    // holds a password nobody knows: refuse its logins until its next turn.
+    if matches!(account.strategy, Strategy::Alternating) {
+        for suffix in ["a", "b"] {
+            let name = format!("{}_{suffix}", account.name);
+            if live.iter().any(|c| c.username == name) {
+                continue;
+            }
+            if engine.login_info(&name).await?.is_some_and(|i| i.can_login) {
+                engine.disable_login(&name).await?;
+                ctx.event(
+                    &account.name,
+                    None,
+                    "orphan-disabled",
+                    &format!("username={name}"),
+                )
+                .await;
+                warn!(account = %account.name, username = %name, "disabled an alternating login the ledger does not know as live");
+                report.orphans_dropped.push(name);
+            }
+        }
+    }
+
     // A current credential that no longer logs in (dropped or expired behind our
     // back) must be replaced now.
     if let Some(cur) = live.iter().rev().find(|c| c.state == CredState::Current) {

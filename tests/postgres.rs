@@ -721,3 +721,31 @@ async fn no_password_reaches_the_server_log_the_ledger_or_an_error() {
     assert_no_secret("the ledger", &ledger, &passwords);
     assert_no_secret("errors", errors.join("\n").as_bytes(), &passwords);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_disables_an_alternating_login_the_ledger_does_not_know() {
+    let db = TestDb::new().await;
+    db.exec(FIXTURES).await;
+    let name = db.name("alt");
+    let ctx = db.context(&etl(&name, "alternating", ""), system()).await;
+    let account = ctx.account(&name).unwrap().clone();
+    rotation::rotate(&ctx, &account).await.unwrap();
+    // `_b` gets login rights and a password behind credrotd's back (or from a lost
+    // ledger).
+    let b = format!("{name}_b");
+    db.exec(&format!(
+        "CREATE ROLE {b} LOGIN PASSWORD 'unknown-password-123456' IN ROLE {name};
+         COMMENT ON ROLE {b} IS 'credrotd:alternating account={name}'"
+    ))
+    .await;
+    db.login(&b, "unknown-password-123456")
+        .await
+        .expect("the stray login works before recovery");
+    let report = rotation::recover_account(&ctx, &account).await.unwrap();
+    assert_eq!(report.orphans_dropped, vec![b.clone()]);
+    assert!(db.login(&b, "unknown-password-123456").await.is_err());
+    let p = db.published(&name);
+    db.login(&p.username, p.password.expose())
+        .await
+        .expect("the current `_a` is untouched");
+}
