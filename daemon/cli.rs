@@ -143,9 +143,12 @@ pub fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    // journald stamps every line itself.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let _ = match (format, journald) {
+        (LogFormat::Pretty, false) => builder.try_init(),
+        (LogFormat::Pretty, true) => builder.without_time().try_init(),
+        (LogFormat::Json, _) => builder.json().flatten_event(true).try_init(),
     };
 }
 

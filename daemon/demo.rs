@@ -62,7 +62,12 @@ fn as_user(cmd: &mut Command, ids: Option<(u32, u32)>) {
 }
 
 /// Finds a PostgreSQL server binary on PATH or in Debian's versioned directories.
+/// `CREDROTD_PG_BINDIR`, when set, is the only place looked at.
 pub fn find_pg_binary(name: &str) -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("CREDROTD_PG_BINDIR") {
+        let p = PathBuf::from(dir).join(name);
+        return p.is_file().then_some(p);
+    }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             let p = dir.join(name);

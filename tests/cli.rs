@@ -409,3 +409,19 @@ async fn relative_password_files_come_from_systemds_credentials_directory() {
         text(&out)
     );
 }
+
+#[test]
+fn demo_says_what_to_install_when_postgresql_is_missing() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_credrotd"))
+        .args(["demo", "--duration", "1s"])
+        .env("CREDROTD_PG_BINDIR", empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(
+        t.contains("initdb, pg_ctl") && t.contains("apt-get install postgresql"),
+        "{t}"
+    );
+}

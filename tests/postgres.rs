@@ -26,6 +26,11 @@ CREATE TABLE public.customers (id bigserial PRIMARY KEY, name text NOT NULL);
 CREATE TABLE public.payroll (id bigserial PRIMARY KEY, salary numeric NOT NULL);
 INSERT INTO public.orders (total) VALUES (1), (2);
 INSERT INTO public.customers (name) VALUES ('a');
+CREATE SCHEMA ops;
+CREATE FUNCTION ops.refresh_stats(n int) RETURNS int LANGUAGE sql AS 'SELECT n + 1';
+CREATE FUNCTION ops.purge_everything() RETURNS int LANGUAGE sql AS 'SELECT 0';
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA ops FROM PUBLIC;
+CREATE SEQUENCE ops.ticket_seq;
 ";
 
 fn etl(name: &str, strategy: &str, extra: &str) -> String {
@@ -748,4 +753,48 @@ async fn recovery_disables_an_alternating_login_the_ledger_does_not_know() {
     db.login(&p.username, p.password.expose())
         .await
         .expect("the current `_a` is untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_and_sequence_grants_are_exact() {
+    let db = TestDb::new().await;
+    db.exec(FIXTURES).await;
+    let name = db.name("fn");
+    let accounts = format!(
+        "  {name}:\n    database: main\n    grants:\n\
+         \x20     - {{ schema: ops, privileges: [USAGE] }}\n\
+         \x20     - {{ schema: ops, functions: [refresh_stats], privileges: [EXECUTE] }}\n\
+         \x20     - {{ schema: ops, sequences: [ticket_seq], privileges: [USAGE] }}\n"
+    );
+    let ctx = db.context(&accounts, system()).await;
+    let account = ctx.account(&name).unwrap().clone();
+    rotation::rotate(&ctx, &account).await.unwrap();
+    let p = db.published(&name);
+    let mut c = db.login(&p.username, p.password.expose()).await.unwrap();
+    let v: i32 = sqlx::query_scalar("SELECT ops.refresh_stats(41)")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, 42);
+    let n: i64 = sqlx::query_scalar("SELECT nextval('ops.ticket_seq')")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    for sql in [
+        "SELECT ops.purge_everything()",
+        "SELECT setval('ops.ticket_seq', 100)",
+    ] {
+        let err = c.execute(sql).await.expect_err(sql);
+        assert!(
+            err.to_string().contains("permission denied"),
+            "{sql}: {err}"
+        );
+    }
+    c.close().await.unwrap();
+    assert!(ctx.engines["main"]
+        .reconcile(&account, false)
+        .await
+        .unwrap()
+        .is_empty());
 }
