@@ -166,13 +166,13 @@ pub async fn run_with(
 
     loop {
         let now = ctx.clock.now();
-        let states: BTreeMap<String, AccountState> = {
-            let mut m = BTreeMap::new();
-            for name in ctx.inventory.accounts.keys() {
-                m.insert(name.clone(), ctx.ledger.account(name).await?);
-            }
-            m
-        };
+        let mut states = ctx.ledger.accounts().await?;
+        for name in ctx.inventory.accounts.keys() {
+            states.entry(name.clone()).or_insert_with(|| AccountState {
+                account: name.clone(),
+                ..AccountState::default()
+            });
+        }
         let live = ctx.ledger.all_live().await?;
         publish_schedule(&ctx, &states, &live, now);
         let mut wake = now + to_chrono(LEDGER_REFRESH);

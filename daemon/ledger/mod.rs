@@ -4,6 +4,7 @@
 //! append-only event log (never a secret), per-account scheduling state, and the
 //! leases that keep two processes (the daemon and a CLI `rotate`) off one account.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -447,22 +448,26 @@ impl Ledger {
             .bind(account)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(match row {
-            None => AccountState {
+        Ok(row
+            .as_ref()
+            .map(account_state)
+            .unwrap_or_else(|| AccountState {
                 account: account.to_owned(),
                 ..AccountState::default()
-            },
-            Some(r) => AccountState {
-                account: r.get("account"),
-                next_rotation_at: r.get::<Option<i64>, _>("next_rotation_at").map(from_ms),
-                last_result: r.get("last_result"),
-                last_error: r.get("last_error"),
-                last_attempt_at: r.get::<Option<i64>, _>("last_attempt_at").map(from_ms),
-                failures: r.get("failures"),
-                retry_at: r.get::<Option<i64>, _>("retry_at").map(from_ms),
-                suspended: r.get::<i64, _>("suspended") != 0,
-            },
-        })
+            }))
+    }
+
+    /// The scheduling state of every account the ledger has seen, in one query
+    /// (the scheduler reads it at every wake-up).
+    pub async fn accounts(&self) -> Result<BTreeMap<String, AccountState>, LedgerError> {
+        let rows = sqlx::query("SELECT * FROM accounts")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(account_state)
+            .map(|a| (a.account.clone(), a))
+            .collect())
     }
 
     async fn ensure_account(&self, account: &str) -> Result<(), LedgerError> {
@@ -604,6 +609,19 @@ impl Ledger {
     /// Raw access for tests that inspect the file (e.g. for leaked secrets).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+}
+
+fn account_state(r: &sqlx::sqlite::SqliteRow) -> AccountState {
+    AccountState {
+        account: r.get("account"),
+        next_rotation_at: r.get::<Option<i64>, _>("next_rotation_at").map(from_ms),
+        last_result: r.get("last_result"),
+        last_error: r.get("last_error"),
+        last_attempt_at: r.get::<Option<i64>, _>("last_attempt_at").map(from_ms),
+        failures: r.get("failures"),
+        retry_at: r.get::<Option<i64>, _>("retry_at").map(from_ms),
+        suspended: r.get::<i64, _>("suspended") != 0,
     }
 }
 
