@@ -426,7 +426,6 @@ async fn rotate(path: &std::path::Path, args: RotateArgs) -> Result<ExitCode> {
                     let res = async {
                         let account = ctx.account(&name)?;
                         ctx.with_lease(&name, Duration::from_secs(60), || async {
-                            rotation::recover_account(ctx, account).await?;
                             rotation::rotate(ctx, account).await
                         })
                         .await

@@ -354,7 +354,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
                 "postgres://{ADMIN}@127.0.0.1:{port}/postgres"
             ))?
             .password(admin_password.expose())
-            .log_statements(log::LevelFilter::Off)
+            .disable_statement_logging()
             .connect()
             .await?;
             conn.execute("CREATE DATABASE app").await?;
@@ -368,11 +368,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             prefix = format!("demo{tag:04x}_");
             let db = format!("credrotd_demo_{tag:04x}");
             let base = PgConnectOptions::from_str(url).context("--database-url")?;
-            let mut conn = base
-                .clone()
-                .log_statements(log::LevelFilter::Off)
-                .connect()
-                .await?;
+            let mut conn = base.clone().disable_statement_logging().connect().await?;
             conn.execute(format!("CREATE DATABASE {db}").as_str())
                 .await?;
             conn.close().await?;
@@ -422,7 +418,7 @@ async fn demo_body(
     admin_password: &Secret,
     prefix: &str,
 ) -> Result<ExitCode> {
-    let mut admin = PgConnectOptions::from_str(admin_url)?.log_statements(log::LevelFilter::Off);
+    let mut admin = PgConnectOptions::from_str(admin_url)?.disable_statement_logging();
     if pwfile.is_some() {
         admin = admin.password(admin_password.expose());
     }
@@ -474,7 +470,7 @@ async fn demo_body(
         .host(admin.get_host())
         .port(admin.get_port())
         .database(admin.get_database().unwrap_or("postgres"))
-        .log_statements(log::LevelFilter::Off);
+        .disable_statement_logging();
     let watcher = tokio::spawn(consumer(base, dir.join("secrets"), accounts.clone()));
     let res = crate::scheduler::run(ctx.clone(), rx, shutdown).await;
     watcher.abort();
@@ -499,7 +495,7 @@ async fn demo_body(
 
 /// Drops what the demo created on an external server.
 async fn cleanup_external(url: &str, db: &str, prefix: &str) -> Result<()> {
-    let base = PgConnectOptions::from_str(url)?.log_statements(log::LevelFilter::Off);
+    let base = PgConnectOptions::from_str(url)?.disable_statement_logging();
     let mut conn = base.connect().await?;
     conn.execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
         .await?;

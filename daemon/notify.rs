@@ -28,7 +28,14 @@ pub async fn consumers(inventory: &Inventory, account: &Account, version: i64) {
     let file = secret_file(inventory, account);
     if let Some(argv) = &n.exec {
         let mut cmd = tokio::process::Command::new(&argv[0]);
+        // A clean environment: credrotd's own may hold secrets (password_env,
+        // store tokens) that the consumer must not see.
         cmd.args(&argv[1..])
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
             .env("CREDROTD_ACCOUNT", &account.name)
             .env("CREDROTD_VERSION", version.to_string())
             .env(

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use tracing::{info, warn, Instrument};
 
 use crate::clock::SharedClock;
-use crate::engine::{Engine, EngineError, Engines, Login};
+use crate::engine::{Engine, EngineError, Engines, Login, SavedPassword};
 use crate::inventory::{Account, Inventory, Strategy};
 use crate::ledger::{CredState, Credential, Ledger, LedgerError, NewCredential};
 use crate::schedule::{self, to_chrono};
@@ -50,6 +50,8 @@ pub enum RotationError {
     Busy(String),
     #[error("account {0} is not in the inventory")]
     UnknownAccount(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("account {account}: no free login role name for this second")]
     NameExhausted { account: String },
     #[error("account {account}: credential v{version} is not retiring (it is {state})")]
@@ -135,11 +137,12 @@ impl Context {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T, RotationError>>,
     {
+        let holder = self.ledger.new_holder();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if self
                 .ledger
-                .acquire(account, LEASE_TTL, self.clock.now())
+                .acquire(account, &holder, LEASE_TTL, self.clock.now())
                 .await?
             {
                 break;
@@ -149,8 +152,26 @@ impl Context {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        let out = f().await;
-        if let Err(e) = self.ledger.release(account).await {
+        // Keep the lease while the saga runs, however long its steps take.
+        let renew = async {
+            loop {
+                tokio::time::sleep(LEASE_TTL / 3).await;
+                match self
+                    .ledger
+                    .acquire(account, &holder, LEASE_TTL, self.clock.now())
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => warn!(account, "lost the account's lease while working on it"),
+                    Err(e) => warn!(account, error = %e, "cannot renew the account's lease"),
+                }
+            }
+        };
+        let out = tokio::select! {
+            out = f() => out,
+            never = renew => never,
+        };
+        if let Err(e) = self.ledger.release(account, &holder).await {
             warn!(account, error = %e, "cannot release lease; it expires on its own");
         }
         out
@@ -175,11 +196,9 @@ async fn rotate_in_span(ctx: &Context, account: &Account) -> Result<Rotated, Rot
             .await;
     }
 
-    // Recover anything a crash left for this account before adding to it.
-    let live = ctx.ledger.live(&account.name).await?;
-    if live.iter().any(|c| c.state.is_middle()) {
-        recover_account(ctx, account).await?;
-    }
+    // Recover anything a crash left for this account before adding to it (and
+    // sweep login roles the ledger does not know), whoever asked for the rotation.
+    recover_account(ctx, account).await?;
     let live = ctx.ledger.live(&account.name).await?;
     let current = live
         .iter()
@@ -228,6 +247,15 @@ async fn rotate_in_span(ctx: &Context, account: &Account) -> Result<Rotated, Rot
     .await;
     ctx.crash_point(CredState::Planned)?;
 
+    // A static role's password is replaced in place; keep the old verifier (when
+    // the admin may read it) to put back if verification or publishing fails.
+    let saved = match &account.strategy {
+        Strategy::Static { role, .. } => engine.saved_password(role).await.unwrap_or_else(|e| {
+            warn!(account = %account.name, error = %e, "cannot save the static role's password verifier");
+            None
+        }),
+        _ => None,
+    };
     let password = Secret::generate();
     let login = Login {
         username: &username,
@@ -243,13 +271,23 @@ async fn rotate_in_span(ctx: &Context, account: &Account) -> Result<Rotated, Rot
         Strategy::Static { .. } => engine.set_password(account, &login).await,
     };
     if let Err(e) = issued {
-        abort(ctx, account, &cred, CredState::Planned, &e.to_string()).await;
+        // The engine's transaction did not commit: nothing to undo in the
+        // database (and a role that already existed is not ours to drop).
+        mark_aborted(ctx, account, &cred, CredState::Planned, &e.to_string()).await;
         return Err(e.into());
     }
     step(ctx, &cred, CredState::Planned, CredState::Created).await?;
 
     if let Err(e) = engine.verify(&username, &password).await {
-        abort(ctx, account, &cred, CredState::Created, &e.to_string()).await;
+        abort(
+            ctx,
+            account,
+            &cred,
+            CredState::Created,
+            saved.as_ref(),
+            &e.to_string(),
+        )
+        .await;
         return Err(e.into());
     }
     step(ctx, &cred, CredState::Created, CredState::Verified).await?;
@@ -272,12 +310,29 @@ async fn rotate_in_span(ctx: &Context, account: &Account) -> Result<Rotated, Rot
             Err(e) => {
                 // Put back what the other stores held, newest first, so that no
                 // store is left pointing at a login we are about to drop.
+                let mut reverted = true;
                 for (s, undo) in published.into_iter().rev() {
                     if let Err(re) = s.revert(undo).await {
                         warn!(store = s.name(), error = %re, "cannot revert store after a failed publish");
+                        reverted = false;
                     }
                 }
-                abort(ctx, account, &cred, CredState::Verified, &e.to_string()).await;
+                if reverted {
+                    abort(
+                        ctx,
+                        account,
+                        &cred,
+                        CredState::Verified,
+                        saved.as_ref(),
+                        &e.to_string(),
+                    )
+                    .await;
+                } else {
+                    // A store may still serve the new credential: keep its login
+                    // alive and leave the ledger at `verified`, so that recovery
+                    // asks the stores and promotes or rolls back.
+                    warn!(account = %account.name, version = cred.version, "left for recovery: a store could not be reverted");
+                }
                 return Err(e.into());
             }
         }
@@ -354,13 +409,24 @@ async fn abort(
     account: &Account,
     cred: &Credential,
     state: CredState,
+    saved: Option<&SavedPassword>,
     reason: &str,
 ) {
     warn!(account = %account.name, version = cred.version, error = %reason, "rotation failed; rolling back");
-    if let Err(e) = rollback_login(ctx, account, cred).await {
+    if let Err(e) = rollback_login(ctx, account, cred, saved).await {
         warn!(account = %account.name, version = cred.version, error = %e, "rollback incomplete; recovery will finish it");
         return;
     }
+    mark_aborted(ctx, account, cred, state, reason).await;
+}
+
+async fn mark_aborted(
+    ctx: &Context,
+    account: &Account,
+    cred: &Credential,
+    state: CredState,
+    reason: &str,
+) {
     if let Err(e) = ctx
         .ledger
         .advance(cred, state, CredState::Aborted, ctx.clock.now())
@@ -377,6 +443,7 @@ async fn rollback_login(
     ctx: &Context,
     account: &Account,
     cred: &Credential,
+    saved: Option<&SavedPassword>,
 ) -> Result<(), RotationError> {
     let engine = ctx.engine(account);
     match &account.strategy {
@@ -391,8 +458,14 @@ async fn rollback_login(
                 engine.disable_login(&cred.username).await?;
             }
         }
-        // The old password is already replaced; the next rotation sets a fresh one.
-        Strategy::Static { .. } => {}
+        // Put the old password back if we could save it; otherwise the old one
+        // is gone and the next rotation sets a fresh one.
+        Strategy::Static { .. } => {
+            if let Some(saved) = saved {
+                engine.restore_password(&cred.username, saved).await?;
+                info!(account = %account.name, username = %cred.username, "restored the static role's previous password");
+            }
+        }
     }
     Ok(())
 }
@@ -495,19 +568,31 @@ async fn revoke_login(
     if is_static && cred.state != CredState::Current {
         return Ok(());
     }
+    // Refusing new logins is what revokes the credential; it must succeed.
     engine.disable_login(&cred.username).await?;
+    // Ending sessions and dropping the role are clean-up: if they fail (an object
+    // the login owns in another database, no right to terminate backends), the
+    // credential is still revoked, and recovery's orphan sweep retries the drop.
+    // They must not block the account's next rotation.
     if account.revoke.terminate_sessions {
         if !account.revoke.grace.is_zero() {
             let until = ctx.clock.now() + to_chrono(account.revoke.grace);
             ctx.clock.sleep_until(until).await;
         }
-        let n = engine.terminate_sessions(&cred.username).await?;
-        if n > 0 {
-            info!(account = %account.name, username = %cred.username, sessions = n, "ended sessions of revoked login");
+        match engine.terminate_sessions(&cred.username).await {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(account = %account.name, username = %cred.username, sessions = n, "ended sessions of revoked login")
+            }
+            Err(e) => {
+                warn!(account = %account.name, username = %cred.username, error = %e, "cannot end the revoked login's sessions")
+            }
         }
     }
     if matches!(account.strategy, Strategy::Ephemeral) {
-        engine.drop_login(account, &cred.username).await?;
+        if let Err(e) = engine.drop_login(account, &cred.username).await {
+            warn!(account = %account.name, username = %cred.username, error = %e, "revoked login refuses logins but could not be dropped; recovery retries");
+        }
     }
     Ok(())
 }
@@ -521,6 +606,10 @@ pub async fn revoke(
     previous_only: bool,
 ) -> Result<Vec<String>, RotationError> {
     let mut revoked = Vec::new();
+    if !previous_only {
+        // Suspend first: a crash half-way must not lead to a re-issue on restart.
+        ctx.ledger.set_suspended(&account.name, true).await?;
+    }
     let live = ctx.ledger.live(&account.name).await?;
     for cred in &live {
         let take = match cred.state {
@@ -531,7 +620,7 @@ pub async fn revoke(
             continue;
         }
         if cred.state.is_middle() {
-            rollback_login(ctx, account, cred).await?;
+            rollback_login(ctx, account, cred, None).await?;
             ctx.ledger
                 .advance(cred, cred.state, CredState::Aborted, ctx.clock.now())
                 .await?;
@@ -541,7 +630,6 @@ pub async fn revoke(
         revoked.push(cred.username.clone());
     }
     if !previous_only {
-        ctx.ledger.set_suspended(&account.name, true).await?;
         ctx.event(
             &account.name,
             None,
@@ -555,16 +643,51 @@ pub async fn revoke(
 
 /// Recovers every account of the inventory (start-up reconciliation).
 pub async fn recover(ctx: &Context) -> Vec<(String, Result<Recovered, RotationError>)> {
-    let mut out = Vec::new();
-    for account in ctx.inventory.accounts.values() {
-        let r = ctx
-            .with_lease(&account.name, Duration::from_secs(30), || {
-                recover_account(ctx, account)
-            })
-            .await;
-        out.push((account.name.clone(), r));
+    use futures::stream::{self, StreamExt};
+    // A database that does not answer quickly is skipped rather than waited for
+    // once per account: its accounts are recovered before their next rotation.
+    let mut down = std::collections::BTreeMap::new();
+    for (name, engine) in &ctx.engines {
+        match tokio::time::timeout(Duration::from_secs(5), engine.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                down.insert(name.clone(), e.to_string());
+            }
+            Err(_) => {
+                down.insert(
+                    name.clone(),
+                    format!("database {name} did not answer within 5s"),
+                );
+            }
+        }
     }
-    out
+    let down = &down;
+    type Job<'a> = std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = (String, Result<Recovered, RotationError>)>
+                + Send
+                + 'a,
+        >,
+    >;
+    let mut jobs: Vec<Job<'_>> = Vec::new();
+    for account in ctx.inventory.accounts.values() {
+        jobs.push(Box::pin(async move {
+            let r = match down.get(&account.database) {
+                Some(why) => Err(RotationError::Unavailable(why.clone())),
+                None => {
+                    ctx.with_lease(&account.name, Duration::from_secs(30), || {
+                        recover_account(ctx, account)
+                    })
+                    .await
+                }
+            };
+            (account.name.clone(), r)
+        }));
+    }
+    stream::iter(jobs)
+        .buffer_unordered(ctx.inventory.rotation.concurrency)
+        .collect()
+        .await
 }
 
 /// Finishes or rolls back what a crash left for one account and drops login roles
@@ -576,7 +699,7 @@ pub async fn recover_account(ctx: &Context, account: &Account) -> Result<Recover
         match cred.state {
             CredState::Planned | CredState::Created => {
                 // The password died with the process; no store has seen it.
-                rollback_login(ctx, account, &cred).await?;
+                rollback_login(ctx, account, &cred, None).await?;
                 ctx.ledger
                     .advance(&cred, cred.state, CredState::Aborted, ctx.clock.now())
                     .await?;
@@ -603,7 +726,7 @@ pub async fn recover_account(ctx: &Context, account: &Account) -> Result<Recover
                     }
                 }
                 if holders == 0 {
-                    rollback_login(ctx, account, &cred).await?;
+                    rollback_login(ctx, account, &cred, None).await?;
                     ctx.ledger
                         .advance(&cred, cred.state, CredState::Aborted, ctx.clock.now())
                         .await?;
@@ -657,6 +780,8 @@ pub async fn recover_account(ctx: &Context, account: &Account) -> Result<Recover
                     )
                     .await;
                     report.promoted.push(cred.username.clone());
+                    // The crash may have come before consumers were told.
+                    crate::notify::consumers(&ctx.inventory, account, cred.version).await;
                     if holders < stores.len() {
                         report.rotate_now = true;
                     }

@@ -121,7 +121,16 @@ pub async fn run_with(
     on_ready: impl FnOnce(usize),
 ) -> Result<(), LedgerError> {
     let mut forced: HashSet<String> = HashSet::new();
-    for (account, result) in rotation::recover(&ctx).await {
+    tokio::pin!(shutdown);
+    // Start-up recovery, abandoned (resumably) if we are told to stop.
+    let recovered = tokio::select! {
+        r = rotation::recover(&ctx) => r,
+        _ = &mut shutdown => {
+            info!("shutdown during start-up recovery");
+            return Ok(());
+        }
+    };
+    for (account, result) in recovered {
         match result {
             Ok(r) => {
                 if r.rotate_now {
@@ -162,18 +171,39 @@ pub async fn run_with(
     // Accounts held back until a time: their last revocation failed, or another
     // process held their lease.
     let mut hold: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
-    tokio::pin!(shutdown);
+    let mut ledger_failures = 0u32;
 
     loop {
         let now = ctx.clock.now();
-        let mut states = ctx.ledger.accounts().await?;
+        // The ledger being unreadable (disk, locks) is waited out, not fatal.
+        let read = async {
+            Ok::<_, LedgerError>((ctx.ledger.accounts().await?, ctx.ledger.all_live().await?))
+        };
+        let (mut states, live) = match read.await {
+            Ok(v) => {
+                ledger_failures = 0;
+                v
+            }
+            Err(e) => {
+                ledger_failures += 1;
+                let pause = backoff(
+                    ledger_failures,
+                    Duration::from_secs(1),
+                    Duration::from_secs(60),
+                );
+                error!(error = %e, retry_in = ?pause, "cannot read the ledger");
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(pause) => continue,
+                }
+            }
+        };
         for name in ctx.inventory.accounts.keys() {
             states.entry(name.clone()).or_insert_with(|| AccountState {
                 account: name.clone(),
                 ..AccountState::default()
             });
         }
-        let live = ctx.ledger.all_live().await?;
         publish_schedule(&ctx, &states, &live, now);
         let mut wake = now + to_chrono(LEDGER_REFRESH);
         for account in ctx.inventory.accounts.values() {
@@ -183,6 +213,13 @@ pub async fn run_with(
             let mine: Vec<&Credential> =
                 live.iter().filter(|c| c.account == account.name).collect();
             let mut items = due(account, &states[&account.name], &mine, now);
+            if let Some(until) = hold.get(&account.name) {
+                if *until > now {
+                    // A requested rotation stays requested until the hold ends.
+                    wake = wake.min(*until);
+                    continue;
+                }
+            }
             if forced.remove(&account.name) {
                 items.insert(
                     0,
@@ -193,12 +230,6 @@ pub async fn run_with(
                 );
             }
             let Some(first) = items.first() else { continue };
-            if let Some(until) = hold.get(&account.name) {
-                if *until > now {
-                    wake = wake.min(*until);
-                    continue;
-                }
-            }
             if first.at() > now {
                 wake = wake.min(first.at());
                 continue;
@@ -364,7 +395,11 @@ async fn handle_done(
         Done::Rotated(name, res, took) => {
             busy.remove(&name);
             hold.remove(&name);
-            observe_rotation(ctx, &name, &res, took).await;
+            // Mirror the backoff in memory too, so that a ledger that cannot
+            // record the failure does not turn into a hot retry loop.
+            if let Some(retry_at) = observe_rotation(ctx, &name, &res, took).await {
+                hold.insert(name, retry_at);
+            }
         }
         Done::Retired(name, res) => {
             busy.remove(&name);
@@ -385,22 +420,24 @@ async fn handle_done(
 
 /// Records a rotation's outcome wherever it ran (scheduler or admin API): the
 /// metrics, the log, and on failure the ledger's retry state.
+/// Returns when to retry after a failure.
 pub async fn observe_rotation(
     ctx: &Context,
     name: &str,
     res: &Result<rotation::Rotated, RotationError>,
     took: Duration,
-) {
+) -> Option<DateTime<Utc>> {
     match res {
         Ok(r) => {
             crate::telemetry::rotation(name, true, took.as_secs_f64());
             info!(account = %name, version = r.version, username = %r.username, expires_at = %r.expires_at, "rotation complete");
+            None
         }
-        Err(RotationError::Busy(_)) => {}
+        Err(RotationError::Busy(_)) => None,
         Err(e) => {
             crate::telemetry::rotation(name, false, took.as_secs_f64());
             count_error(e);
-            record_failure(ctx, name, e).await;
+            Some(record_failure(ctx, name, e).await)
         }
     }
 }
@@ -413,7 +450,7 @@ fn count_error(e: &RotationError) {
     }
 }
 
-async fn record_failure(ctx: &Context, name: &str, e: &RotationError) {
+async fn record_failure(ctx: &Context, name: &str, e: &RotationError) -> DateTime<Utc> {
     let now = ctx.clock.now();
     let state = ctx.ledger.account(name).await.unwrap_or_default();
     let attempt = (state.failures + 1).clamp(1, u32::MAX as i64) as u32;
@@ -453,6 +490,7 @@ async fn record_failure(ctx: &Context, name: &str, e: &RotationError) {
             warn!(account = name, attempt, error = %e, retry_at = %retry_at, "rotation failed; the account has no current credential")
         }
     }
+    retry_at
 }
 
 #[cfg(test)]

@@ -146,7 +146,6 @@ impl Service {
         let started = std::time::Instant::now();
         let res = ctx
             .with_lease(name, Duration::from_secs(60), || async {
-                rotation::recover_account(&ctx, &account).await?;
                 rotation::rotate(&ctx, &account).await
             })
             .await;
@@ -397,6 +396,7 @@ async fn signals(
         let _ = stop_rx.wait_for(|s| *s).await;
     };
     tokio::pin!(stopped);
+    let mut reloads = JoinSet::new();
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: finishing in-flight steps, then exiting"); let _ = stop.send(true); return Ok(()); }
@@ -404,9 +404,14 @@ async fn signals(
             _ = &mut stopped => return Ok(()),
             _ = hup.recv() => {
                 info!("SIGHUP: reloading the inventory");
-                // Errors are logged by reload itself.
-                let _ = service.reload().await;
+                // In its own task, so that SIGTERM is still heard while a reload
+                // (and a prune) runs. Errors are logged by reload itself.
+                let service = service.clone();
+                reloads.spawn(async move {
+                    let _ = service.reload().await;
+                });
             }
+            Some(_) = reloads.join_next(), if !reloads.is_empty() => {}
             _ = usr1.recv() => {
                 info!("SIGUSR1: rotating every account now");
                 let _ = control.send(Control::RotateNow(Vec::new())).await;
@@ -452,7 +457,11 @@ async fn serve_metrics(
             _ = &mut stopped => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, _)) = accepted else {
+                    // EMFILE and friends: do not spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
                         let resp = if req.uri().path() == "/metrics" {
@@ -464,9 +473,11 @@ async fn serve_metrics(
                         };
                         Ok::<_, std::convert::Infallible>(resp.unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new()))))
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10))
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                    let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
                 });
             }
         }

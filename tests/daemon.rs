@@ -524,7 +524,11 @@ async fn consumers_are_notified_by_exec_and_signal_without_the_password() {
         pid = pid_file.display()
     );
     let path = db.write_inventory_with(&admin_top(&db), &account(&a, &extra));
-    let mut d = Daemon::start(&db, &path, &[]);
+    let mut d = Daemon::start(
+        &db,
+        &path,
+        &[("CREDROTD_TEST_SECRET_ENV", "DaemonOnlySecret-0123456789")],
+    );
     d.wait_ready();
     wait_until("the consumer got SIGHUP", Duration::from_secs(20), || {
         marker.exists()
@@ -548,6 +552,10 @@ async fn consumers_are_notified_by_exec_and_signal_without_the_password() {
         "the notify command's environment",
         env.as_bytes(),
         std::slice::from_ref(&password),
+    );
+    assert!(
+        !env.contains("DaemonOnlySecret"),
+        "credrotd's own environment leaked into the hook"
     );
     assert!(
         d.log().contains("notified consumers (exec)")

@@ -798,3 +798,95 @@ async fn function_and_sequence_grants_are_exact() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sagas_for_one_account_in_one_process_exclude_each_other() {
+    let db = TestDb::new().await;
+    db.exec(FIXTURES).await;
+    let name = db.name("twice");
+    let ctx = db.context(&etl(&name, "ephemeral", ""), system()).await;
+    let account = ctx.account(&name).unwrap().clone();
+    rotation::rotate(&ctx, &account).await.unwrap();
+    for _ in 0..5 {
+        let one = ctx.with_lease(&name, Duration::ZERO, || rotation::rotate(&ctx, &account));
+        let two = ctx.with_lease(&name, Duration::ZERO, || rotation::rotate(&ctx, &account));
+        let (r1, r2) = tokio::join!(one, two);
+        let busy = [&r1, &r2]
+            .iter()
+            .filter(|r| matches!(r, Err(RotationError::Busy(_))))
+            .count();
+        assert_eq!(busy, 1, "exactly one saga runs: {r1:?} / {r2:?}");
+        assert!(r1.is_ok() || r2.is_ok(), "{r1:?} / {r2:?}");
+        let creds = ctx.ledger.live(&name).await.unwrap();
+        assert_eq!(
+            creds
+                .iter()
+                .filter(|c| c.state == CredState::Current)
+                .count(),
+            1,
+            "{creds:?}"
+        );
+        assert!(creds.len() <= 2, "{creds:?}");
+        let p = db.published(&name);
+        db.login(&p.username, p.password.expose())
+            .await
+            .expect("the store's credential logs in");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_static_rotation_puts_the_old_password_back() {
+    let db = TestDb::new().await;
+    db.exec(FIXTURES).await;
+    let name = db.name("st");
+    let role = db.name("st_svc");
+    db.exec(&format!("CREATE ROLE {role} LOGIN CONNECTION LIMIT 1"))
+        .await;
+    let extra = format!("    role: {role}\n    overlap: 0\n");
+    let ctx = db.context(&etl(&name, "static", &extra), system()).await;
+    let account = ctx.account(&name).unwrap().clone();
+    rotation::rotate(&ctx, &account).await.unwrap();
+    let v1 = db.published(&name);
+    // The application holds the role's only connection: verification of the new
+    // password fails ("too many connections"), after the password was replaced.
+    let app = db.login(&v1.username, v1.password.expose()).await.unwrap();
+    let err = rotation::rotate(&ctx, &account).await.unwrap_err();
+    assert!(err.to_string().contains("too many connections"), "{err}");
+    app.close().await.unwrap();
+    assert_eq!(db.published(&name).version, 1, "the store still holds v1");
+    db.login(&v1.username, v1.password.expose())
+        .await
+        .expect("v1's password was restored, so what the store holds logs in");
+    let creds = ctx.ledger.credentials(&name).await.unwrap();
+    assert_eq!(
+        (creds[0].state, creds[1].state),
+        (CredState::Current, CredState::Aborted)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_routines_of_a_schema_include_procedures() {
+    let db = TestDb::new().await;
+    db.exec(FIXTURES).await;
+    db.exec("CREATE PROCEDURE ops.nightly() LANGUAGE sql AS 'SELECT 1'; REVOKE EXECUTE ON PROCEDURE ops.nightly() FROM PUBLIC").await;
+    let name = db.name("rt");
+    let accounts = format!(
+        "  {name}:\n    database: main\n    grants:\n\
+         \x20     - {{ schema: ops, privileges: [USAGE] }}\n\
+         \x20     - {{ schema: ops, functions: \"*\", privileges: [EXECUTE] }}\n"
+    );
+    let ctx = db.context(&accounts, system()).await;
+    let account = ctx.account(&name).unwrap().clone();
+    rotation::rotate(&ctx, &account).await.unwrap();
+    let p = db.published(&name);
+    let mut c = db.login(&p.username, p.password.expose()).await.unwrap();
+    c.execute("CALL ops.nightly()")
+        .await
+        .expect("procedures are granted too");
+    c.close().await.unwrap();
+    assert!(ctx.engines["main"]
+        .reconcile(&account, false)
+        .await
+        .unwrap()
+        .is_empty());
+}

@@ -122,9 +122,14 @@ pub async fn serve(
                         let service = service.clone();
                         async move { Ok::<_, std::convert::Infallible>(handle(&service, req, permitted, uid).await) }
                     });
-                    if let Err(e) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
+                    // A client that sends nothing useful is cut off, not kept.
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(stream), svc);
+                    if let Err(e) = tokio::time::timeout(Duration::from_secs(300), conn)
                         .await
+                        .unwrap_or_else(|_| Ok(()))
                     {
                         debug!(error = %e, "admin connection ended with an error");
                     }

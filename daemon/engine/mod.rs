@@ -23,6 +23,14 @@ pub struct Login<'a> {
     pub valid_until: DateTime<Utc>,
 }
 
+/// A role's password verifier and expiry as they were before a static rotation.
+#[derive(Debug, Clone)]
+pub struct SavedPassword {
+    /// The server's stored verifier (e.g. `SCRAM-SHA-256$...`), never a plaintext.
+    pub verifier: Secret,
+    pub valid_until: Option<DateTime<Utc>>,
+}
+
 /// What the database says about a login role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoginInfo {
@@ -139,6 +147,26 @@ pub trait Engine: Send + Sync {
 
     /// Host, port and database name that applications should be told.
     fn endpoint(&self) -> Endpoint;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// The role's current password verifier, to restore if a static rotation
+    /// fails; `None` when the admin may not read it.
+    async fn saved_password(&self, _role: &str) -> Result<Option<SavedPassword>, EngineError> {
+        Ok(None)
+    }
+
+    /// Puts a saved verifier back.
+    async fn restore_password(
+        &self,
+        _role: &str,
+        _saved: &SavedPassword,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// Where applications connect.

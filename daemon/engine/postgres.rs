@@ -15,7 +15,7 @@ use postgres_protocol::escape::{escape_identifier as q, escape_literal as lit};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, PgPool, Postgres as Pg, Row, Transaction};
 
-use super::{Change, Endpoint, Engine, EngineError, Login, LoginInfo};
+use super::{Change, Endpoint, Engine, EngineError, Login, LoginInfo, SavedPassword};
 use crate::inventory::{Account, Database, ObjectKind, Objects, Strategy};
 use crate::secret::Secret;
 
@@ -58,9 +58,11 @@ impl Postgres {
         })? {
             opts = opts.password(pw.expose());
         }
+        // No statement logging at any level, slow statements included: the
+        // statements carry SCRAM verifiers.
         opts = opts
             .application_name("credrotd")
-            .log_statements(log::LevelFilter::Off);
+            .disable_statement_logging();
         let endpoint = Endpoint {
             engine: "postgres",
             host: db
@@ -74,12 +76,9 @@ impl Postgres {
                 .or_else(|| opts.get_database().map(str::to_owned))
                 .unwrap_or_else(|| "postgres".into()),
         };
-        let base = PgConnectOptions::new()
-            .host(opts.get_host())
-            .port(opts.get_port())
-            .database(opts.get_database().unwrap_or("postgres"))
-            .application_name("credrotd-verify")
-            .log_statements(log::LevelFilter::Off);
+        // Verify logins go exactly where the admin connection goes, with its TLS
+        // settings (sslmode, root certificate) and socket, as the new user.
+        let base = opts.clone().application_name("credrotd-verify");
         let pool = PgPoolOptions::new()
             .max_connections(db.max_connections)
             .acquire_timeout(Duration::from_secs(30))
@@ -616,7 +615,8 @@ impl Obj {
             Obj::Sequence(s, t) => format!("SEQUENCE {}.{}", q(s), q(t)),
             // The argument list comes from pg_get_function_identity_arguments, the
             // server's own rendering of the catalog, not from the inventory.
-            Obj::Function(s, f, args) => format!("FUNCTION {}.{}({args})", q(s), q(f)),
+            // ROUTINE covers functions and procedures alike.
+            Obj::Function(s, f, args) => format!("ROUTINE {}.{}({args})", q(s), q(f)),
         }
     }
 }
@@ -727,7 +727,18 @@ impl Engine for Postgres {
                     role: username.to_owned(),
                 })
             }
-            Some(_) => {}
+            Some(r) => {
+                // A long-lived role: put back the safe attributes if someone
+                // changed them.
+                if !r.dangerous.is_empty() {
+                    self.exec(
+                        &mut tx,
+                        &format!("ALTER ROLE {} {SAFE_ATTRIBUTES}", q(username)),
+                        &action,
+                    )
+                    .await?;
+                }
+            }
             None => {
                 self.exec(
                     &mut tx,
@@ -888,5 +899,56 @@ impl Engine for Postgres {
 
     fn endpoint(&self) -> Endpoint {
         self.endpoint.clone()
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(self.sql("connect"))?;
+        Ok(())
+    }
+
+    async fn saved_password(&self, role: &str) -> Result<Option<SavedPassword>, EngineError> {
+        // pg_authid is readable by superusers only; anyone else gets no saved
+        // password and a failed static rotation is repaired by the next one.
+        let row: Result<Option<(Option<String>, Option<DateTime<Utc>>)>, sqlx::Error> =
+            sqlx::query_as("SELECT rolpassword, rolvaliduntil FROM pg_authid WHERE rolname = $1")
+                .bind(role)
+                .fetch_optional(&self.pool)
+                .await;
+        match row {
+            Ok(Some((Some(verifier), valid_until))) => Ok(Some(SavedPassword {
+                verifier: Secret::new(verifier),
+                valid_until,
+            })),
+            Ok(_) => Ok(None),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => Ok(None),
+            Err(source) => Err(EngineError::Sql {
+                database: self.name.clone(),
+                action: format!("read the password verifier of {role}"),
+                source,
+            }),
+        }
+    }
+
+    async fn restore_password(&self, role: &str, saved: &SavedPassword) -> Result<(), EngineError> {
+        let until = match saved.valid_until {
+            Some(t) => valid_until(t),
+            None => lit("infinity"),
+        };
+        let mut tx = self.begin().await?;
+        self.exec(
+            &mut tx,
+            &format!(
+                "ALTER ROLE {} PASSWORD {} VALID UNTIL {until}",
+                q(role),
+                lit(saved.verifier.expose())
+            ),
+            &format!("restore the password of {role}"),
+        )
+        .await?;
+        tx.commit().await.map_err(self.sql("commit"))?;
+        Ok(())
     }
 }

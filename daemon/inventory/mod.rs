@@ -451,8 +451,19 @@ fn is_setting_name(s: &str) -> bool {
         })
 }
 
-/// Settings that would let an account escape its scoped role.
-const FORBIDDEN_SETTINGS: &[&str] = &["role", "session_authorization"];
+/// Settings that would let an account escape its scoped role, that only a
+/// superuser may set, or that take a list (a quoted value would become one
+/// element).
+const FORBIDDEN_SETTINGS: &[&str] = &[
+    "role",
+    "session_authorization",
+    "session_replication_role",
+    "search_path",
+    "temp_tablespaces",
+    "session_preload_libraries",
+    "local_preload_libraries",
+    "shared_preload_libraries",
+];
 
 /// Predefined roles that production refuses as `member_of` targets: each one reads
 /// or writes everything, or reaches the server's file system.

@@ -187,7 +187,6 @@ fn from_ms(v: i64) -> DateTime<Utc> {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     pool: SqlitePool,
-    holder: String,
 }
 
 impl Ledger {
@@ -222,15 +221,7 @@ impl Ledger {
         sqlx::migrate!("daemon/ledger/migrations")
             .run(&pool)
             .await?;
-        Ok(Ledger {
-            pool,
-            holder: holder_id(),
-        })
-    }
-
-    /// This process's lease holder id.
-    pub fn holder(&self) -> &str {
-        &self.holder
+        Ok(Ledger { pool })
     }
 
     /// Records a new credential in state `planned`, with the next version number.
@@ -309,7 +300,7 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         let mut tx = self.pool.begin().await?;
         if let Some(prev) = previous {
-            sqlx::query(
+            let done = sqlx::query(
                 "UPDATE credentials SET state = 'retiring', retire_at = ?1, updated_at = ?2 WHERE id = ?3 AND state = 'current'",
             )
             .bind(ms(retire_at))
@@ -317,6 +308,16 @@ impl Ledger {
             .bind(prev.id)
             .execute(&mut *tx)
             .await?;
+            // The predecessor must still be current: otherwise someone else moved
+            // it and promoting would leave two current credentials.
+            if done.rows_affected() != 1 {
+                return Err(LedgerError::StateConflict {
+                    account: prev.account.clone(),
+                    version: prev.version,
+                    expected: CredState::Current,
+                    actual: "changed concurrently".into(),
+                });
+            }
         }
         let done = sqlx::query(
             "UPDATE credentials SET state = 'current', updated_at = ?1 WHERE id = ?2 AND state = 'published'",
@@ -546,11 +547,19 @@ impl Ledger {
         Ok(())
     }
 
-    /// Takes the account's lease for `ttl`. Returns false if another live holder
-    /// has it. A lease whose holder process on this host is gone is taken over.
+    /// A fresh lease holder id for one saga: `host:pid:nonce`. Every call gets its
+    /// own, so two sagas in one process exclude each other like two processes do.
+    pub fn new_holder(&self) -> String {
+        holder_id()
+    }
+
+    /// Takes (or, for the same holder, extends) the account's lease for `ttl`.
+    /// Returns false if another live holder has it. A lease whose holder process
+    /// on this host is gone is taken over.
     pub async fn acquire(
         &self,
         account: &str,
+        holder: &str,
         ttl: Duration,
         now: DateTime<Utc>,
     ) -> Result<bool, LedgerError> {
@@ -561,7 +570,7 @@ impl Ledger {
              WHERE leases.holder = excluded.holder OR leases.expires_at < ?4",
         )
         .bind(account)
-        .bind(&self.holder)
+        .bind(holder)
         .bind(ms(until))
         .bind(ms(now))
         .execute(&self.pool)
@@ -579,7 +588,7 @@ impl Ledger {
                 let done = sqlx::query(
                     "UPDATE leases SET holder = ?1, expires_at = ?2 WHERE account = ?3 AND holder = ?4",
                 )
-                .bind(&self.holder)
+                .bind(holder)
                 .bind(ms(until))
                 .bind(account)
                 .bind(&other)
@@ -592,10 +601,10 @@ impl Ledger {
     }
 
     /// Gives the lease back.
-    pub async fn release(&self, account: &str) -> Result<(), LedgerError> {
+    pub async fn release(&self, account: &str, holder: &str) -> Result<(), LedgerError> {
         sqlx::query("DELETE FROM leases WHERE account = ?1 AND holder = ?2")
             .bind(account)
-            .bind(&self.holder)
+            .bind(holder)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -756,26 +765,30 @@ mod tests {
         let (dir, l1) = ledger().await;
         let url = format!("sqlite://{}", dir.path().join("state.db").display());
         let l2 = Ledger::open(&url).await.unwrap();
+        let (h1, h2, h3) = (l1.new_holder(), l2.new_holder(), l1.new_holder());
+        let ttl = Duration::from_secs(60);
         let now = Utc::now();
-        assert!(l1.acquire("a", Duration::from_secs(60), now).await.unwrap());
+        assert!(l1.acquire("a", &h1, ttl, now).await.unwrap());
         assert!(
-            l1.acquire("a", Duration::from_secs(60), now).await.unwrap(),
-            "re-entrant for the same holder"
+            l1.acquire("a", &h1, ttl, now).await.unwrap(),
+            "the same holder extends its lease"
         );
-        assert!(!l2.acquire("a", Duration::from_secs(60), now).await.unwrap());
-        assert!(l2.acquire("b", Duration::from_secs(60), now).await.unwrap());
+        assert!(
+            !l2.acquire("a", &h2, ttl, now).await.unwrap(),
+            "another process is refused"
+        );
+        assert!(
+            !l1.acquire("a", &h3, ttl, now).await.unwrap(),
+            "another saga in the same process is refused"
+        );
+        assert!(l2.acquire("b", &h2, ttl, now).await.unwrap());
         let later = now + chrono::Duration::seconds(61);
         assert!(
-            l2.acquire("a", Duration::from_secs(60), later)
-                .await
-                .unwrap(),
+            l2.acquire("a", &h2, ttl, later).await.unwrap(),
             "expired lease is taken over"
         );
-        l2.release("a").await.unwrap();
-        assert!(l1
-            .acquire("a", Duration::from_secs(60), later)
-            .await
-            .unwrap());
+        l2.release("a", &h2).await.unwrap();
+        assert!(l1.acquire("a", &h1, ttl, later).await.unwrap());
     }
 
     #[tokio::test]
@@ -790,6 +803,9 @@ mod tests {
             .execute(l.pool())
             .await
             .unwrap();
-        assert!(l.acquire("a", Duration::from_secs(60), now).await.unwrap());
+        assert!(l
+            .acquire("a", &l.new_holder(), Duration::from_secs(60), now)
+            .await
+            .unwrap());
     }
 }

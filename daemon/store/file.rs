@@ -49,32 +49,50 @@ impl FileStore {
                 .create(&self.dir)
                 .map_err(self.write_err(&self.dir))?;
         }
-        let tmp = self
-            .dir
-            .join(format!(".{account}.json.tmp-{}", std::process::id()));
-        let result = (|| {
+        // An unpredictable name, created exclusively and never through a
+        // symlink: nobody else who can write to the directory can make us write
+        // the secret somewhere else.
+        let nonce: u64 = rand::random();
+        let tmp = self.dir.join(format!(".{account}.json.{nonce:016x}.tmp"));
+        let written = (|| {
             let mut f = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
-                // Create with no permissions for others from the first byte; the
-                // configured mode is applied before the rename makes it visible.
+                .create_new(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                // No permissions for others from the first byte; the configured
+                // mode is applied before the rename makes it visible.
                 .mode(0o600)
                 .open(&tmp)?;
             f.write_all(body)?;
             f.set_permissions(fs::Permissions::from_mode(self.mode))?;
             f.sync_all()?;
-            fs::rename(&tmp, &target)?;
-            File::open(&self.dir)?.sync_all()
+            fs::rename(&tmp, &target)
         })();
-        if result.is_err() {
+        if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
+            return Err(self.write_err(&target)(e));
         }
-        result.map_err(self.write_err(&target))
+        // The new document is in place; a failed directory fsync only weakens
+        // durability across a power loss, so it is not a failed publish.
+        if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(store = %self.name, error = %e, "cannot fsync the secrets directory");
+        }
+        Ok(())
     }
 }
 
 use std::os::unix::fs::DirBuilderExt;
+
+/// Reads a file, refusing to follow a symlink planted in its place.
+fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut out)?;
+    Ok(out)
+}
 
 #[async_trait]
 impl Store for FileStore {
@@ -85,7 +103,7 @@ impl Store for FileStore {
     async fn publish(&self, publication: &Publication<'_>) -> Result<Undo, StoreError> {
         let body = publication.to_json();
         let target = self.file_for(publication.account);
-        let previous = match fs::read(&target) {
+        let previous = match read_nofollow(&target) {
             Ok(bytes) => Some(zeroize::Zeroizing::new(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => {
@@ -124,7 +142,7 @@ impl Store for FileStore {
 
     async fn current_version(&self, account: &str, _path: &str) -> Result<Option<i64>, StoreError> {
         let path = self.file_for(account);
-        let text = match fs::read(&path) {
+        let text = match read_nofollow(&path) {
             Ok(t) => zeroize::Zeroizing::new(t),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
@@ -223,5 +241,20 @@ mod tests {
         assert_eq!(store.current_version("etl", "").await.unwrap(), Some(8));
         store.revert(undo).await.unwrap();
         assert_eq!(store.current_version("etl", "").await.unwrap(), Some(7));
+
+        // A symlink planted in place of the secret is not followed.
+        let elsewhere = dir.path().join("elsewhere.json");
+        fs::write(&elsewhere, b"{}").unwrap();
+        fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
+        assert!(
+            store.publish(&p2).await.is_err(),
+            "a symlinked target is refused"
+        );
+        assert_eq!(
+            fs::read(&elsewhere).unwrap(),
+            b"{}",
+            "the symlink's target is untouched"
+        );
     }
 }
