@@ -1265,7 +1265,9 @@ fn base_inventory_is_valid() {
     assert_eq!(db.url, "postgres://credrotd_admin@db1:5432/orders");
     assert_eq!(db.max_connections, 4);
 
-    let StoreKind::File { dir, mode } = &inv.stores["local"].kind;
+    let StoreKind::File { dir, mode } = &inv.stores["local"].kind else {
+        panic!("local is a file store")
+    };
     assert_eq!(dir, Path::new("/run/credrotd/secrets"));
     assert_eq!(*mode, 0o440);
 
@@ -1531,7 +1533,9 @@ fn unquoted_octal_mode_is_read_as_octal() {
         "dir: /run/credrotd/secrets }",
         "dir: /run/credrotd/secrets, mode: 0640 }",
     )]);
-    let StoreKind::File { mode, .. } = check_ok(&yaml).inventory.stores["local"].kind;
+    let StoreKind::File { mode, .. } = check_ok(&yaml).inventory.stores["local"].kind else {
+        panic!("local is a file store")
+    };
     assert_eq!(mode, 0o640);
 }
 
@@ -1548,7 +1552,9 @@ fn relative_paths_resolve_against_the_inventory_directory() {
         );
     };
     assert_eq!(file, Path::new("/etc/credrotd/secrets/orders"));
-    let StoreKind::File { dir, .. } = &inv.stores["local"].kind;
+    let StoreKind::File { dir, .. } = &inv.stores["local"].kind else {
+        panic!("local is a file store")
+    };
     assert_eq!(dir, Path::new("/etc/credrotd/secrets/out"));
 }
 

@@ -1,8 +1,15 @@
 //! Secret stores and the secret payload. A [`Store`] publishes one JSON document
 //! per account and can tell which credential version it holds, so that start-up
 //! recovery can tell a half-published rotation from a finished one.
+//!
+//! Stores are single-phase (file, Vault: a publish is what readers get at once) or
+//! two-phase (AWS Secrets Manager: a publish stages the new version as
+//! `AWSPENDING`, and [`Store::promote`] makes it `AWSCURRENT`). The saga publishes
+//! to every store of an account first and promotes only when all of them hold it.
 
+pub mod aws;
 pub mod file;
+pub mod vault;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,6 +39,31 @@ pub enum StoreError {
         path: String,
         #[source]
         source: std::io::Error,
+    },
+    /// A remote store (Vault, AWS) refused or could not be reached. `reason` is the
+    /// server's answer or the transport error, never the payload.
+    #[error("store {store}: cannot {op} {path}: {reason}")]
+    Remote {
+        store: String,
+        op: &'static str,
+        path: String,
+        reason: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// Check-and-set refused the write: someone else wrote the path since we read it.
+    #[error("store {store}: {path} changed under us (check-and-set expected version {expected}); another writer is active")]
+    Conflict {
+        store: String,
+        path: String,
+        expected: u64,
+    },
+    /// The store's own credentials do not work.
+    #[error("store {store}: cannot authenticate with {method}: {reason}")]
+    Auth {
+        store: String,
+        method: &'static str,
+        reason: String,
     },
 }
 
@@ -102,8 +134,14 @@ impl Publication<'_> {
 pub struct Undo {
     pub account: String,
     pub path: String,
-    /// The previous document, or `None` if there was none.
+    /// The credential version that was published.
+    pub version: i64,
+    /// The previous document, or `None` if there was none (file store; stores
+    /// with a version history read it back from there instead).
     pub previous: Option<Zeroizing<Vec<u8>>>,
+    /// The store-side version the publish created (Vault's KV version), or `None`
+    /// when the publish changed nothing or the store does not number versions.
+    pub written: Option<u64>,
 }
 
 /// A secret store.
@@ -122,15 +160,37 @@ pub trait Store: Send + Sync {
     /// The credential version the store currently holds for the account, if any.
     async fn current_version(&self, account: &str, path: &str) -> Result<Option<i64>, StoreError>;
 
-    /// Checks that the store is reachable and writable (for `plan`).
+    /// Checks that the store is reachable and its credentials work (for `plan`).
     async fn check(&self) -> Result<(), StoreError>;
+
+    /// Second phase of two-phase stores: makes the version that `publish` staged
+    /// the one readers get. Called only after every store of the account holds
+    /// it; idempotent. Single-phase stores (file, Vault) have nothing to do.
+    async fn promote(&self, _account: &str, _path: &str, _version: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Drops a version that was staged but never promoted (recovery of a rotation
+    /// that a crash cut short), so that no `AWSPENDING` dangles. Idempotent.
+    async fn discard(&self, _account: &str, _path: &str, _version: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Whether `publish` only stages (true) and `promote` makes it visible.
+    fn two_phase(&self) -> bool {
+        false
+    }
 }
 
 /// Stores by name.
 pub type Stores = BTreeMap<String, Arc<dyn Store>>;
 
-/// Builds every store of the inventory. No IO.
+/// Builds every store of the inventory. No IO: remote stores connect and
+/// authenticate on first use.
 pub fn build(inventory: &Inventory) -> Stores {
+    // reqwest and the AWS SDK use rustls; pick its ring provider once for the
+    // process (an error only means one is installed already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     inventory
         .stores
         .values()
@@ -139,6 +199,10 @@ pub fn build(inventory: &Inventory) -> Stores {
                 StoreKind::File { dir, mode } => {
                     Arc::new(file::FileStore::new(&s.name, dir.clone(), *mode))
                 }
+                StoreKind::Vault(config) => {
+                    Arc::new(vault::VaultStore::new(&s.name, config.clone()))
+                }
+                StoreKind::Aws(config) => Arc::new(aws::AwsStore::new(&s.name, config.clone())),
             };
             (s.name.clone(), store)
         })
