@@ -80,6 +80,7 @@ fn has(stages: &Stages, id: &str, stage: &str) -> bool {
 
 impl AwsStore {
     pub fn new(name: &str, config: AwsConfig) -> Self {
+        super::install_crypto();
         AwsStore {
             name: name.to_owned(),
             config,

@@ -144,6 +144,19 @@ pub struct Undo {
     pub written: Option<u64>,
 }
 
+impl std::fmt::Debug for Undo {
+    /// Never shows the previous document: it holds a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Undo")
+            .field("account", &self.account)
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("previous", &self.previous.as_ref().map(|_| "[redacted]"))
+            .field("written", &self.written)
+            .finish()
+    }
+}
+
 /// A secret store.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -182,15 +195,18 @@ pub trait Store: Send + Sync {
     }
 }
 
+/// reqwest (Vault) and the AWS SDK use rustls; picks its ring provider for the
+/// process once (an error only means that one is installed already).
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Stores by name.
 pub type Stores = BTreeMap<String, Arc<dyn Store>>;
 
 /// Builds every store of the inventory. No IO: remote stores connect and
 /// authenticate on first use.
 pub fn build(inventory: &Inventory) -> Stores {
-    // reqwest and the AWS SDK use rustls; pick its ring provider once for the
-    // process (an error only means one is installed already).
-    let _ = rustls::crypto::ring::default_provider().install_default();
     inventory
         .stores
         .values()

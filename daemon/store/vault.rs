@@ -83,6 +83,7 @@ fn reason(e: &ClientError) -> String {
 
 impl VaultStore {
     pub fn new(name: &str, config: VaultConfig) -> Self {
+        super::install_crypto();
         VaultStore {
             name: name.to_owned(),
             config,

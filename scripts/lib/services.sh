@@ -68,6 +68,11 @@ start_store_servers() {
     export CREDROTD_TEST_VAULT_TOKEN="$token"
     export CREDROTD_TEST_AWS_ENDPOINT="http://127.0.0.1:$moto_port"
     export CREDROTD_TEST_BAO="$STORE_VENV/bin/bao"
+    # moto accepts any credentials; these keep the SDK's default chain from
+    # reaching for real ones (or for instance metadata) during the tests.
+    export AWS_ACCESS_KEY_ID=credrotd-test AWS_SECRET_ACCESS_KEY=credrotd-test
+    export AWS_EC2_METADATA_DISABLED=true
+    unset AWS_PROFILE AWS_SESSION_TOKEN
     echo "test OpenBao on $CREDROTD_TEST_VAULT_ADDR, moto on $CREDROTD_TEST_AWS_ENDPOINT (logs in $dir)" >&2
 }
 
