@@ -75,7 +75,9 @@ async fn scoped_token(root: &VaultClient, prefix: &str) -> String {
          path \"secret/metadata/{prefix}/*\" {{ capabilities = [\"create\", \"read\", \"update\"] }}\n\
          path \"secret/delete/{prefix}/*\" {{ capabilities = [\"update\"] }}\n"
     );
-    vaultrs::sys::policy::set(root, prefix, &policy).await.unwrap();
+    vaultrs::sys::policy::set(root, prefix, &policy)
+        .await
+        .unwrap();
     let mut req = vaultrs::api::token::requests::CreateTokenRequest::builder();
     req.policies(vec![prefix.to_owned()]).ttl("1h");
     vaultrs::token::new(root, Some(&mut req))
@@ -161,7 +163,15 @@ async fn vault_token_auth_writes_versions_with_custom_metadata_and_reverts() {
     let doc: HashMap<String, serde_json::Value> =
         vaultrs::kv2::read(&root, "secret", &path).await.unwrap();
     assert_eq!(doc["password"], pw2.expose());
-    for key in ["engine", "host", "port", "dbname", "username", "url", "issued_at"] {
+    for key in [
+        "engine",
+        "host",
+        "port",
+        "dbname",
+        "username",
+        "url",
+        "issued_at",
+    ] {
         assert!(doc.contains_key(key), "payload lacks {key}");
     }
 
@@ -268,7 +278,10 @@ async fn vault_approle_auth_publishes() {
         .await
         .expect_err("outside the policy");
     let msg = err.to_string();
-    assert!(msg.contains("permission denied") && msg.contains("secret/elsewhere/acct"), "{msg}");
+    assert!(
+        msg.contains("permission denied") && msg.contains("secret/elsewhere/acct"),
+        "{msg}"
+    );
     assert_no_secret("a store error", msg.as_bytes(), &[pw.expose().to_owned()]);
 
     vault_cleanup(&root, &path).await;
@@ -285,7 +298,9 @@ async fn vault_token_revoked_mid_run_gives_a_clear_error() {
     std::fs::write(dir.path().join("token"), &token).unwrap();
     let store = VaultStore::new(
         "vault",
-        vault_config(VaultAuth::Token(TokenSource::File(dir.path().join("token")))),
+        vault_config(VaultAuth::Token(TokenSource::File(
+            dir.path().join("token"),
+        ))),
     );
     let path = format!("{t}/revoked/acct");
     let ep = endpoint();
@@ -306,12 +321,19 @@ async fn vault_token_revoked_mid_run_gives_a_clear_error() {
     assert_no_secret(
         "a store error",
         msg.as_bytes(),
-        &[pw1.expose().to_owned(), pw2.expose().to_owned(), token.clone()],
+        &[
+            pw1.expose().to_owned(),
+            pw2.expose().to_owned(),
+            token.clone(),
+        ],
     );
     // The store forgot the session: the next call tries to log in again and
     // says the token does not work.
     let err = store.check().await.expect_err("still revoked");
-    assert!(err.to_string().contains("cannot authenticate with token"), "{err}");
+    assert!(
+        err.to_string().contains("cannot authenticate with token"),
+        "{err}"
+    );
     vault_cleanup(&root, &path).await;
     let _ = vaultrs::sys::policy::delete(&root, &t).await;
 }
@@ -382,15 +404,24 @@ async fn aws_creates_stages_pending_and_promotes_with_previous() {
     let v1 = request_token("etl", &name, 1);
     let v2 = request_token("etl", &name, 2);
 
-    // First rotation: the secret is created, v1 is pending, nothing is current.
+    // First rotation: the secret is created; AWS makes the first version of a
+    // secret AWSCURRENT by itself, and the promote removes AWSPENDING.
     store
         .publish(&publication("etl", &name, 1, &pw1, &ep))
         .await
         .unwrap();
-    assert_eq!(labels(&sm, &name).await, HashMap::from([(v1.clone(), vec!["AWSPENDING".to_owned()])]));
-    assert_eq!(store.current_version("etl", &name).await.unwrap(), None);
+    assert_eq!(
+        labels(&sm, &name).await,
+        HashMap::from([(
+            v1.clone(),
+            vec!["AWSCURRENT".to_owned(), "AWSPENDING".to_owned()]
+        )])
+    );
     store.promote("etl", &name, 1).await.unwrap();
-    assert_eq!(labels(&sm, &name).await, HashMap::from([(v1.clone(), vec!["AWSCURRENT".to_owned()])]));
+    assert_eq!(
+        labels(&sm, &name).await,
+        HashMap::from([(v1.clone(), vec!["AWSCURRENT".to_owned()])])
+    );
     assert_eq!(store.current_version("etl", &name).await.unwrap(), Some(1));
 
     // Second rotation: AWSCURRENT moves, AWS keeps AWSPREVIOUS, no AWSPENDING.
@@ -399,6 +430,13 @@ async fn aws_creates_stages_pending_and_promotes_with_previous() {
         .await
         .unwrap();
     assert_eq!(store.current_version("etl", &name).await.unwrap(), Some(1));
+    assert_eq!(
+        labels(&sm, &name).await,
+        HashMap::from([
+            (v1.clone(), vec!["AWSCURRENT".to_owned()]),
+            (v2.clone(), vec!["AWSPENDING".to_owned()]),
+        ])
+    );
     store.promote("etl", &name, 2).await.unwrap();
     assert_eq!(
         labels(&sm, &name).await,
@@ -407,7 +445,15 @@ async fn aws_creates_stages_pending_and_promotes_with_previous() {
             (v2.clone(), vec!["AWSCURRENT".to_owned()]),
         ])
     );
-    let cur = sm.get_secret_value().secret_id(&name).send().await.unwrap();
+    // Asks for AWSCURRENT by name: moto's default (no stage) does not follow
+    // UpdateSecretVersionStage, real AWS's does.
+    let cur = sm
+        .get_secret_value()
+        .secret_id(&name)
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .unwrap();
     let doc: serde_json::Value = serde_json::from_str(cur.secret_string().unwrap()).unwrap();
     assert_eq!(doc["password"], pw2.expose());
     assert_eq!(doc["version"], 2);
@@ -443,10 +489,17 @@ async fn aws_retry_of_the_same_version_is_a_no_op_and_revert_leaves_no_pending()
         .send()
         .await
         .unwrap();
-    assert_eq!(versions.versions().len(), 1, "one AWS version per credential version");
+    assert_eq!(
+        versions.versions().len(),
+        1,
+        "one AWS version per credential version"
+    );
     assert_eq!(
         labels(&sm, &name).await,
-        HashMap::from([(request_token("retry", &name, 1), vec!["AWSCURRENT".to_owned()])])
+        HashMap::from([(
+            request_token("retry", &name, 1),
+            vec!["AWSCURRENT".to_owned()]
+        )])
     );
 
     // A publish reverted before its promote leaves no AWSPENDING behind.
@@ -457,7 +510,18 @@ async fn aws_retry_of_the_same_version_is_a_no_op_and_revert_leaves_no_pending()
     store.revert(undo).await.unwrap();
     let l = labels(&sm, &name).await;
     assert!(!l.values().flatten().any(|s| s == "AWSPENDING"), "{l:?}");
-    assert_eq!(store.current_version("retry", &name).await.unwrap(), Some(1));
+    assert_eq!(
+        store.current_version("retry", &name).await.unwrap(),
+        Some(1)
+    );
+    // Reverting the first publish of a new secret deletes it again.
+    let fresh = format!("credrotd/{t}/fresh");
+    let undo = store
+        .publish(&publication("fresh", &fresh, 1, &pw1, &ep))
+        .await
+        .unwrap();
+    store.revert(undo).await.unwrap();
+    assert_eq!(store.current_version("fresh", &fresh).await.unwrap(), None);
     // So does a discard during recovery.
     store
         .publish(&publication("retry", &name, 3, &pw2, &ep))
@@ -485,10 +549,23 @@ async fn aws_store_that_is_down_gives_a_clear_error() {
         .await
         .expect_err("nothing listens there");
     let msg = err.to_string();
-    assert!(msg.contains("store aws") && msg.contains("credrotd/down/acct"), "{msg}");
-    assert!(msg.to_lowercase().contains("connect") || msg.contains("dispatch"), "{msg}");
-    assert_no_secret("a store error", format!("{msg} {err:?}").as_bytes(), &[pw.expose().to_owned()]);
-    assert!(started.elapsed() < std::time::Duration::from_secs(30), "fails fast");
+    assert!(
+        msg.contains("store aws") && msg.contains("credrotd/down/acct"),
+        "{msg}"
+    );
+    assert!(
+        msg.to_lowercase().contains("connect") || msg.contains("dispatch"),
+        "{msg}"
+    );
+    assert_no_secret(
+        "a store error",
+        format!("{msg} {err:?}").as_bytes(),
+        &[pw.expose().to_owned()],
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "fails fast"
+    );
     assert!(store.check().await.is_err());
 }
 
@@ -500,7 +577,13 @@ fn system() -> SharedClock {
 
 /// An inventory with a Vault store (token from `token_file`) and an AWS store at
 /// `aws_endpoint`, and one account published to both.
-fn inventory(db: &TestDb, token_file: &std::path::Path, aws_endpoint: &str, account: &str, path: &str) -> String {
+fn inventory(
+    db: &TestDb,
+    token_file: &std::path::Path,
+    aws_endpoint: &str,
+    account: &str,
+    path: &str,
+) -> String {
     format!(
         "version: 1\nenvironment: development\nstate: sqlite://{ledger}\n\
          defaults: {{ schedule: \"0 0 3 * * *\", overlap: 1h }}\n\
@@ -520,8 +603,12 @@ fn inventory(db: &TestDb, token_file: &std::path::Path, aws_endpoint: &str, acco
 async fn context(db: &TestDb, yaml: &str) -> rotation::Context {
     let p = db.dir.path().join("inventory.yaml");
     std::fs::write(&p, yaml).unwrap();
-    let inventory = credrotd::inventory::load(&p).unwrap_or_else(|e| panic!("{e}")).inventory;
-    let ledger = credrotd::ledger::Ledger::open(&inventory.state).await.unwrap();
+    let inventory = credrotd::inventory::load(&p)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .inventory;
+    let ledger = credrotd::ledger::Ledger::open(&inventory.state)
+        .await
+        .unwrap();
     rotation::Context {
         engines: credrotd::engine::build(&inventory).unwrap(),
         stores: credrotd::store::build(&inventory),
@@ -546,7 +633,13 @@ async fn from_vault(root: &VaultClient, path: &str) -> serde_json::Value {
 }
 
 async fn from_aws(sm: &aws_sdk_secretsmanager::Client, name: &str) -> serde_json::Value {
-    let v = sm.get_secret_value().secret_id(name).send().await.unwrap();
+    let v = sm
+        .get_secret_value()
+        .secret_id(name)
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .unwrap();
     serde_json::from_str(v.secret_string().unwrap()).unwrap()
 }
 
@@ -559,14 +652,22 @@ async fn rotation_publishes_to_vault_and_aws_and_each_logs_in() {
     let path = format!("credrotd/{}/both", db.tag);
     let token_file = db.dir.path().join("vault-token");
     std::fs::write(&token_file, scoped_token(&root, "credrotd").await).unwrap();
-    let ctx = context(&db, &inventory(&db, &token_file, &aws_endpoint(), &account, &path)).await;
+    let ctx = context(
+        &db,
+        &inventory(&db, &token_file, &aws_endpoint(), &account, &path),
+    )
+    .await;
     let acc = ctx.account(&account).unwrap().clone();
 
     for round in 1..=2 {
         let r = rotation::rotate(&ctx, &acc).await.unwrap();
         let (vu, vp, vv) = creds(&from_vault(&root, &path).await);
         let (au, ap, av) = creds(&from_aws(&sm, &path).await);
-        assert_eq!((vv, av), (r.version, r.version), "round {round}: both stores hold it");
+        assert_eq!(
+            (vv, av),
+            (r.version, r.version),
+            "round {round}: both stores hold it"
+        );
         assert_eq!(vu, au);
         assert_eq!(vp.expose(), ap.expose());
         for (what, u, p) in [("vault", &vu, &vp), ("aws", &au, &ap)] {
@@ -578,7 +679,11 @@ async fn rotation_publishes_to_vault_and_aws_and_each_logs_in() {
         }
         let cred = ctx.ledger.live(&account).await.unwrap();
         let cur = cred.iter().find(|c| c.state == CredState::Current).unwrap();
-        assert_eq!(cur.stores, ["aws", "vault"], "the ledger records the holders");
+        assert_eq!(
+            cur.stores,
+            ["aws", "vault"],
+            "the ledger records the holders"
+        );
     }
     let l = labels(&sm, &path).await;
     assert_eq!(l.len(), 2, "{l:?}");
@@ -597,7 +702,11 @@ async fn when_one_store_refuses_nothing_is_promoted_anywhere() {
     let token = scoped_token(&root, "credrotd").await;
     let token_file = db.dir.path().join("vault-token");
     std::fs::write(&token_file, &token).unwrap();
-    let ctx = context(&db, &inventory(&db, &token_file, &aws_endpoint(), &account, &path)).await;
+    let ctx = context(
+        &db,
+        &inventory(&db, &token_file, &aws_endpoint(), &account, &path),
+    )
+    .await;
     let acc = ctx.account(&account).unwrap().clone();
     let first = rotation::rotate(&ctx, &acc).await.unwrap();
     let (user1, pw1, _) = creds(&from_vault(&root, &path).await);
@@ -608,10 +717,15 @@ async fn when_one_store_refuses_nothing_is_promoted_anywhere() {
     vaultrs::token::revoke(&root, &token).await.unwrap();
     let mut errors = String::new();
     for _ in 0..2 {
-        let err = rotation::rotate(&ctx, &acc).await.expect_err("vault refuses");
+        let err = rotation::rotate(&ctx, &acc)
+            .await
+            .expect_err("vault refuses");
         errors.push_str(&format!("{err}\n{err:?}\n"));
     }
-    assert!(errors.contains("store vault") && errors.contains(&path), "{errors}");
+    assert!(
+        errors.contains("store vault") && errors.contains(&path),
+        "{errors}"
+    );
     let l = labels(&sm, &path).await;
     assert!(!l.values().flatten().any(|s| s == "AWSPENDING"), "{l:?}");
     assert_eq!(creds(&from_aws(&sm, &path).await).2, first.version);
@@ -620,9 +734,19 @@ async fn when_one_store_refuses_nothing_is_promoted_anywhere() {
     let cur = ctx.ledger.live(&account).await.unwrap();
     let cur = cur.iter().find(|c| c.state == CredState::Current).unwrap();
     assert_eq!(cur.version, first.version);
-    db.login(&user1, pw1.expose()).await.expect("the current credential keeps working");
-    assert_eq!(db.roles().await, roles_before, "rolled-back logins are dropped");
-    assert_no_secret("rotation errors", errors.as_bytes(), &[pw1.expose().to_owned()]);
+    db.login(&user1, pw1.expose())
+        .await
+        .expect("the current credential keeps working");
+    assert_eq!(
+        db.roles().await,
+        roles_before,
+        "rolled-back logins are dropped"
+    );
+    assert_no_secret(
+        "rotation errors",
+        errors.as_bytes(),
+        &[pw1.expose().to_owned()],
+    );
 
     // With AWS down instead, nothing is written to Vault either.
     let port = {
@@ -631,11 +755,29 @@ async fn when_one_store_refuses_nothing_is_promoted_anywhere() {
     };
     let token2 = scoped_token(&root, "credrotd").await;
     std::fs::write(&token_file, &token2).unwrap();
-    let ctx2 = context(&db, &inventory(&db, &token_file, &format!("http://127.0.0.1:{port}"), &account, &path)).await;
-    let before = vaultrs::kv2::read_metadata(&root, "secret", &path).await.unwrap().current_version;
-    let err = rotation::rotate(&ctx2, &acc).await.expect_err("aws is down");
+    let ctx2 = context(
+        &db,
+        &inventory(
+            &db,
+            &token_file,
+            &format!("http://127.0.0.1:{port}"),
+            &account,
+            &path,
+        ),
+    )
+    .await;
+    let before = vaultrs::kv2::read_metadata(&root, "secret", &path)
+        .await
+        .unwrap()
+        .current_version;
+    let err = rotation::rotate(&ctx2, &acc)
+        .await
+        .expect_err("aws is down");
     assert!(err.to_string().contains("store aws"), "{err}");
-    let after = vaultrs::kv2::read_metadata(&root, "secret", &path).await.unwrap().current_version;
+    let after = vaultrs::kv2::read_metadata(&root, "secret", &path)
+        .await
+        .unwrap()
+        .current_version;
     assert_eq!(before, after, "vault saw no write");
     db.login(&user1, pw1.expose()).await.expect("still works");
     assert_eq!(db.roles().await, roles_before);

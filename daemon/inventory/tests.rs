@@ -1903,7 +1903,10 @@ fn aws_warns_when_a_schedule_writes_more_often_than_every_10_minutes() {
             "{ kind: file, dir: /run/credrotd/secrets }",
             "{ kind: aws_secrets_manager, region: eu-west-1 }",
         ),
-        ("    schedule: \"0 0 */6 * * *\"", "    schedule: \"0 */5 * * * *\""),
+        (
+            "    schedule: \"0 0 */6 * * *\"",
+            "    schedule: \"0 */5 * * * *\"",
+        ),
         ("overlap: 1h", "overlap: 1m"),
     ]);
     check_warn(&yaml, 18, "AWS advises at most about once per 10 minutes");

@@ -5,7 +5,9 @@
 //! every store of the account holds the credential, [`Store::promote`] moves
 //! `AWSCURRENT` to it (AWS then labels the old one `AWSPREVIOUS`) and removes
 //! `AWSPENDING`. A revert or a discard removes `AWSPENDING` (and moves
-//! `AWSCURRENT` back if it had moved), so no pending version dangles.
+//! `AWSCURRENT` back if it had moved), so no pending version dangles. AWS makes
+//! the first version of a new secret `AWSCURRENT` by itself; reverting that
+//! first publish deletes the secret again (without a recovery window).
 //!
 //! Credentials come from the SDK's default chain (environment, profile, web
 //! identity, instance metadata). The client is built on first use.
@@ -194,6 +196,18 @@ impl AwsStore {
         }
     }
 
+    async fn delete_fresh(&self, path: &str) -> Result<(), StoreError> {
+        self.client()
+            .await
+            .delete_secret()
+            .secret_id(path)
+            .force_delete_without_recovery(true)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.remote("delete the new secret", path, e))
+    }
+
     /// Removes AWSPENDING from `id` if it carries it.
     async fn drop_pending(&self, path: &str, stages: &Stages, id: &str) -> Result<(), StoreError> {
         if has(stages, id, PENDING) {
@@ -272,8 +286,11 @@ impl Store for AwsStore {
                         .await?
                 }
                 None => {
-                    self.move_stage(&undo.path, CURRENT, None, Some(&token))
-                        .await?
+                    // AWS makes the first version of a new secret AWSCURRENT on
+                    // its own, and AWSCURRENT cannot be removed, only moved. A
+                    // secret holding nothing but this unpromoted credential was
+                    // created by this publish: delete it.
+                    return self.delete_fresh(&undo.path).await;
                 }
             }
         }

@@ -51,7 +51,14 @@ struct VersionOnly {
 }
 
 fn is_status(e: &ClientError, status: u16) -> bool {
-    matches!(e, ClientError::APIError { code, .. } if *code == status)
+    match e {
+        ClientError::APIError { code, .. } => *code == status,
+        // A soft-deleted latest version answers 404 with a body but no `errors`.
+        ClientError::RestClientError {
+            source: rustify::errors::ClientError::ServerResponseError { code, .. },
+        } => *code == status,
+        _ => false,
+    }
 }
 
 /// The reason in an error: Vault's own message, or the transport error chain.
