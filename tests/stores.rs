@@ -785,3 +785,19 @@ async fn when_one_store_refuses_nothing_is_promoted_anywhere() {
     vault_cleanup(&root, &path).await;
     aws_cleanup(&sm, &path).await;
 }
+
+#[test]
+fn the_vault_and_aws_examples_pass_check() {
+    for example in ["config/examples/vault.yaml", "config/examples/aws.yaml"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_credrotd"))
+            .args(["-c", example, "check"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{example}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
