@@ -801,3 +801,93 @@ fn the_vault_and_aws_examples_pass_check() {
         );
     }
 }
+
+/// Delegates to a real store but never finishes `promote`, so that dropping the
+/// saga there acts like a process killed between publish and promote.
+struct HangOnPromote(Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl Store for HangOnPromote {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn two_phase(&self) -> bool {
+        self.0.two_phase()
+    }
+    async fn publish(&self, p: &Publication<'_>) -> Result<credrotd::store::Undo, StoreError> {
+        self.0.publish(p).await
+    }
+    async fn revert(&self, undo: credrotd::store::Undo) -> Result<(), StoreError> {
+        self.0.revert(undo).await
+    }
+    async fn current_version(&self, account: &str, path: &str) -> Result<Option<i64>, StoreError> {
+        self.0.current_version(account, path).await
+    }
+    async fn check(&self) -> Result<(), StoreError> {
+        self.0.check().await
+    }
+    async fn promote(&self, _account: &str, _path: &str, _version: i64) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_publish_and_promote_is_finished_on_restart() {
+    let db = TestDb::new().await;
+    let root = root();
+    let sm = sm().await;
+    let account = db.name("crash");
+    let path = format!("credrotd/{}/crash", db.tag);
+    let token_file = db.dir.path().join("vault-token");
+    std::fs::write(&token_file, scoped_token(&root, "credrotd").await).unwrap();
+    let yaml = inventory(&db, &token_file, &aws_endpoint(), &account, &path);
+    let ctx = context(&db, &yaml).await;
+    let acc = ctx.account(&account).unwrap().clone();
+    let first = rotation::rotate(&ctx, &acc).await.unwrap();
+
+    // The second rotation "dies" while promoting in AWS: every store holds the
+    // new credential (AWS as AWSPENDING), the ledger says so, nothing is current.
+    let mut crashing = context(&db, &yaml).await;
+    let aws = crashing.stores["aws"].clone();
+    crashing
+        .stores
+        .insert("aws".into(), Arc::new(HangOnPromote(aws)));
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        rotation::rotate(&crashing, &acc),
+    )
+    .await;
+    assert!(r.is_err(), "the saga hangs in promote");
+    drop(crashing);
+    let live = ctx.ledger.live(&account).await.unwrap();
+    let mid = live
+        .iter()
+        .find(|c| c.state == CredState::Verified)
+        .expect("left verified");
+    assert_eq!(mid.stores, ["aws", "vault"]);
+    assert!(labels(&sm, &path)
+        .await
+        .values()
+        .flatten()
+        .any(|s| s == "AWSPENDING"));
+
+    // Restart: recovery finishes the publish instead of repeating it.
+    let report = rotation::recover_account(&ctx, &acc).await.unwrap();
+    assert_eq!(report.promoted.len(), 1, "{report:?}");
+    assert!(!report.rotate_now, "every store held it: nothing to redo");
+    let l = labels(&sm, &path).await;
+    assert!(!l.values().flatten().any(|s| s == "AWSPENDING"), "{l:?}");
+    let (au, ap, av) = creds(&from_aws(&sm, &path).await);
+    let (_, _, vv) = creds(&from_vault(&root, &path).await);
+    assert_eq!((av, vv), (mid.version, mid.version));
+    assert!(av > first.version);
+    db.login(&au, ap.expose())
+        .await
+        .expect("the finished credential logs in");
+    let live = ctx.ledger.live(&account).await.unwrap();
+    let cur = live.iter().find(|c| c.state == CredState::Current).unwrap();
+    assert_eq!(cur.version, mid.version);
+
+    vault_cleanup(&root, &path).await;
+    aws_cleanup(&sm, &path).await;
+}

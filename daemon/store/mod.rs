@@ -67,6 +67,20 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// The store the error concerns (the same method exists on `main`, for the
+    /// metrics; this version covers the remote stores' variants too).
+    pub fn store(&self) -> &str {
+        match self {
+            StoreError::Write { store, .. }
+            | StoreError::Read { store, .. }
+            | StoreError::Remote { store, .. }
+            | StoreError::Conflict { store, .. }
+            | StoreError::Auth { store, .. } => store,
+        }
+    }
+}
+
 /// The document published for an account: the keys AWS uses for RDS secrets, so
 /// existing tools read it, plus credrotd's own.
 #[derive(Serialize)]
