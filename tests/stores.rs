@@ -853,7 +853,7 @@ async fn a_crash_between_publish_and_promote_is_finished_on_restart() {
         .stores
         .insert("aws".into(), Arc::new(HangOnPromote(aws)));
     let r = tokio::time::timeout(
-        std::time::Duration::from_secs(20),
+        std::time::Duration::from_secs(8),
         rotation::rotate(&crashing, &acc),
     )
     .await;
@@ -890,4 +890,64 @@ async fn a_crash_between_publish_and_promote_is_finished_on_restart() {
 
     vault_cleanup(&root, &path).await;
     aws_cleanup(&sm, &path).await;
+}
+
+/// A token of the policy `prefix` with a short TTL.
+async fn short_token(root: &VaultClient, prefix: &str, ttl: &str, renewable: bool) -> String {
+    let mut req = vaultrs::api::token::requests::CreateTokenRequest::builder();
+    req.policies(vec![prefix.to_owned()])
+        .ttl(ttl)
+        .explicit_max_ttl("1h")
+        .renewable(renewable);
+    vaultrs::token::new(root, Some(&mut req))
+        .await
+        .unwrap()
+        .client_token
+}
+
+// Token lifetimes are the server's clock, so this test waits for real (5 s).
+#[tokio::test]
+async fn vault_renews_its_token_and_logs_in_again_when_it_cannot() {
+    let root = root();
+    let t = tag();
+    let _ = scoped_token(&root, &t).await; // creates the policy `t`
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    let ep = endpoint();
+    let pw = Secret::generate();
+
+    // A renewable 4 s token outlives its TTL because the store renews it once
+    // half of the TTL has passed.
+    std::fs::write(&file, short_token(&root, &t, "4s", true).await).unwrap();
+    let store = VaultStore::new(
+        "vault",
+        vault_config(VaultAuth::Token(TokenSource::File(file.clone()))),
+    );
+    store.check().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    store.check().await.expect("renewed");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let path = format!("{t}/renew/acct");
+    store
+        .publish(&publication("acct", &path, 1, &pw, &ep))
+        .await
+        .expect("the renewed token still works after its first TTL");
+
+    // A token that cannot be renewed is replaced by logging in again, which for
+    // token auth re-reads the token file (e.g. rewritten by an agent).
+    std::fs::write(&file, short_token(&root, &t, "2s", false).await).unwrap();
+    let store = VaultStore::new(
+        "vault",
+        vault_config(VaultAuth::Token(TokenSource::File(file.clone()))),
+    );
+    store.check().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    std::fs::write(&file, short_token(&root, &t, "1h", false).await).unwrap();
+    store
+        .publish(&publication("acct", &path, 2, &pw, &ep))
+        .await
+        .expect("logged in again with the new token");
+    assert_eq!(store.current_version("acct", &path).await.unwrap(), Some(2));
+    vault_cleanup(&root, &path).await;
+    let _ = vaultrs::sys::policy::delete(&root, &t).await;
 }
