@@ -914,20 +914,24 @@ impl Validator {
                         }
                     },
                 };
-                for (key, val) in [
-                    ("address", &st.address),
-                    ("region", &st.region),
-                    ("endpoint", &st.endpoint),
-                ] {
-                    if let Some(v) = val {
-                        self.error(
-                            &v.referenced,
-                            format!(
-                                "store {:?}: `{key}` does not apply to kind file",
-                                name.value
-                            ),
-                        );
-                    }
+                self.not_for_kind(
+                    name,
+                    "file",
+                    &[
+                        ("address", &st.address),
+                        ("mount", &st.mount),
+                        ("namespace", &st.namespace),
+                        ("ca_file", &st.ca_file),
+                        ("region", &st.region),
+                        ("endpoint", &st.endpoint),
+                        ("kms_key_id", &st.kms_key_id),
+                    ],
+                );
+                if let Some(a) = &st.auth {
+                    self.error(
+                        &a.referenced,
+                        format!("store {:?}: `auth` does not apply to kind file", name.value),
+                    );
                 }
                 Some(StoreConfig {
                     name: name.value.clone(),

@@ -1100,6 +1100,15 @@ fn bad_inventories() -> Vec<Case> {
             "does not apply to kind file",
         ),
         case(
+            "mount on a file store",
+            edit(&[(
+                "dir: /run/credrotd/secrets }",
+                "dir: /run/credrotd/secrets, mount: secret }",
+            )]),
+            11,
+            "`mount` does not apply to kind file",
+        ),
+        case(
             "bad file mode",
             edit(&[(
                 "dir: /run/credrotd/secrets }",
