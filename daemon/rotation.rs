@@ -303,45 +303,82 @@ async fn rotate_in_span(ctx: &Context, account: &Account) -> Result<Rotated, Rot
         issued_at: now,
         expires_at,
     };
+    // Publishing is two steps over all of the account's stores (issue #3):
+    // 1. publish to each store (two-phase stores such as AWS only stage it, so
+    //    they go first), recording in the ledger after each one which stores
+    //    hold it, so that recovery after a crash can finish instead of repeating;
+    // 2. once every store holds it, promote it in each store (AWSCURRENT).
+    // If any store refuses either step, every store is reverted (newest first),
+    // the new login is rolled back and the previous credential stays current.
+    let mut stores = ctx.stores_of(account);
+    stores.sort_by_key(|s| !s.two_phase());
     let mut published: Vec<(Arc<dyn Store>, crate::store::Undo)> = Vec::new();
-    for store in ctx.stores_of(account) {
+    let mut names: Vec<String> = Vec::new();
+    let mut failure: Option<StoreError> = None;
+    for store in &stores {
         match store.publish(&publication).await {
-            Ok(undo) => published.push((store, undo)),
+            Ok(undo) => {
+                published.push((store.clone(), undo));
+                names.push(store.name().to_owned());
+                ctx.ledger
+                    .set_stores(&cred, &names, ctx.clock.now())
+                    .await?;
+            }
             Err(e) => {
-                // Put back what the other stores held, newest first, so that no
-                // store is left pointing at a login we are about to drop.
-                let mut reverted = true;
-                for (s, undo) in published.into_iter().rev() {
-                    if let Err(re) = s.revert(undo).await {
-                        warn!(store = s.name(), error = %re, "cannot revert store after a failed publish");
-                        reverted = false;
-                    }
-                }
-                if reverted {
-                    abort(
-                        ctx,
-                        account,
-                        &cred,
-                        CredState::Verified,
-                        saved.as_ref(),
-                        &e.to_string(),
-                    )
-                    .await;
-                } else {
-                    // A store may still serve the new credential: keep its login
-                    // alive and leave the ledger at `verified`, so that recovery
-                    // asks the stores and promotes or rolls back.
-                    warn!(account = %account.name, version = cred.version, "left for recovery: a store could not be reverted");
-                }
-                return Err(e.into());
+                failure = Some(e);
+                break;
             }
         }
     }
-    let names: Vec<String> = published.iter().map(|(s, _)| s.name().to_owned()).collect();
+    if failure.is_none() {
+        for store in &stores {
+            if let Err(e) = store
+                .promote(&account.name, &account.path, cred.version)
+                .await
+            {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        // Put back what the stores held, newest first, so that no store is left
+        // pointing at a login we are about to drop.
+        let mut still_held = Vec::new();
+        for (s, undo) in published.into_iter().rev() {
+            if let Err(re) = s.revert(undo).await {
+                warn!(store = s.name(), error = %re, "cannot revert store after a failed publish");
+                still_held.push(s.name().to_owned());
+            }
+        }
+        // The ledger must not claim that reverted stores hold it, or recovery
+        // would promote it.
+        if let Err(le) = ctx
+            .ledger
+            .set_stores(&cred, &still_held, ctx.clock.now())
+            .await
+        {
+            warn!(account = %account.name, error = %le, "cannot record the reverted stores");
+        }
+        if still_held.is_empty() {
+            abort(
+                ctx,
+                account,
+                &cred,
+                CredState::Verified,
+                saved.as_ref(),
+                &e.to_string(),
+            )
+            .await;
+        } else {
+            // A store may still serve the new credential: keep its login alive
+            // and leave the ledger at `verified`, so that recovery asks the
+            // stores and promotes or rolls back.
+            warn!(account = %account.name, version = cred.version, stores = ?still_held, "left for recovery: a store could not be reverted");
+        }
+        return Err(e.into());
+    }
     drop(published);
-    ctx.ledger
-        .set_stores(&cred, &names, ctx.clock.now())
-        .await?;
     step(ctx, &cred, CredState::Verified, CredState::Published).await?;
     ctx.event(
         &account.name,
@@ -718,14 +755,24 @@ pub async fn recover_account(ctx: &Context, account: &Account) -> Result<Recover
             }
             CredState::Verified | CredState::Published => {
                 let stores = ctx.stores_of(account);
-                let mut holders = 0;
+                // A store holds it if it serves it, or if the ledger recorded
+                // that the publish (for AWS: the AWSPENDING stage) succeeded.
+                let mut held: Vec<&Arc<dyn Store>> = Vec::new();
                 for s in &stores {
-                    if s.current_version(&account.name, &account.path).await? == Some(cred.version)
+                    if cred.stores.iter().any(|n| n == s.name())
+                        || s.current_version(&account.name, &account.path).await?
+                            == Some(cred.version)
                     {
-                        holders += 1;
+                        held.push(s);
                     }
                 }
+                let holders = held.len();
                 if holders == 0 {
+                    // No store serves it; drop any stage a crash left behind.
+                    for s in &stores {
+                        s.discard(&account.name, &account.path, cred.version)
+                            .await?;
+                    }
                     rollback_login(ctx, account, &cred, None).await?;
                     ctx.ledger
                         .advance(&cred, cred.state, CredState::Aborted, ctx.clock.now())
@@ -742,8 +789,14 @@ pub async fn recover_account(ctx: &Context, account: &Account) -> Result<Recover
                         report.rotate_now = true;
                     }
                 } else {
-                    // Some store serves it and it logged in: make it current so
-                    // that its predecessor retires after a full overlap.
+                    // Some store serves it and it logged in: finish the publish
+                    // (promote it in every store that holds it, idempotent) and
+                    // make it current so that its predecessor retires after a
+                    // full overlap.
+                    for s in &held {
+                        s.promote(&account.name, &account.path, cred.version)
+                            .await?;
+                    }
                     if cred.state == CredState::Verified {
                         ctx.ledger
                             .advance(

@@ -154,23 +154,36 @@ pub struct RawStore {
     // file
     pub dir: Option<S<String>>,
     pub mode: Option<S<String>>,
-    // Vault and AWS keys are parsed so that their errors are located, and are
-    // used once those store kinds land.
-    #[allow(dead_code)]
+    // vault
     pub address: Option<S<String>>,
-    #[allow(dead_code)]
     pub mount: Option<S<String>>,
-    #[allow(dead_code)]
     pub namespace: Option<S<String>>,
-    #[allow(dead_code)]
     pub ca_file: Option<S<String>>,
-    #[allow(dead_code)]
-    pub auth: Option<S<serde_json::Value>>,
-    // aws (issue 3)
+    pub auth: Option<S<RawVaultAuth>>,
+    // aws_secrets_manager
     pub region: Option<S<String>>,
     pub endpoint: Option<S<String>>,
-    #[allow(dead_code)]
     pub kms_key_id: Option<S<String>>,
+}
+
+/// `auth:` of a Vault store; which keys apply depends on `method`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVaultAuth {
+    pub method: S<String>,
+    // token
+    pub token_file: Option<S<String>>,
+    pub token_env: Option<S<String>>,
+    pub token: Option<S<String>>,
+    // approle
+    pub role_id: Option<S<String>>,
+    pub role_id_file: Option<S<String>>,
+    pub secret_id_file: Option<S<String>>,
+    // kubernetes
+    pub role: Option<S<String>>,
+    pub jwt_file: Option<S<String>>,
+    // approle, kubernetes: where the auth method is mounted
+    pub mount: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -932,22 +932,148 @@ fn bad_inventories() -> Vec<Case> {
             "unknown engine \"oracle\"",
         ),
         case(
-            "store kind vault",
-            edit(&[(
-                "{ kind: file, dir: /run/credrotd/secrets }",
-                "{ kind: vault, address: \"https://vault:8200\" }",
-            )]),
+            "vault without address",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: vault, auth: { method: token, token_file: secrets/vault } }")]),
             11,
-            "store kind \"vault\" is not supported yet",
+            "needs `address`",
         ),
         case(
-            "store kind aws",
-            edit(&[(
-                "{ kind: file, dir: /run/credrotd/secrets }",
-                "{ kind: aws_secrets_manager, region: eu-west-1 }",
-            )]),
+            "vault without auth",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: vault, address: \"https://vault:8200\" }")]),
             11,
-            "not supported yet",
+            "needs `auth`",
+        ),
+        case(
+            "vault address not a url",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: vault, address: vault:8200, auth: { method: token, token_file: t } }")]),
+            11,
+            "must be an http:// or https:// URL",
+        ),
+        case(
+            "vault plain http in production",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: vault, address: \"http://vault:8200\", auth: { method: token, token_file: t } }")]),
+            11,
+            "plain text; use https",
+        ),
+        case(
+            "vault unknown auth method",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: vault, address: \"https://vault:8200\", auth: { method: ldap } }")]),
+            11,
+            "unknown auth method \"ldap\"",
+        ),
+        case(
+            "vault token without source",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: vault, address: \"https://vault:8200\", auth: { method: token } }")]),
+            11,
+            "auth needs token_file or token_env",
+        ),
+        case(
+            "vault inline token in production",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: vault, address: \"https://vault:8200\", auth: { method: token, token: s.abc } }")]),
+            11,
+            "written inline",
+        ),
+        case(
+            "vault two token sources",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: vault, address: \"https://vault:8200\", auth: { method: token, token_file: t, token_env: VAULT_TOKEN } }")]),
+            11,
+            "set only one of token_file",
+        ),
+        case(
+            "vault approle without secret id",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: vault, address: \"https://vault:8200\", auth: { method: approle, role_id_file: r } }")]),
+            11,
+            "needs secret_id_file",
+        ),
+        case(
+            "vault approle without role id",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: vault, address: \"https://vault:8200\", auth: { method: approle, secret_id_file: s } }")]),
+            11,
+            "needs role_id_file",
+        ),
+        case(
+            "vault approle with token file",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: vault, address: \"https://vault:8200\", auth: { method: approle, role_id: r, secret_id_file: s, token_file: t } }")]),
+            11,
+            "`token_file` does not apply to auth method approle",
+        ),
+        case(
+            "vault kubernetes without role",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: vault, address: \"https://vault:8200\", auth: { method: kubernetes } }")]),
+            11,
+            "needs `role`",
+        ),
+        case(
+            "vault unknown auth key",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: vault, address: \"https://vault:8200\", auth: { method: token, token_file: t, password: x } }")]),
+            11,
+            "password",
+        ),
+        case(
+            "vault bad mount",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: vault, address: \"https://vault:8200\", mount: \"a b\", auth: { method: token, token_file: t } }")]),
+            11,
+            "must be a Vault mount path",
+        ),
+        case(
+            "vault with region",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: vault, address: \"https://vault:8200\", region: eu-west-1, auth: { method: token, token_file: t } }")]),
+            11,
+            "`region` does not apply to kind vault",
+        ),
+        case(
+            "aws without region",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: aws_secrets_manager }")]),
+            11,
+            "needs `region`",
+        ),
+        case(
+            "aws bad region",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: aws_secrets_manager, region: Europe }")]),
+            11,
+            "not an AWS region",
+        ),
+        case(
+            "aws with auth",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: aws_secrets_manager, region: eu-west-1, auth: { method: token, token_file: t } }")]),
+            11,
+            "`auth` does not apply",
+        ),
+        case(
+            "aws with address",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: aws_secrets_manager, region: eu-west-1, address: \"https://x\" }")]),
+            11,
+            "`address` does not apply to kind aws_secrets_manager",
+        ),
+        case(
+            "aws endpoint not a url",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: aws_secrets_manager, region: eu-west-1, endpoint: localhost }")]),
+            11,
+            "endpoint must be an http",
+        ),
+        case(
+            "aws plain http endpoint in production",
+            edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: aws_secrets_manager, region: eu-west-1, endpoint: \"http://sm.internal\" }")]),
+            11,
+            "plain http",
+        ),
+        case(
+            "aws secret name with a space",
+            format!(
+                "{}    path: \"db/etl nightly\"\n",
+                edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: aws_secrets_manager, region: eu-west-1 }")])
+            ),
+            END,
+            "not an AWS secret name",
+        ),
+        case(
+            "vault path with a space",
+            format!(
+                "{}    path: \"db/etl nightly\"\n",
+                edit(&[("{ kind: file, dir: /run/credrotd/secrets }", "{ kind: vault, address: \"https://vault:8200\", auth: { method: token, token_file: t } }")])
+            ),
+            END,
+            "not a Vault path",
         ),
         case(
             "store kind unknown",
@@ -972,6 +1098,15 @@ fn bad_inventories() -> Vec<Case> {
             )]),
             11,
             "does not apply to kind file",
+        ),
+        case(
+            "mount on a file store",
+            edit(&[(
+                "dir: /run/credrotd/secrets }",
+                "dir: /run/credrotd/secrets, mount: secret }",
+            )]),
+            11,
+            "`mount` does not apply to kind file",
         ),
         case(
             "bad file mode",
@@ -1265,7 +1400,9 @@ fn base_inventory_is_valid() {
     assert_eq!(db.url, "postgres://credrotd_admin@db1:5432/orders");
     assert_eq!(db.max_connections, 4);
 
-    let StoreKind::File { dir, mode } = &inv.stores["local"].kind;
+    let StoreKind::File { dir, mode } = &inv.stores["local"].kind else {
+        panic!("local is a file store")
+    };
     assert_eq!(dir, Path::new("/run/credrotd/secrets"));
     assert_eq!(*mode, 0o440);
 
@@ -1531,7 +1668,9 @@ fn unquoted_octal_mode_is_read_as_octal() {
         "dir: /run/credrotd/secrets }",
         "dir: /run/credrotd/secrets, mode: 0640 }",
     )]);
-    let StoreKind::File { mode, .. } = check_ok(&yaml).inventory.stores["local"].kind;
+    let StoreKind::File { mode, .. } = check_ok(&yaml).inventory.stores["local"].kind else {
+        panic!("local is a file store")
+    };
     assert_eq!(mode, 0o640);
 }
 
@@ -1548,7 +1687,9 @@ fn relative_paths_resolve_against_the_inventory_directory() {
         );
     };
     assert_eq!(file, Path::new("/etc/credrotd/secrets/orders"));
-    let StoreKind::File { dir, .. } = &inv.stores["local"].kind;
+    let StoreKind::File { dir, .. } = &inv.stores["local"].kind else {
+        panic!("local is a file store")
+    };
     assert_eq!(dir, Path::new("/etc/credrotd/secrets/out"));
 }
 
@@ -1725,4 +1866,57 @@ fn an_invalid_overlap_does_not_hide_the_account_s_other_errors() {
     check_err(&yaml, END, "overlap: invalid duration");
     check_err(&yaml, END + 1, "connection_limit must be positive");
     check_err(&yaml, END + 2, "managed by credrotd");
+}
+
+#[test]
+fn vault_and_aws_stores_are_validated_into_their_configs() {
+    let yaml = edit(&[
+        (
+            "  local: { kind: file, dir: /run/credrotd/secrets }\n",
+            "  local: { kind: file, dir: /run/credrotd/secrets }\n  \
+             vault: { kind: vault, address: \"https://vault:8200\", namespace: team, ca_file: certs/ca.pem,\n           \
+             auth: { method: approle, role_id_file: creds/role_id, secret_id_file: creds/secret_id } }\n  \
+             aws: { kind: aws_secrets_manager, region: eu-west-1, kms_key_id: alias/credrotd }\n",
+        ),
+        ("store: local }", "store: [vault, aws] }"),
+    ]);
+    let inv = check_ok(&yaml).inventory;
+    let StoreKind::Vault(v) = &inv.stores["vault"].kind else {
+        panic!("vault is a vault store")
+    };
+    assert_eq!(v.mount, "secret");
+    assert_eq!(v.namespace.as_deref(), Some("team"));
+    assert!(v.ca_file.as_ref().unwrap().ends_with("certs/ca.pem"));
+    let VaultAuth::AppRole {
+        secret_id_file,
+        mount,
+        ..
+    } = &v.auth
+    else {
+        panic!("approle auth")
+    };
+    assert!(secret_id_file.ends_with("creds/secret_id"));
+    assert_eq!(mount, "approle");
+    let StoreKind::Aws(a) = &inv.stores["aws"].kind else {
+        panic!("aws is an aws store")
+    };
+    assert_eq!(a.region, "eu-west-1");
+    assert_eq!(a.kms_key_id.as_deref(), Some("alias/credrotd"));
+    assert_eq!(inv.accounts["etl_nightly"].stores, ["vault", "aws"]);
+}
+
+#[test]
+fn aws_warns_when_a_schedule_writes_more_often_than_every_10_minutes() {
+    let yaml = edit(&[
+        (
+            "{ kind: file, dir: /run/credrotd/secrets }",
+            "{ kind: aws_secrets_manager, region: eu-west-1 }",
+        ),
+        (
+            "    schedule: \"0 0 */6 * * *\"",
+            "    schedule: \"0 */5 * * * *\"",
+        ),
+        ("overlap: 1h", "overlap: 1m"),
+    ]);
+    check_warn(&yaml, 18, "AWS advises at most about once per 10 minutes");
 }

@@ -422,7 +422,9 @@ impl Store for MemStore {
         Ok(Undo {
             account: publication.account.to_owned(),
             path: publication.path.to_owned(),
+            version: publication.version,
             previous,
+            written: None,
         })
     }
 

@@ -119,7 +119,9 @@ impl Store for FileStore {
         Ok(Undo {
             account: publication.account.to_owned(),
             path: publication.path.to_owned(),
+            version: publication.version,
             previous,
+            written: None,
         })
     }
 

@@ -1,8 +1,15 @@
 //! Secret stores and the secret payload. A [`Store`] publishes one JSON document
 //! per account and can tell which credential version it holds, so that start-up
 //! recovery can tell a half-published rotation from a finished one.
+//!
+//! Stores are single-phase (file, Vault: a publish is what readers get at once) or
+//! two-phase (AWS Secrets Manager: a publish stages the new version as
+//! `AWSPENDING`, and [`Store::promote`] makes it `AWSCURRENT`). The saga publishes
+//! to every store of an account first and promotes only when all of them hold it.
 
+pub mod aws;
 pub mod file;
+pub mod vault;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,13 +40,42 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A remote store (Vault, AWS) refused or could not be reached. `reason` is the
+    /// server's answer or the transport error, never the payload.
+    #[error("store {store}: cannot {op} {path}: {reason}")]
+    Remote {
+        store: String,
+        op: &'static str,
+        path: String,
+        reason: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// Check-and-set refused the write: someone else wrote the path since we read it.
+    #[error("store {store}: {path} changed under us (check-and-set expected version {expected}); another writer is active")]
+    Conflict {
+        store: String,
+        path: String,
+        expected: u64,
+    },
+    /// The store's own credentials do not work.
+    #[error("store {store}: cannot authenticate with {method}: {reason}")]
+    Auth {
+        store: String,
+        method: &'static str,
+        reason: String,
+    },
 }
 
 impl StoreError {
-    /// The store the error concerns.
+    /// The store the error concerns (for the metrics).
     pub fn store(&self) -> &str {
         match self {
-            StoreError::Write { store, .. } | StoreError::Read { store, .. } => store,
+            StoreError::Write { store, .. }
+            | StoreError::Read { store, .. }
+            | StoreError::Remote { store, .. }
+            | StoreError::Conflict { store, .. }
+            | StoreError::Auth { store, .. } => store,
         }
     }
 }
@@ -111,8 +147,27 @@ impl Publication<'_> {
 pub struct Undo {
     pub account: String,
     pub path: String,
-    /// The previous document, or `None` if there was none.
+    /// The credential version that was published.
+    pub version: i64,
+    /// The previous document, or `None` if there was none (file store; stores
+    /// with a version history read it back from there instead).
     pub previous: Option<Zeroizing<Vec<u8>>>,
+    /// The store-side version the publish created (Vault's KV version), or `None`
+    /// when the publish changed nothing or the store does not number versions.
+    pub written: Option<u64>,
+}
+
+impl std::fmt::Debug for Undo {
+    /// Never shows the previous document: it holds a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Undo")
+            .field("account", &self.account)
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("previous", &self.previous.as_ref().map(|_| "[redacted]"))
+            .field("written", &self.written)
+            .finish()
+    }
 }
 
 /// A secret store.
@@ -131,14 +186,39 @@ pub trait Store: Send + Sync {
     /// The credential version the store currently holds for the account, if any.
     async fn current_version(&self, account: &str, path: &str) -> Result<Option<i64>, StoreError>;
 
-    /// Checks that the store is reachable and writable (for `plan`).
+    /// Checks that the store is reachable and its credentials work (for `plan`).
     async fn check(&self) -> Result<(), StoreError>;
+
+    /// Second phase of two-phase stores: makes the version that `publish` staged
+    /// the one readers get. Called only after every store of the account holds
+    /// it; idempotent. Single-phase stores (file, Vault) have nothing to do.
+    async fn promote(&self, _account: &str, _path: &str, _version: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Drops a version that was staged but never promoted (recovery of a rotation
+    /// that a crash cut short), so that no `AWSPENDING` dangles. Idempotent.
+    async fn discard(&self, _account: &str, _path: &str, _version: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Whether `publish` only stages (true) and `promote` makes it visible.
+    fn two_phase(&self) -> bool {
+        false
+    }
+}
+
+/// reqwest (Vault) and the AWS SDK use rustls; picks its ring provider for the
+/// process once (an error only means that one is installed already).
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Stores by name.
 pub type Stores = BTreeMap<String, Arc<dyn Store>>;
 
-/// Builds every store of the inventory. No IO.
+/// Builds every store of the inventory. No IO: remote stores connect and
+/// authenticate on first use.
 pub fn build(inventory: &Inventory) -> Stores {
     inventory
         .stores
@@ -148,6 +228,10 @@ pub fn build(inventory: &Inventory) -> Stores {
                 StoreKind::File { dir, mode } => {
                     Arc::new(file::FileStore::new(&s.name, dir.clone(), *mode))
                 }
+                StoreKind::Vault(config) => {
+                    Arc::new(vault::VaultStore::new(&s.name, config.clone()))
+                }
+                StoreKind::Aws(config) => Arc::new(aws::AwsStore::new(&s.name, config.clone())),
             };
             (s.name.clone(), store)
         })
