@@ -379,27 +379,32 @@ async fn rotate_in_span(ctx: &Context, account: &Account) -> Result<Rotated, Rot
         return Err(e.into());
     }
     drop(published);
-    step(ctx, &cred, CredState::Verified, CredState::Published).await?;
-    ctx.event(
-        &account.name,
-        Some(cred.version),
-        "published",
-        &format!("stores={}", names.join(",")),
-    )
-    .await;
+    ctx.ledger
+        .advance_noting(
+            &cred,
+            CredState::Verified,
+            CredState::Published,
+            ctx.clock.now(),
+            "published",
+            &format!("stores={}", names.join(",")),
+        )
+        .await?;
+    ctx.crash_point(CredState::Published)?;
 
     let promoted_at = ctx.clock.now();
     let retire_at = promoted_at + to_chrono(account.overlap);
     ctx.ledger
-        .promote(&cred, current.as_ref(), retire_at, promoted_at)
+        .promote_noting(
+            &cred,
+            current.as_ref(),
+            retire_at,
+            promoted_at,
+            Some(&format!(
+                "username={username} expires_at={}",
+                expires_at.to_rfc3339()
+            )),
+        )
         .await?;
-    ctx.event(
-        &account.name,
-        Some(cred.version),
-        "current",
-        &format!("username={username} expires_at={}", expires_at.to_rfc3339()),
-    )
-    .await;
     info!(username = %username, expires_at = %expires_at, "credential is current");
     ctx.crash_point(CredState::Current)?;
     let next = account.schedule.next_after(now);
@@ -466,13 +471,18 @@ async fn mark_aborted(
 ) {
     if let Err(e) = ctx
         .ledger
-        .advance(cred, state, CredState::Aborted, ctx.clock.now())
+        .advance_noting(
+            cred,
+            state,
+            CredState::Aborted,
+            ctx.clock.now(),
+            "aborted",
+            reason,
+        )
         .await
     {
         warn!(account = %account.name, error = %e, "cannot record the rollback");
     }
-    ctx.event(&account.name, Some(cred.version), "aborted", reason)
-        .await;
 }
 
 /// Undoes the database side of a credential that never became current.
@@ -580,15 +590,15 @@ pub async fn retire(
     }
     crate::telemetry::revocation(&account.name, true);
     ctx.ledger
-        .advance(&cred, cred.state, CredState::Revoked, ctx.clock.now())
+        .advance_noting(
+            &cred,
+            cred.state,
+            CredState::Revoked,
+            ctx.clock.now(),
+            "revoked",
+            &format!("username={}", cred.username),
+        )
         .await?;
-    ctx.event(
-        &account.name,
-        Some(cred.version),
-        "revoked",
-        &format!("username={}", cred.username),
-    )
-    .await;
     info!(account = %account.name, version = cred.version, username = %cred.username, "credential revoked");
     Ok(())
 }
@@ -738,15 +748,15 @@ pub async fn recover_account(ctx: &Context, account: &Account) -> Result<Recover
                 // The password died with the process; no store has seen it.
                 rollback_login(ctx, account, &cred, None).await?;
                 ctx.ledger
-                    .advance(&cred, cred.state, CredState::Aborted, ctx.clock.now())
+                    .advance_noting(
+                        &cred,
+                        cred.state,
+                        CredState::Aborted,
+                        ctx.clock.now(),
+                        "rolled-back",
+                        &format!("recovered from state {}", cred.state),
+                    )
                     .await?;
-                ctx.event(
-                    &account.name,
-                    Some(cred.version),
-                    "rolled-back",
-                    &format!("recovered from state {}", cred.state),
-                )
-                .await;
                 report.rolled_back.push(cred.username.clone());
                 if matches!(account.strategy, Strategy::Static { .. }) {
                     // The role's password may already be the lost one.
@@ -775,15 +785,15 @@ pub async fn recover_account(ctx: &Context, account: &Account) -> Result<Recover
                     }
                     rollback_login(ctx, account, &cred, None).await?;
                     ctx.ledger
-                        .advance(&cred, cred.state, CredState::Aborted, ctx.clock.now())
+                        .advance_noting(
+                            &cred,
+                            cred.state,
+                            CredState::Aborted,
+                            ctx.clock.now(),
+                            "rolled-back",
+                            "no store holds it",
+                        )
                         .await?;
-                    ctx.event(
-                        &account.name,
-                        Some(cred.version),
-                        "rolled-back",
-                        "no store holds it",
-                    )
-                    .await;
                     report.rolled_back.push(cred.username.clone());
                     if matches!(account.strategy, Strategy::Static { .. }) {
                         report.rotate_now = true;

@@ -268,6 +268,35 @@ impl Ledger {
         to: CredState,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
+        self.transition(cred, from, to, now, None).await
+    }
+
+    /// [`Ledger::advance`] and an event-log entry, in one transaction (one
+    /// durable write instead of two). `detail` must never carry a secret.
+    pub async fn advance_noting(
+        &self,
+        cred: &Credential,
+        from: CredState,
+        to: CredState,
+        now: DateTime<Utc>,
+        kind: &str,
+        detail: &str,
+    ) -> Result<(), LedgerError> {
+        self.transition(cred, from, to, now, Some((kind, detail)))
+            .await
+    }
+
+    async fn transition(
+        &self,
+        cred: &Credential,
+        from: CredState,
+        to: CredState,
+        now: DateTime<Utc>,
+        note: Option<(&str, &str)>,
+    ) -> Result<(), LedgerError> {
+        // The first statement writes, so the transaction takes SQLite's write
+        // lock at once (and waits for it) instead of upgrading later.
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE credentials SET state = ?1, updated_at = ?2 WHERE id = ?3 AND state = ?4",
         )
@@ -275,18 +304,32 @@ impl Ledger {
         .bind(ms(now))
         .bind(cred.id)
         .bind(from.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        if done.rows_affected() == 1 {
-            return Ok(());
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            let actual = self.get(cred.id).await?.state;
+            return Err(LedgerError::StateConflict {
+                account: cred.account.clone(),
+                version: cred.version,
+                expected: from,
+                actual: actual.to_string(),
+            });
         }
-        let actual = self.get(cred.id).await?.state;
-        Err(LedgerError::StateConflict {
-            account: cred.account.clone(),
-            version: cred.version,
-            expected: from,
-            actual: actual.to_string(),
-        })
+        if let Some((kind, detail)) = note {
+            sqlx::query(
+                "INSERT INTO events (at, account, version, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(ms(now))
+            .bind(&cred.account)
+            .bind(cred.version)
+            .bind(kind)
+            .bind(detail)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Promotes `new` (published) to current and moves the previous current, if
@@ -297,6 +340,20 @@ impl Ledger {
         previous: Option<&Credential>,
         retire_at: DateTime<Utc>,
         now: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        self.promote_noting(new, previous, retire_at, now, None)
+            .await
+    }
+
+    /// [`Ledger::promote`] with an event-log entry (kind `current`) in the same
+    /// transaction. `detail` must never carry a secret.
+    pub async fn promote_noting(
+        &self,
+        new: &Credential,
+        previous: Option<&Credential>,
+        retire_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+        detail: Option<&str>,
     ) -> Result<(), LedgerError> {
         let mut tx = self.pool.begin().await?;
         if let Some(prev) = previous {
@@ -333,6 +390,17 @@ impl Ledger {
                 expected: CredState::Published,
                 actual: "changed concurrently".into(),
             });
+        }
+        if let Some(detail) = detail {
+            sqlx::query(
+                "INSERT INTO events (at, account, version, kind, detail) VALUES (?1, ?2, ?3, 'current', ?4)",
+            )
+            .bind(ms(now))
+            .bind(&new.account)
+            .bind(new.version)
+            .bind(detail)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
