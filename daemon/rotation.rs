@@ -421,6 +421,30 @@ async fn rotate_in_span(ctx: &Context, account: &Account) -> Result<Rotated, Rot
         if matches!(account.strategy, Strategy::Static { .. }) || account.overlap.is_zero() {
             retire(ctx, account, &prev, false).await?;
         } else {
+            // A promotion that came late (after failed attempts) must not let the
+            // predecessor's own expiry cut the overlap short: extend it to the
+            // overlap's end. Best effort: the new credential is already current.
+            if prev.expires_at < retire_at && prev.strategy != "adopted" {
+                match ctx
+                    .engine(account)
+                    .extend_login(&prev.username, retire_at)
+                    .await
+                {
+                    Ok(()) => {
+                        if let Err(e) = ctx
+                            .ledger
+                            .set_expires_at(&prev, retire_at, ctx.clock.now())
+                            .await
+                        {
+                            warn!(account = %account.name, error = %e, "cannot record the extended expiry");
+                        }
+                        info!(previous = %prev.username, until = %retire_at, "extended the previous credential's expiry to the end of its overlap");
+                    }
+                    Err(e) => {
+                        warn!(account = %account.name, previous = %prev.username, error = %e, "cannot extend the previous credential to the end of its overlap")
+                    }
+                }
+            }
             info!(previous = %prev.username, until = %retire_at, "previous credential stays valid during the overlap");
             previous = Some((prev.username.clone(), retire_at));
         }

@@ -148,6 +148,15 @@ pub trait Engine: Send + Sync {
     /// Host, port and database name that applications should be told.
     fn endpoint(&self) -> Endpoint;
 
+    /// Moves a login's expiry (`VALID UNTIL`) to `until`.
+    async fn extend_login(
+        &self,
+        _username: &str,
+        _until: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), EngineError> {
         Ok(())

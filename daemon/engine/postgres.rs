@@ -901,6 +901,24 @@ impl Engine for Postgres {
         self.endpoint.clone()
     }
 
+    async fn extend_login(&self, username: &str, until: DateTime<Utc>) -> Result<(), EngineError> {
+        let mut tx = self.begin().await?;
+        if self.role(&mut *tx, username).await?.is_some() {
+            self.exec(
+                &mut tx,
+                &format!(
+                    "ALTER ROLE {} VALID UNTIL {}",
+                    q(username),
+                    valid_until(until)
+                ),
+                &format!("extend the expiry of {username}"),
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(self.sql("commit"))?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), EngineError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

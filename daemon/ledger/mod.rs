@@ -422,6 +422,22 @@ impl Ledger {
         Ok(())
     }
 
+    /// Records a credential's new expiry.
+    pub async fn set_expires_at(
+        &self,
+        cred: &Credential,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        sqlx::query("UPDATE credentials SET expires_at = ?1, updated_at = ?2 WHERE id = ?3")
+            .bind(ms(at))
+            .bind(ms(now))
+            .bind(cred.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records which stores hold a credential.
     pub async fn set_stores(
         &self,
