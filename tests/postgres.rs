@@ -898,7 +898,9 @@ async fn a_late_promotion_extends_the_predecessor_to_the_end_of_its_overlap() {
     let name = db.name("late");
     let clock = ManualClock::new(Utc::now());
     let extra = "    schedule: \"0 0 * * * *\"\n    overlap: 30m\n    expiry_margin: 5m\n";
-    let ctx = db.context(&etl(&name, "ephemeral", extra), Arc::new(clock.clone())).await;
+    let ctx = db
+        .context(&etl(&name, "ephemeral", extra), Arc::new(clock.clone()))
+        .await;
     let account = ctx.account(&name).unwrap().clone();
     rotation::rotate(&ctx, &account).await.unwrap();
     let v1 = ctx.ledger.live(&name).await.unwrap().remove(0);
@@ -910,7 +912,15 @@ async fn a_late_promotion_extends_the_predecessor_to_the_end_of_its_overlap() {
     assert_eq!(prev_user, v1.username);
     assert!(retire_at > v1.expires_at);
     let vu = valid_until(&db, &v1.username).await.unwrap();
-    assert_eq!(vu.timestamp(), retire_at.timestamp(), "VALID UNTIL now covers the overlap");
+    assert_eq!(
+        vu.timestamp(),
+        retire_at.timestamp(),
+        "VALID UNTIL now covers the overlap"
+    );
     let v1_now = ctx.ledger.get(v1.id).await.unwrap();
-    assert_eq!(v1_now.expires_at.timestamp(), retire_at.timestamp(), "and the ledger says so");
+    assert_eq!(
+        v1_now.expires_at.timestamp(),
+        retire_at.timestamp(),
+        "and the ledger says so"
+    );
 }
