@@ -37,6 +37,11 @@ db=credrotd_bench_$tag
 work=$(mktemp -d /tmp/credrotd-bench.XXXXXX)
 psql_admin() { PGPASSWORD="$password" psql -X -q -v ON_ERROR_STOP=1 "$base_url" "$@"; }
 cleanup() {
+    # BENCH_KEEP_LOG=FILE keeps the server log (e.g. with
+    # CREDROTD_TEST_PG_OPTS="-c log_min_duration_statement=0" for statement timings).
+    if [ -n "${BENCH_KEEP_LOG:-}" ] && [ -n "${CREDROTD_TEST_PG_LOG:-}" ]; then
+        cp "$CREDROTD_TEST_PG_LOG" "$BENCH_KEEP_LOG" || true
+    fi
     PGPASSWORD="$password" psql -X -q "$base_url" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
     PGPASSWORD="$password" psql -X -q -tA "$base_url" \
         -c "SELECT format('DROP ROLE IF EXISTS %I;', rolname) FROM pg_roles WHERE rolname LIKE '${tag}%' ORDER BY length(rolname) DESC" \

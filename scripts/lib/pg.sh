@@ -55,7 +55,7 @@ start_test_pg() {
     rm -f "$dir/pw"
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     _pg_as "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c log_statement=all -c max_connections=300 -c fsync=off" \
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c log_statement=all -c max_connections=300 -c fsync=off ${CREDROTD_TEST_PG_OPTS:-}" \
         start >/dev/null || { cat "$dir/postgres.log" >&2; return 1; }
     export CREDROTD_TEST_PG_URL="postgres://credrotd_admin:$pw@127.0.0.1:$port/postgres"
     export CREDROTD_TEST_PG_LOG="$dir/postgres.log"
