@@ -1595,7 +1595,7 @@ impl Validator {
                 self.error(
                     &k.referenced,
                     format!(
-                        "account {n:?}: setting {:?} is managed by credrotd and cannot be set",
+                        "account {n:?}: setting {:?} cannot be set per account (credrotd manages `role`; list-valued and superuser-only settings are refused)",
                         k.value
                     ),
                 );

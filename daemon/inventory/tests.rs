@@ -813,13 +813,19 @@ fn bad_inventories() -> Vec<Case> {
             "setting role",
             account_with("    settings: { role: postgres }\n"),
             END,
-            "setting \"role\" is managed by credrotd",
+            "setting \"role\" cannot be set per account",
         ),
         case(
             "setting session_authorization",
             account_with("    settings: { session_authorization: postgres }\n"),
             END,
-            "managed by credrotd",
+            "cannot be set per account",
+        ),
+        case(
+            "list-valued setting",
+            account_with("    settings: { search_path: \"analytics, public\" }\n"),
+            END,
+            "list-valued and superuser-only settings are refused",
         ),
         case(
             "setting name with a space",
@@ -1361,7 +1367,7 @@ fn relaxed_environments_still_refuse_what_is_not_policy() {
         let hostile = edit(&[("  etl_nightly:", "  \"x; DROP ROLE postgres\":")]);
         check_err(&in_env(env, &hostile), ACCOUNT, "must match");
         let forbidden = account_with("    settings: { role: postgres }\n");
-        check_err(&in_env(env, &forbidden), END, "managed by credrotd");
+        check_err(&in_env(env, &forbidden), END, "cannot be set per account");
         check_err(
             &in_env(env, &account_with("    overlap: 6h\n")),
             END,
@@ -1865,7 +1871,7 @@ fn an_invalid_overlap_does_not_hide_the_account_s_other_errors() {
     assert_eq!(errors.len(), 3, "got:\n{}", show(&errors));
     check_err(&yaml, END, "overlap: invalid duration");
     check_err(&yaml, END + 1, "connection_limit must be positive");
-    check_err(&yaml, END + 2, "managed by credrotd");
+    check_err(&yaml, END + 2, "cannot be set per account");
 }
 
 #[test]
