@@ -619,3 +619,45 @@ async fn sigterm_during_a_rotation_finishes_it_and_a_restart_resumes_cleanly() {
         .expect("the credential finished before exit logs in");
     assert!(d.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_is_down_does_not_hold_up_the_others() {
+    let db = TestDb::new().await;
+    let up = db.name("up");
+    let down = db.name("down");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let accounts = format!(
+        "{}  {down}:\n    database: gone\n    grants:\n      - {{ schema: public, privileges: [USAGE] }}\n",
+        account(&up, "")
+    );
+    let yaml = db.inventory_with(&admin_top(&db), &accounts).replace(
+        "stores:\n",
+        &format!("  gone: {{ engine: postgres, url: \"postgres://nobody@127.0.0.1:{closed}/nowhere\" }}\nstores:\n"),
+    );
+    let path = db.dir.path().join("inventory.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let started = Instant::now();
+    let mut d = Daemon::start(&db, &path, &[]);
+    d.wait_ready();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "READY took {:?}",
+        started.elapsed()
+    );
+    wait_until(
+        "the reachable account is issued",
+        Duration::from_secs(30),
+        || version_of(&db, &up) == 1,
+    );
+    assert_eq!(version_of(&db, &down), 0);
+    wait_until("the failure is recorded", Duration::from_secs(60), || {
+        let (_, body) = d.http("GET", &format!("/v1/accounts/{down}"), "");
+        body.contains("\"last_result\":\"failed\"")
+    });
+    assert!(d.alive());
+    assert!(d.stop().success());
+}
