@@ -23,9 +23,9 @@ cleanup() {
 }
 trap cleanup EXIT
 start_test_pg
-userinfo=${CREDROTD_TEST_PG_URL#*://}; userinfo=${userinfo%%@*}
-password=${userinfo#*:}
-base_url=${CREDROTD_TEST_PG_URL/$userinfo@/${userinfo%%:*}@}
+split_pg_url "$CREDROTD_TEST_PG_URL"
+password=$PG_PASSWORD
+base_url=$PG_BASE_URL
 PGPASSWORD="$password" psql -X -q -v ON_ERROR_STOP=1 "$base_url" -c "CREATE DATABASE idle"
 db_url=${base_url%/*}/idle
 PGPASSWORD="$password" psql -X -q -v ON_ERROR_STOP=1 "$db_url" -c "CREATE SCHEMA app; CREATE TABLE app.items (id int)"

@@ -27,10 +27,9 @@ else
     where="$BENCH_PG_URL"
 fi
 # Split a password out of the URL: credrotd reads it from a file.
-userinfo=${BENCH_PG_URL#*://}; userinfo=${userinfo%%@*}
-password=""
-case "$userinfo" in *:*) password=${userinfo#*:};; esac
-base_url=${BENCH_PG_URL/$userinfo@/${userinfo%%:*}@}
+split_pg_url "$BENCH_PG_URL"
+password=$PG_PASSWORD
+base_url=$PG_BASE_URL
 
 tag=b$(head -c 3 /dev/urandom | od -An -tx1 | tr -d ' \n')
 db=credrotd_bench_$tag

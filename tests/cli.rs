@@ -6,9 +6,9 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{assert_no_secret, TestDb};
+use common::{assert_no_secret, version_of, wait_until, TestDb};
 
 fn credrotd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_credrotd"));
@@ -199,25 +199,6 @@ async fn rotate_status_revoke_round_trip_without_a_daemon() {
         outputs.as_bytes(),
         &passwords,
     );
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn version_of(db: &TestDb, account: &str) -> i64 {
-    std::fs::read(db.secrets_dir().join(format!("{account}.json")))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["version"].as_i64())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_no_secret, TestDb};
+use common::{assert_no_secret, version_of, wait_until, TestDb};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -122,17 +122,6 @@ fn raw(socket: &Path, request: &[u8]) -> (u16, String) {
     (status, body)
 }
 
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
-}
-
 fn account(name: &str, extra: &str) -> String {
     format!(
         "  {name}:\n    database: main\n{extra}    grants:\n      - {{ schema: public, privileges: [USAGE] }}\n"
@@ -145,14 +134,6 @@ fn admin_top(db: &TestDb) -> String {
         db.dir.path().join("admin.sock").display(),
         nix::unistd::geteuid().as_raw()
     )
-}
-
-fn version_of(db: &TestDb, account: &str) -> i64 {
-    std::fs::read(db.secrets_dir().join(format!("{account}.json")))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["version"].as_i64())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -406,22 +406,6 @@ impl Ledger {
         Ok(())
     }
 
-    /// Sets the overlap end of a retiring credential (used to cut it short).
-    pub async fn set_retire_at(
-        &self,
-        cred: &Credential,
-        at: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<(), LedgerError> {
-        sqlx::query("UPDATE credentials SET retire_at = ?1, updated_at = ?2 WHERE id = ?3")
-            .bind(ms(at))
-            .bind(ms(now))
-            .bind(cred.id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// Records a credential's new expiry.
     pub async fn set_expires_at(
         &self,
@@ -605,21 +589,6 @@ impl Ledger {
         Ok(failures)
     }
 
-    /// Sets when the account rotates next.
-    pub async fn set_next_rotation(
-        &self,
-        account: &str,
-        next: Option<DateTime<Utc>>,
-    ) -> Result<(), LedgerError> {
-        self.ensure_account(account).await?;
-        sqlx::query("UPDATE accounts SET next_rotation_at = ?1 WHERE account = ?2")
-            .bind(next.map(ms))
-            .bind(account)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// Suspends an account after a break-glass revoke (or lifts the suspension).
     pub async fn set_suspended(&self, account: &str, suspended: bool) -> Result<(), LedgerError> {
         self.ensure_account(account).await?;
@@ -762,13 +731,6 @@ fn holder_is_dead(holder: &str) -> bool {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
         Err(nix::errno::Errno::ESRCH)
     )
-}
-
-/// Default ledger path helper for messages.
-pub fn describe(url: &str) -> &str {
-    url.strip_prefix("sqlite://")
-        .map(|p| if p.is_empty() { url } else { p })
-        .unwrap_or(url)
 }
 
 #[cfg(test)]

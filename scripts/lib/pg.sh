@@ -70,3 +70,13 @@ stop_test_pg() {
         rm -rf "$CREDROTD_TEST_PG_DIR"
     fi
 }
+
+# split_pg_url URL: sets PG_PASSWORD (empty if none) and PG_BASE_URL (the URL
+# without its password), for tools that take the password from elsewhere.
+split_pg_url() {
+    local userinfo=${1#*://}
+    userinfo=${userinfo%%@*}
+    PG_PASSWORD=""
+    case "$userinfo" in *:*) PG_PASSWORD=${userinfo#*:};; esac
+    PG_BASE_URL=${1/$userinfo@/${userinfo%%:*}@}
+}

@@ -275,3 +275,24 @@ pub fn read_all(paths: &[&Path]) -> Vec<u8> {
     }
     out
 }
+
+/// Polls `f` every 100 ms until it holds, or fails the test after `limit`.
+pub fn wait_until(what: &str, limit: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// The version the file store holds for an account (0 if none yet).
+pub fn version_of(db: &TestDb, account: &str) -> i64 {
+    std::fs::read(db.secrets_dir().join(format!("{account}.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["version"].as_i64())
+        .unwrap_or(0)
+}
