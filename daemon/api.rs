@@ -33,6 +33,7 @@ pub async fn statuses(
     now: DateTime<Utc>,
 ) -> Result<Vec<AccountStatus>, LedgerError> {
     let mut out = Vec::new();
+    let stuck = ledger.stuck_items(None).await?;
     for account in inventory.accounts.values() {
         let live = ledger.live(&account.name).await?;
         let state = ledger.account(&account.name).await?;
@@ -43,7 +44,7 @@ pub async fn statuses(
             .into_iter()
             .find_map(|d| match d {
                 scheduler::Due::Rotate { at, .. } => Some(timestamp(at)),
-                scheduler::Due::Retire { .. } => None,
+                _ => None,
             });
         out.push(AccountStatus {
             account: account.name.clone(),
@@ -56,6 +57,21 @@ pub async fn statuses(
             last_error: state.last_error,
             failures: state.failures,
             suspended: state.suspended,
+            extended_until: state.extended_until.map(timestamp),
+            extended_reason: state.extended_reason,
+            foreign_owner: state.foreign_owner,
+            stuck: stuck
+                .iter()
+                .filter(|i| i.account == account.name)
+                .map(|i| StuckStatus {
+                    kind: i.kind.clone(),
+                    subject: i.subject.clone(),
+                    error: i.error.clone(),
+                    since: timestamp(i.first_at),
+                    attempts: i.attempts,
+                    retry_at: timestamp(i.retry_at),
+                })
+                .collect(),
         });
     }
     Ok(out)
@@ -75,6 +91,30 @@ pub struct AccountStatus {
     pub last_error: Option<String>,
     pub failures: i64,
     pub suspended: bool,
+    /// While rotations fail, the expiry guard extended the current credential
+    /// until then (RFC 3339), and why.
+    #[serde(default)]
+    pub extended_until: Option<String>,
+    #[serde(default)]
+    pub extended_reason: Option<String>,
+    /// Another ledger owns the account: credrotd refuses to manage it.
+    #[serde(default)]
+    pub foreign_owner: Option<String>,
+    /// Housekeeping that failed and is retried without blocking issuance.
+    #[serde(default)]
+    pub stuck: Vec<StuckStatus>,
+}
+
+/// A stuck housekeeping item (a login that cannot be dropped, a grant that
+/// cannot be revoked, an object that no longer exists).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StuckStatus {
+    pub kind: String,
+    pub subject: String,
+    pub error: String,
+    pub since: String,
+    pub attempts: i64,
+    pub retry_at: String,
 }
 
 /// Metadata of one credential. Never the password.

@@ -61,9 +61,12 @@ pub enum Command {
     /// Show what would be created, granted, revoked and rotated (read-only).
     Plan,
     /// Run the daemon.
-    Run,
+    Run(RunArgs),
     /// Rotate accounts now, in this process, then exit.
     Rotate(RotateArgs),
+    /// Rebuild the ledger's view of accounts from the catalog and the stores
+    /// (after the ledger was lost), finish what a crash left, then exit.
+    Rebuild(RebuildArgs),
     /// Revoke an account's credentials now (break-glass).
     Revoke(RevokeArgs),
     /// Show each account's credentials and schedule (reads the ledger only).
@@ -115,13 +118,32 @@ pub enum CtlCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Take over accounts whose scoped role another credrotd ledger owns.
+    #[arg(long)]
+    pub take_over: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct RotateArgs {
-    /// Accounts to rotate.
+    /// Accounts to rotate (lifts a break-glass suspension).
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     pub accounts: Vec<String>,
-    /// Rotate every account of the inventory.
+    /// Rotate every account of the inventory (suspended accounts are skipped).
     #[arg(long)]
     pub all: bool,
+    /// Take over accounts whose scoped role another credrotd ledger owns.
+    #[arg(long)]
+    pub take_over: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// Accounts to rebuild (default: all).
+    pub accounts: Vec<String>,
+    /// Take over accounts whose scoped role another credrotd ledger owns.
+    #[arg(long)]
+    pub take_over: bool,
 }
 
 #[derive(Debug, Args)]
@@ -157,8 +179,9 @@ pub async fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Check => check(&cli.config),
         Command::Plan => plan(&cli.config).await,
-        Command::Run => run(&cli.config).await,
+        Command::Run(args) => run(&cli.config, args.take_over).await,
         Command::Rotate(args) => rotate(&cli.config, args).await,
+        Command::Rebuild(args) => rebuild(&cli.config, args).await,
         Command::Revoke(args) => revoke(&cli.config, args).await,
         Command::Status { format } => status(&cli.config, format).await,
         Command::Ctl(args) => ctl(&cli.config, args).await,
@@ -223,9 +246,13 @@ fn check(path: &std::path::Path) -> Result<ExitCode> {
 }
 
 /// Builds the saga context for an inventory.
-pub async fn context(inventory: Inventory, clock: SharedClock) -> Result<Context> {
+pub async fn context(
+    inventory: Inventory,
+    clock: SharedClock,
+    take_over: bool,
+) -> Result<Context> {
     let state = inventory.state.clone();
-    crate::service::context(inventory, clock, None)
+    crate::service::context(inventory, clock, None, take_over)
         .await
         .with_context(|| format!("starting with the ledger {state}"))
 }
@@ -247,6 +274,28 @@ async fn plan(path: &std::path::Path) -> Result<ExitCode> {
             Err(e) => println!("store {name}: PROBLEM: {e}"),
         }
     }
+    // What the admin role lacks is informative, like the rest of the plan: the
+    // exit code stays 0, and rotations report what actually fails.
+    for (name, engine) in &engines {
+        let accounts: Vec<&inventory::Account> = inventory
+            .accounts
+            .values()
+            .filter(|a| &a.database == name)
+            .collect();
+        match engine.check_admin(&accounts).await {
+            Ok(gaps) if gaps.is_empty() => println!("admin privileges on {name}: ok"),
+            Ok(gaps) => {
+                println!("admin privileges on {name}: {} missing", gaps.len());
+                for g in gaps {
+                    println!("  missing: {}", g.missing);
+                    if let Some(fix) = &g.fix {
+                        println!("    fix: {fix}");
+                    }
+                }
+            }
+            Err(e) => println!("admin privileges on {name}: PROBLEM: {e}"),
+        }
+    }
     for account in inventory.accounts.values() {
         println!(
             "account {} (database {}, {}):",
@@ -255,12 +304,15 @@ async fn plan(path: &std::path::Path) -> Result<ExitCode> {
             account.strategy.as_str()
         );
         match engines[&account.database].reconcile(account, false).await {
-            Ok(changes) if changes.is_empty() => {
-                println!("  scoped role {}: up to date", account.name)
-            }
-            Ok(changes) => {
-                for c in changes {
+            Ok(r) => {
+                if r.changes.is_empty() {
+                    println!("  scoped role {}: up to date", account.name)
+                }
+                for c in &r.changes {
                     println!("  would run: {c}");
+                }
+                for s in &r.stuck {
+                    println!("  would skip: {}: {}", s.what, s.error);
                 }
             }
             Err(e) => println!("  PROBLEM: {e}"),
@@ -290,15 +342,21 @@ async fn plan(path: &std::path::Path) -> Result<ExitCode> {
                         .unwrap_or("?");
                     println!("  would revoke {user} at {}", crate::api::timestamp(at));
                 }
+                scheduler::Due::Housekeep { at } => {
+                    println!(
+                        "  would retry housekeeping at {}",
+                        crate::api::timestamp(at)
+                    )
+                }
             }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(path: &std::path::Path) -> Result<ExitCode> {
+async fn run(path: &std::path::Path, take_over: bool) -> Result<ExitCode> {
     let inventory = load(path)?;
-    crate::service::run(path, inventory, Arc::new(SystemClock)).await?;
+    crate::service::run(path, inventory, Arc::new(SystemClock), take_over).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -416,29 +474,42 @@ async fn rotate(path: &std::path::Path, args: RotateArgs) -> Result<ExitCode> {
         }
         args.accounts
     };
+    // Naming an account is an operator's explicit request (it lifts a
+    // break-glass suspension); `--all` is not.
+    let trigger = if args.all {
+        rotation::Trigger::Forced
+    } else {
+        rotation::Trigger::Explicit
+    };
     let concurrency = inventory.rotation.concurrency;
-    let ctx = context(inventory, Arc::new(SystemClock)).await?;
-    let results: Vec<(String, Result<rotation::Rotated, rotation::RotationError>)> =
-        stream::iter(names)
-            .map(|name| {
-                let ctx = &ctx;
-                async move {
-                    let res = async {
-                        let account = ctx.account(&name)?;
-                        ctx.with_lease(&name, Duration::from_secs(60), || async {
-                            rotation::rotate(ctx, account).await
-                        })
-                        .await
+    let ctx = Arc::new(context(inventory, Arc::new(SystemClock), args.take_over).await?);
+    // The sagas run in a task of their own: a Ctrl-C waits for the steps in
+    // flight to finish (a second one abandons them; the ledger makes them
+    // resumable), so it never leaves a step half-done.
+    let work = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            stream::iter(names)
+                .map(|name| {
+                    let ctx = &ctx;
+                    async move {
+                        let started = std::time::Instant::now();
+                        let res = scheduler::rotate_account(ctx, &name, trigger, Duration::from_secs(60))
+                            .await;
+                        // What `status` shows is what happened here too.
+                        scheduler::observe_rotation(ctx, &name, &res, started.elapsed()).await;
+                        (name, res)
                     }
-                    .await;
-                    (name, res)
-                }
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
+                })
+                .buffer_unordered(concurrency)
+                .collect::<Vec<_>>()
+                .await
+        })
+    };
+    let results = finish_despite_ctrl_c(work).await?;
     let mut failed = 0;
     let mut ok = 0;
+    let mut skipped = 0;
     let quiet = results.len() > 50;
     for (name, res) in &results {
         match res {
@@ -453,13 +524,82 @@ async fn rotate(path: &std::path::Path, args: RotateArgs) -> Result<ExitCode> {
                     );
                 }
             }
+            Err(rotation::RotationError::Suspended(_)) if args.all => {
+                skipped += 1;
+                println!("{name}: skipped: suspended by a break-glass revoke (rotate it by name)");
+            }
             Err(e) => {
                 failed += 1;
                 println!("{name}: FAILED: {e}");
             }
         }
     }
-    println!("{ok} rotated, {failed} failed");
+    if skipped > 0 {
+        println!("{ok} rotated, {failed} failed, {skipped} skipped");
+    } else {
+        println!("{ok} rotated, {failed} failed");
+    }
+    ctx.ledger.close().await;
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Waits for `work`; the first Ctrl-C only says that in-flight steps finish
+/// first, a second one exits at once.
+async fn finish_despite_ctrl_c<T>(work: tokio::task::JoinHandle<T>) -> Result<T> {
+    tokio::pin!(work);
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            done = &mut work => return done.context("the saga task failed"),
+            _ = tokio::signal::ctrl_c() => {
+                if interrupted {
+                    eprintln!("abandoning in-flight steps; the next start of credrotd finishes or rolls them back");
+                    std::process::exit(130);
+                }
+                interrupted = true;
+                eprintln!("finishing the steps in flight (Ctrl-C again to abandon them)");
+            }
+        }
+    }
+}
+
+async fn rebuild(path: &std::path::Path, args: RebuildArgs) -> Result<ExitCode> {
+    let inventory = load(path)?;
+    for n in &args.accounts {
+        if !inventory.accounts.contains_key(n) {
+            anyhow::bail!("account {n} is not in the inventory {}", path.display());
+        }
+    }
+    let ctx = Arc::new(context(inventory, Arc::new(SystemClock), args.take_over).await?);
+    let work = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { rotation::recover(&ctx).await })
+    };
+    let results = finish_despite_ctrl_c(work).await?;
+    let mut failed = 0;
+    for (name, res) in results {
+        if !args.accounts.is_empty() && !args.accounts.contains(&name) {
+            continue;
+        }
+        match res {
+            Ok(r) => println!(
+                "{name}: ok (adopted {:?}, promoted {:?}, rolled back {:?}, dropped {:?}{})",
+                r.adopted,
+                r.promoted,
+                r.rolled_back,
+                r.orphans_dropped,
+                if r.rotate_now { "; rotates at the next start" } else { "" }
+            ),
+            Err(e) => {
+                failed += 1;
+                println!("{name}: FAILED: {e}");
+            }
+        }
+    }
     ctx.ledger.close().await;
     Ok(if failed == 0 {
         ExitCode::SUCCESS
@@ -470,13 +610,21 @@ async fn rotate(path: &std::path::Path, args: RotateArgs) -> Result<ExitCode> {
 
 async fn revoke(path: &std::path::Path, args: RevokeArgs) -> Result<ExitCode> {
     let inventory = load(path)?;
-    let ctx = context(inventory, Arc::new(SystemClock)).await?;
-    let account = ctx.account(&args.account)?;
-    let res = ctx
-        .with_lease(&args.account, Duration::from_secs(60), || {
-            rotation::revoke(&ctx, account, args.previous_only)
+    let ctx = Arc::new(context(inventory, Arc::new(SystemClock), false).await?);
+    ctx.account(&args.account)?;
+    let work = {
+        let ctx = ctx.clone();
+        let (name, previous_only) = (args.account.clone(), args.previous_only);
+        tokio::spawn(async move {
+            let account = ctx.account(&name)?;
+            ctx.with_lease(&name, Duration::from_secs(60), |lease| {
+                let ctx = &ctx;
+                async move { rotation::revoke(ctx, &lease, account, previous_only).await }
+            })
+            .await
         })
-        .await;
+    };
+    let res = finish_despite_ctrl_c(work).await?;
     ctx.ledger.close().await;
     match res {
         Ok(revoked) if revoked.is_empty() => {
@@ -534,6 +682,9 @@ fn print_status_table(rows: Vec<AccountStatus>) {
         if let Some(e) = &r.last_error {
             last.push_str(&format!(": {e}"));
         }
+        if let Some(owner) = &r.foreign_owner {
+            last = format!("NOT MANAGED: {owner}");
+        }
         println!(
             "{:<24} {:<11} {:<34} {:<20} {:<20} {:<20} {}",
             r.account,
@@ -551,6 +702,20 @@ fn print_status_table(rows: Vec<AccountStatus>) {
                 "",
                 format!("{} (v{})", p.username, p.version),
                 p.retire_at.as_deref().unwrap_or("?")
+            );
+        }
+        if let Some(until) = &r.extended_until {
+            println!(
+                "{:<24} {:<11} expiry EXTENDED until {until} while rotations fail: {}",
+                "",
+                "",
+                r.extended_reason.as_deref().unwrap_or("-")
+            );
+        }
+        for s in &r.stuck {
+            println!(
+                "{:<24} {:<11} STUCK {} {} since {} ({} attempts, next {}): {}",
+                "", "", s.kind, s.subject, s.since, s.attempts, s.retry_at, s.error
             );
         }
     }

@@ -450,7 +450,7 @@ async fn demo_body(
             .unwrap_or_default()
     );
     let accounts: Vec<String> = checked.inventory.accounts.keys().cloned().collect();
-    let ctx = Arc::new(crate::cli::context(checked.inventory, Arc::new(SystemClock)).await?);
+    let ctx = Arc::new(crate::cli::context(checked.inventory, Arc::new(SystemClock), false).await?);
     let (_tx, rx) = tokio::sync::mpsc::channel(1);
     let duration = args.duration;
     let shutdown = async move {

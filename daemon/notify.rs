@@ -1,7 +1,8 @@
 //! Consumer notification: after a credential becomes current, run the account's
 //! command and/or signal its consumer process so that it re-reads the secret.
 //! The command gets the account, version and secret file path in its environment,
-//! never the password. Failures are logged and counted, never fatal.
+//! never the password. Failures are logged, counted and retried through the ledger's
+//! outbox; they never fail a rotation.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -22,8 +23,14 @@ pub fn secret_file(inventory: &Inventory, account: &Account) -> Option<PathBuf> 
         })
 }
 
-/// Tells the account's consumers that `version` is current.
-pub async fn consumers(inventory: &Inventory, account: &Account, version: i64) {
+/// Tells the account's consumers that `version` is current. An error (a failed
+/// command or signal, without any secret) means the caller should retry.
+pub async fn consumers(
+    inventory: &Inventory,
+    account: &Account,
+    version: i64,
+) -> Result<(), String> {
+    let mut failed: Vec<String> = Vec::new();
     let n = &account.notify;
     let file = secret_file(inventory, account);
     if let Some(argv) = &n.exec {
@@ -69,7 +76,8 @@ pub async fn consumers(inventory: &Inventory, account: &Account, version: i64) {
             }
             Err(e) => {
                 telemetry::notify_failed(&account.name);
-                warn!(account = %account.name, version, error = %e, "consumer notification failed");
+                warn!(account = %account.name, version, error = %e, "consumer notification failed; retrying later");
+                failed.push(e);
             }
         }
     }
@@ -91,8 +99,14 @@ pub async fn consumers(inventory: &Inventory, account: &Account, version: i64) {
             }
             Err(e) => {
                 telemetry::notify_failed(&account.name);
-                warn!(account = %account.name, version, error = %e, "consumer notification failed");
+                warn!(account = %account.name, version, error = %e, "consumer notification failed; retrying later");
+                failed.push(e);
             }
         }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
     }
 }

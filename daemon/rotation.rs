@@ -1,28 +1,40 @@
-//! The rotation saga and start-up recovery.
+//! The rotation saga as a state machine, start-up recovery, housekeeping and the
+//! expiry guard.
 //!
-//! A rotation moves a new credential through `planned → created → verified →
-//! published → current`, writing each state to the ledger before the side effect
-//! that depends on it, then retires its predecessor when the overlap ends. Any
-//! failure before `current` rolls the new login back and leaves the previous
-//! credential current and valid. [`recover`] finishes or rolls back whatever a
-//! crash left in a middle state, and drops login roles the ledger does not know.
+//! A credential moves through `planned → created → verified → published →
+//! current → retiring → revoked` (or `aborted`), and the ledger records each
+//! state before the side effect that depends on it. Each move is one small,
+//! idempotent step; [`resume`] drives a credential that a crash (or a failure)
+//! left in a middle state to a resting state through the same steps the forward
+//! path uses, so recovery is not a second program.
+//!
+//! Issuing never waits on housekeeping: a retired login that cannot be dropped,
+//! a grant that cannot be revoked or a declared object that no longer exists
+//! becomes a *stuck item* in the ledger, retried with backoff by
+//! [`housekeep`], and the next credential is still issued. While rotations fail
+//! and the database answers, [`guard_expiry`] extends the current credential
+//! step by step, never beyond the account's `max_lifetime`.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tracing::{info, warn, Instrument};
+use futures::FutureExt;
+use tracing::{error, info, warn, Instrument};
 
 use crate::clock::SharedClock;
 use crate::engine::{Engine, EngineError, Engines, Login, SavedPassword};
 use crate::inventory::{Account, Inventory, Strategy};
-use crate::ledger::{CredState, Credential, Ledger, LedgerError, NewCredential};
-use crate::schedule::{self, to_chrono};
+use crate::ledger::{CredState, Credential, Lease, Ledger, LedgerError, NewCredential};
+use crate::schedule::{self, backoff, to_chrono};
 use crate::secret::Secret;
 use crate::store::{Publication, Store, StoreError, Stores};
 
-/// How long a process may hold an account's lease for one saga step sequence.
-pub const LEASE_TTL: Duration = Duration::from_secs(300);
+/// How long a lease lasts without renewal. A saga renews it every third of this;
+/// a holder that died is noticed at once (its instance file is unlocked), so the
+/// TTL only matters for a process that hangs.
+pub const LEASE_TTL: Duration = Duration::from_secs(60);
 
 /// Everything the saga talks to.
 pub struct Context {
@@ -31,10 +43,24 @@ pub struct Context {
     pub stores: Stores,
     pub ledger: Ledger,
     pub clock: SharedClock,
+    /// Take over accounts whose scoped role another ledger owns (`--take-over`).
+    pub take_over: bool,
     /// Test hook: stop the saga right after the ledger records this state, as if
     /// the process had been killed there.
     #[doc(hidden)]
     pub crash_after: Option<CredState>,
+}
+
+/// Who asked for a rotation. Only an operator naming the account lifts a
+/// break-glass suspension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The cron schedule, a retry, or recovery.
+    Schedule,
+    /// Every account at once: SIGUSR1, `rotate --all`.
+    Forced,
+    /// `rotate ACCOUNT`, `ctl rotate ACCOUNT`, `POST /v1/accounts/A/rotate`.
+    Explicit,
 }
 
 /// Why a rotation, retirement or recovery failed.
@@ -46,7 +72,7 @@ pub enum RotationError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    #[error("account {0} is busy: another credrotd process holds its lease")]
+    #[error("account {0} is busy: another credrotd saga holds its lease")]
     Busy(String),
     #[error("account {0} is not in the inventory")]
     UnknownAccount(String),
@@ -60,6 +86,26 @@ pub enum RotationError {
         version: i64,
         state: CredState,
     },
+    /// A break-glass revoke suspended the account; only `rotate ACCOUNT` lifts it.
+    #[error("account {0} is suspended by a break-glass revoke; `credrotd rotate {0}` issues a new credential")]
+    Suspended(String),
+    /// Another ledger owns the account's scoped role.
+    #[error("account {account} is owned by another credrotd ledger ({owner}); refusing to manage it (run with --take-over to take it over{})", until.map(|t| format!(", or wait until {} when the owner counts as gone", t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))).unwrap_or_default())]
+    NotOwner {
+        account: String,
+        owner: String,
+        until: Option<DateTime<Utc>>,
+    },
+    /// A credential is still in a middle state that could not be finished.
+    #[error("account {account}: credential v{version} is half published ({detail}); it is finished before a new one is issued")]
+    Unfinished {
+        account: String,
+        version: i64,
+        detail: String,
+    },
+    /// The saga task panicked. The account is freed and the failure recorded.
+    #[error("account {account}: internal error: {message}")]
+    Panicked { account: String, message: String },
     #[doc(hidden)]
     #[error("simulated crash after state {0}")]
     Crash(CredState),
@@ -81,7 +127,10 @@ pub struct Rotated {
 pub struct Recovered {
     pub rolled_back: Vec<String>,
     pub promoted: Vec<String>,
+    /// Login roles the ledger did not know: dropped when they could not log in,
+    /// otherwise recorded as retiring (a store or a consumer may still use them).
     pub orphans_dropped: Vec<String>,
+    pub adopted: Vec<String>,
     /// The account must rotate now: its current credential is unusable or a
     /// crash left the stores disagreeing.
     pub rotate_now: bool,
@@ -99,6 +148,17 @@ impl Context {
         // Validation guarantees every account's database exists and `engine::build`
         // builds one engine per database.
         &self.engines[&account.database]
+    }
+
+    /// The engine of the database a credential was issued in, which a reload
+    /// may have moved the account away from.
+    fn engine_of(&self, cred: &Credential) -> Result<&Arc<dyn Engine>, RotationError> {
+        self.engines.get(&cred.database).ok_or_else(|| {
+            RotationError::Unavailable(format!(
+                "account {}: credential v{} lives in database {}, which the inventory no longer lists",
+                cred.account, cred.version, cred.database
+            ))
+        })
     }
 
     fn stores_of(&self, account: &Account) -> Vec<Arc<dyn Store>> {
@@ -126,7 +186,9 @@ impl Context {
         Ok(())
     }
 
-    /// Runs `f` holding the account's lease, waiting up to `wait` for it.
+    /// Runs `f` holding the account's lease, waiting up to `wait` for it. The
+    /// lease is renewed while `f` runs and released on every path, a panic in
+    /// `f` included (which becomes [`RotationError::Panicked`]).
     pub async fn with_lease<T, F, Fut>(
         &self,
         account: &str,
@@ -134,25 +196,27 @@ impl Context {
         f: F,
     ) -> Result<T, RotationError>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(Lease) -> Fut,
         Fut: std::future::Future<Output = Result<T, RotationError>>,
     {
         let holder = self.ledger.new_holder();
         let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if self
+        let lease = loop {
+            if let Some(lease) = self
                 .ledger
                 .acquire(account, &holder, LEASE_TTL, self.clock.now())
                 .await?
             {
-                break;
+                break lease;
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(RotationError::Busy(account.to_owned()));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        // Keep the lease while the saga runs, however long its steps take.
+        };
+        // Keep the lease while the saga runs, however long its steps take. A
+        // renewal that comes back with another token means someone took it over:
+        // our writes are refused by the fence from then on.
         let renew = async {
             loop {
                 tokio::time::sleep(LEASE_TTL / 3).await;
@@ -161,546 +225,1290 @@ impl Context {
                     .acquire(account, &holder, LEASE_TTL, self.clock.now())
                     .await
                 {
-                    Ok(true) => {}
-                    Ok(false) => warn!(account, "lost the account's lease while working on it"),
+                    Ok(Some(l)) if l.token == lease.token => {}
+                    Ok(_) => warn!(account, "lost the account's lease while working on it"),
                     Err(e) => warn!(account, error = %e, "cannot renew the account's lease"),
                 }
             }
         };
+        let work = AssertUnwindSafe(f(lease.clone())).catch_unwind();
         let out = tokio::select! {
-            out = f() => out,
+            out = work => out.unwrap_or_else(|panic| {
+                let message = panic_message(&panic);
+                error!(account, error = %message, "saga panicked; the account is freed and the failure recorded");
+                Err(RotationError::Panicked { account: account.to_owned(), message })
+            }),
             never = renew => never,
         };
-        if let Err(e) = self.ledger.release(account, &holder).await {
+        if let Err(e) = self.ledger.release(&lease).await {
             warn!(account, error = %e, "cannot release lease; it expires on its own");
         }
         out
     }
 }
 
-/// Rotates one account: issues, verifies, publishes and promotes a new credential.
-/// The caller holds the account's lease.
-pub async fn rotate(ctx: &Context, account: &Account) -> Result<Rotated, RotationError> {
-    let span =
-        tracing::info_span!("rotation", account = %account.name, version = tracing::field::Empty);
-    rotate_in_span(ctx, account).instrument(span).await
+/// The text of a panic payload.
+pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
-async fn rotate_in_span(ctx: &Context, account: &Account) -> Result<Rotated, RotationError> {
-    let engine = ctx.engine(account);
-    let changes = engine.reconcile(account, true).await?;
-    if !changes.is_empty() {
-        info!(account = %account.name, changes = changes.len(), "reconciled scoped role");
-        let detail: Vec<String> = changes.iter().map(|c| c.0.clone()).collect();
-        ctx.event(&account.name, None, "reconciled", &detail.join("; "))
-            .await;
+/// One saga: an account, the context and the lease it holds.
+struct Saga<'a> {
+    ctx: &'a Context,
+    account: &'a Account,
+    lease: &'a Lease,
+}
+
+/// Rotates one account now, taking its lease (waiting up to 30 s), as an
+/// operator's explicit request: it lifts a break-glass suspension.
+pub async fn rotate(ctx: &Context, account: &Account) -> Result<Rotated, RotationError> {
+    ctx.with_lease(&account.name, Duration::from_secs(30), |lease| async move {
+        rotate_leased(ctx, &lease, account, Trigger::Explicit).await
+    })
+    .await
+}
+
+/// Rotates one account: finishes what an earlier saga left, issues, verifies,
+/// publishes and promotes a new credential. The caller holds `lease`.
+pub async fn rotate_leased(
+    ctx: &Context,
+    lease: &Lease,
+    account: &Account,
+    trigger: Trigger,
+) -> Result<Rotated, RotationError> {
+    let span =
+        tracing::info_span!("rotation", account = %account.name, version = tracing::field::Empty);
+    let saga = Saga {
+        ctx,
+        account,
+        lease,
+    };
+    saga.rotate(trigger).instrument(span).await
+}
+
+impl Saga<'_> {
+    fn name(&self) -> &str {
+        &self.account.name
     }
 
-    // Recover anything a crash left for this account before adding to it (and
-    // sweep login roles the ledger does not know), whoever asked for the rotation.
-    recover_account(ctx, account).await?;
-    let live = ctx.ledger.live(&account.name).await?;
-    let current = live
-        .iter()
-        .rev()
-        .find(|c| c.state == CredState::Current)
-        .cloned();
-
-    // At most two credentials may be valid: a predecessor still in its overlap is
-    // retired now. Its successor is current, so this never strands a consumer
-    // that follows the store.
-    for old in live.iter().filter(|c| c.state == CredState::Retiring) {
-        info!(account = %account.name, version = old.version, username = %old.username, "overlap cut short by a new rotation");
-        retire(ctx, account, old, false).await?;
+    fn now(&self) -> DateTime<Utc> {
+        self.ctx.clock.now()
     }
 
-    let now = ctx.clock.now();
-    let username = choose_username(ctx, engine.as_ref(), account, current.as_ref(), now).await?;
-    let expires_at = schedule::expiry(
-        now,
-        &account.schedule,
-        account.overlap,
-        account.expiry_margin,
-        account.lifetime,
-    );
-    let cred = ctx
-        .ledger
-        .plan(
-            NewCredential {
-                account: &account.name,
-                database: &account.database,
-                strategy: account.strategy.as_str(),
-                username: &username,
-                issued_at: now,
-                expires_at,
-            },
-            now,
-        )
-        .await?;
-    tracing::Span::current().record("version", cred.version);
-    ctx.event(
-        &account.name,
-        Some(cred.version),
-        "planned",
-        &format!("username={username}"),
-    )
-    .await;
-    ctx.crash_point(CredState::Planned)?;
-
-    // A static role's password is replaced in place; keep the old verifier (when
-    // the admin may read it) to put back if verification or publishing fails.
-    let saved = match &account.strategy {
-        Strategy::Static { role, .. } => engine.saved_password(role).await.unwrap_or_else(|e| {
-            warn!(account = %account.name, error = %e, "cannot save the static role's password verifier");
-            None
-        }),
-        _ => None,
-    };
-    let password = Secret::generate();
-    let login = Login {
-        username: &username,
-        password: &password,
-        valid_until: expires_at,
-    };
-    let issued = match &account.strategy {
-        Strategy::Ephemeral => engine.create_login(account, &login).await,
-        Strategy::Alternating => match engine.ensure_fixed_login(account, &username).await {
-            Ok(()) => engine.set_password(account, &login).await,
-            Err(e) => Err(e),
-        },
-        Strategy::Static { .. } => engine.set_password(account, &login).await,
-    };
-    if let Err(e) = issued {
-        // The engine's transaction did not commit: nothing to undo in the
-        // database (and a role that already existed is not ours to drop).
-        mark_aborted(ctx, account, &cred, CredState::Planned, &e.to_string()).await;
-        return Err(e.into());
+    fn engine(&self) -> &Arc<dyn Engine> {
+        self.ctx.engine(self.account)
     }
-    step(ctx, &cred, CredState::Planned, CredState::Created).await?;
 
-    if let Err(e) = engine.verify(&username, &password).await {
-        abort(
-            ctx,
-            account,
-            &cred,
-            CredState::Created,
-            saved.as_ref(),
-            &e.to_string(),
-        )
-        .await;
-        return Err(e.into());
+    fn is_static(&self) -> bool {
+        matches!(self.account.strategy, Strategy::Static { .. })
     }
-    step(ctx, &cred, CredState::Created, CredState::Verified).await?;
 
-    let endpoint = engine.endpoint();
-    let publication = Publication {
-        account: &account.name,
-        path: &account.path,
-        version: cred.version,
-        username: &username,
-        password: &password,
-        endpoint: &endpoint,
-        issued_at: now,
-        expires_at,
-    };
-    // Publishing is two steps over all of the account's stores (issue #3):
-    // 1. publish to each store (two-phase stores such as AWS only stage it, so
-    //    they go first), recording in the ledger after each one which stores
-    //    hold it, so that recovery after a crash can finish instead of repeating;
-    // 2. once every store holds it, promote it in each store (AWSCURRENT).
-    // If any store refuses either step, every store is reverted (newest first),
-    // the new login is rolled back and the previous credential stays current.
-    let mut stores = ctx.stores_of(account);
-    stores.sort_by_key(|s| !s.two_phase());
-    let mut published: Vec<(Arc<dyn Store>, crate::store::Undo)> = Vec::new();
-    let mut names: Vec<String> = Vec::new();
-    let mut failure: Option<StoreError> = None;
-    for store in &stores {
-        match store.publish(&publication).await {
-            Ok(undo) => {
-                published.push((store.clone(), undo));
-                names.push(store.name().to_owned());
-                ctx.ledger
-                    .set_stores(&cred, &names, ctx.clock.now())
+    async fn rotate(&self, trigger: Trigger) -> Result<Rotated, RotationError> {
+        let state = self.ctx.ledger.account(self.name()).await?;
+        if state.suspended {
+            if trigger != Trigger::Explicit {
+                return Err(RotationError::Suspended(self.name().to_owned()));
+            }
+            // The operator's intent is recorded before anything is issued.
+            self.ctx.ledger.set_suspended(self.name(), false).await?;
+            self.ctx
+                .event(
+                    self.name(),
+                    None,
+                    "unsuspended",
+                    "explicit rotate after a break-glass revoke",
+                )
+                .await;
+        }
+        self.ensure_owner(state.foreign_owner.is_some()).await?;
+        self.reconcile().await?;
+        self.claim().await;
+
+        // Finish whatever an earlier saga left, through the same steps.
+        let report = self.resume().await?;
+        self.rebuild().await?;
+        self.sweep(&mut Recovered::default()).await;
+        if let Some(unfinished) = self
+            .ctx
+            .ledger
+            .live(self.name())
+            .await?
+            .into_iter()
+            .find(|c| c.state.is_middle())
+        {
+            return Err(RotationError::Unfinished {
+                account: self.name().to_owned(),
+                version: unfinished.version,
+                detail: format!("stores holding it: {}", unfinished.stores.join(", ")),
+            });
+        }
+        drop(report);
+
+        // At most two credentials may be valid: a predecessor still in its
+        // overlap is retired now. Its successor is current, so this never
+        // strands a consumer that follows the store. A failure is a stuck item,
+        // not a reason to keep the account on an expiring credential.
+        for old in self.ctx.ledger.live(self.name()).await? {
+            if old.state == CredState::Retiring {
+                info!(account = %self.name(), version = old.version, username = %old.username, "overlap cut short by a new rotation");
+                self.retire_or_stick(&old).await;
+            }
+        }
+
+        let rotated = self.issue().await?;
+        self.drain_outbox().await;
+        Ok(rotated)
+    }
+
+    /// Refuses to manage an account whose scoped role another ledger owns,
+    /// unless told to take over or the owner missed its own rotation.
+    async fn ensure_owner(&self, was_foreign: bool) -> Result<(), RotationError> {
+        let owner = self.engine().owner(self.account).await?;
+        let ours = self.ctx.ledger.id();
+        let other = match owner.as_ref().and_then(|o| o.ledger.as_deref()) {
+            None => None,
+            Some(id) if id == ours => None,
+            Some(id) => Some(id.to_owned()),
+        };
+        let Some(other) = other else {
+            if was_foreign {
+                self.ctx.ledger.set_foreign_owner(self.name(), None).await?;
+            }
+            return Ok(());
+        };
+        let seen = owner.and_then(|o| o.seen);
+        let stale_at = seen.and_then(|s| {
+            self.account
+                .schedule
+                .next_after(s)
+                .map(|fire| fire + to_chrono(self.account.expiry_margin / 2))
+        });
+        let stale = stale_at.is_none_or(|t| self.now() > t);
+        if self.ctx.take_over || stale {
+            let why = if self.ctx.take_over {
+                "--take-over"
+            } else {
+                "the owner missed its rotation"
+            };
+            warn!(account = %self.name(), previous_owner = %other, reason = why, "taking the account over from another ledger");
+            self.ctx
+                .event(
+                    self.name(),
+                    None,
+                    "taken-over",
+                    &format!("from ledger {other}: {why}"),
+                )
+                .await;
+            self.ctx.ledger.set_foreign_owner(self.name(), None).await?;
+            return Ok(());
+        }
+        let err = RotationError::NotOwner {
+            account: self.name().to_owned(),
+            owner: other,
+            until: stale_at,
+        };
+        self.ctx
+            .ledger
+            .set_foreign_owner(self.name(), Some(&err.to_string()))
+            .await?;
+        Err(err)
+    }
+
+    /// Records this ledger as the scoped role's owner, with a fresh heartbeat.
+    async fn claim(&self) {
+        if let Err(e) = self
+            .engine()
+            .claim(self.account, self.ctx.ledger.id(), self.now())
+            .await
+        {
+            warn!(account = %self.name(), error = %e, "cannot record this ledger as the scoped role's owner");
+        }
+    }
+
+    /// Brings the scoped role to the declared state. Statements that fail are
+    /// stuck items; only a scoped role that cannot exist stops issuance.
+    async fn reconcile(&self) -> Result<(), RotationError> {
+        let r = self.engine().reconcile(self.account, true).await?;
+        if !r.changes.is_empty() {
+            info!(account = %self.name(), changes = r.changes.len(), "reconciled scoped role");
+            let detail: Vec<String> = r.changes.iter().map(|c| c.0.clone()).collect();
+            self.ctx
+                .event(self.name(), None, "reconciled", &detail.join("; "))
+                .await;
+        }
+        let now = self.now();
+        let known = self.ctx.ledger.stuck_items(Some(self.name())).await?;
+        for old in known.iter().filter(|i| i.kind == "reconcile") {
+            if !r.stuck.iter().any(|s| s.what == old.subject) {
+                self.ctx
+                    .ledger
+                    .unstuck(self.name(), "reconcile", &old.subject)
                     .await?;
             }
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
+        }
+        for s in &r.stuck {
+            warn!(account = %self.name(), what = %s.what, error = %s.error, "reconciliation step stuck; issuing anyway");
+            self.stick("reconcile", &s.what, &s.error, now).await;
+        }
+        Ok(())
+    }
+
+    /// Records a stuck item with backoff.
+    async fn stick(&self, kind: &str, subject: &str, error: &str, now: DateTime<Utc>) {
+        let attempts = self
+            .ctx
+            .ledger
+            .stuck_items(Some(self.name()))
+            .await
+            .ok()
+            .and_then(|items| {
+                items
+                    .into_iter()
+                    .find(|i| i.kind == kind && i.subject == subject)
+            })
+            .map(|i| i.attempts + 1)
+            .unwrap_or(1);
+        let cfg = &self.ctx.inventory.rotation;
+        let attempt = attempts.clamp(1, 30) as u32;
+        let retry_at = now + to_chrono(backoff(attempt, cfg.retry_initial, cfg.retry_max));
+        if let Err(e) = self
+            .ctx
+            .ledger
+            .stuck(self.name(), kind, subject, error, now, retry_at)
+            .await
+        {
+            warn!(account = %self.name(), error = %e, "cannot record a stuck item");
         }
     }
-    if failure.is_none() {
-        for store in &stores {
-            if let Err(e) = store
-                .promote(&account.name, &account.path, cred.version)
-                .await
-            {
-                failure = Some(e);
-                break;
-            }
+
+    async fn unstick(&self, kind: &str, subject: &str) {
+        if let Err(e) = self.ctx.ledger.unstuck(self.name(), kind, subject).await {
+            warn!(account = %self.name(), error = %e, "cannot clear a stuck item");
         }
     }
-    if let Some(e) = failure {
-        // Put back what the stores held, newest first, so that no store is left
-        // pointing at a login we are about to drop.
-        let mut still_held = Vec::new();
+
+    /// Issues, verifies, publishes and promotes a new credential.
+    async fn issue(&self) -> Result<Rotated, RotationError> {
+        let (ctx, account) = (self.ctx, self.account);
+        let engine = self.engine();
+        let current = self
+            .ctx
+            .ledger
+            .live(self.name())
+            .await?
+            .into_iter()
+            .rev()
+            .find(|c| c.state == CredState::Current);
+        let now = self.now();
+        let username = self.choose_username(current.as_ref(), now).await?;
+        let expires_at = schedule::expiry(
+            now,
+            &account.schedule,
+            account.overlap,
+            account.expiry_margin,
+            account.lifetime,
+        );
+        let cred = ctx
+            .ledger
+            .plan(
+                NewCredential {
+                    account: &account.name,
+                    database: &account.database,
+                    strategy: account.strategy.as_str(),
+                    username: &username,
+                    issued_at: now,
+                    expires_at,
+                },
+                now,
+                self.lease,
+            )
+            .await?;
+        tracing::Span::current().record("version", cred.version);
+        ctx.event(
+            &account.name,
+            Some(cred.version),
+            "planned",
+            &format!("username={username}"),
+        )
+        .await;
+        ctx.crash_point(CredState::Planned)?;
+
+        // A static role's password is replaced in place; keep the old verifier (when
+        // the admin may read it) to put back if verification or publishing fails.
+        let saved = match &account.strategy {
+            Strategy::Static { role, .. } => engine.saved_password(role).await.unwrap_or_else(|e| {
+                warn!(account = %account.name, error = %e, "cannot save the static role's password verifier");
+                None
+            }),
+            _ => None,
+        };
+        let password = Secret::generate();
+        let login = Login {
+            username: &username,
+            password: &password,
+            valid_until: expires_at,
+        };
+        let issued = match &account.strategy {
+            Strategy::Ephemeral => engine.create_login(account, &login).await,
+            Strategy::Alternating => match engine.ensure_fixed_login(account, &username).await {
+                Ok(()) => engine.set_password(account, &login).await,
+                Err(e) => Err(e),
+            },
+            Strategy::Static { .. } => engine.set_password(account, &login).await,
+        };
+        if let Err(e) = issued {
+            // The engine's transaction did not commit: nothing to undo in the
+            // database (and a role that already existed is not ours to drop).
+            self.mark_aborted(&cred, CredState::Planned, &e.to_string())
+                .await;
+            return Err(e.into());
+        }
+        self.step(&cred, CredState::Planned, CredState::Created)
+            .await?;
+
+        if let Err(e) = engine.verify(&username, &password).await {
+            self.abort(&cred, CredState::Created, saved.as_ref(), &e.to_string())
+                .await;
+            return Err(e.into());
+        }
+        self.step(&cred, CredState::Created, CredState::Verified)
+            .await?;
+
+        let endpoint = engine.endpoint();
+        let publication = Publication {
+            account: &account.name,
+            path: &account.path,
+            version: cred.version,
+            username: &username,
+            password: &password,
+            endpoint: &endpoint,
+            issued_at: now,
+            expires_at,
+        };
+        if let Err(e) = self.publish_all(&cred, &publication, &[]).await {
+            // Stores that could not be reverted still serve the new credential:
+            // it stays `verified` for `resume` to finish, and its login lives.
+            let cred = ctx.ledger.get(cred.id).await?;
+            if cred.stores.is_empty() {
+                self.abort(&cred, CredState::Verified, saved.as_ref(), &e.to_string())
+                    .await;
+            } else {
+                warn!(account = %account.name, version = cred.version, stores = ?cred.stores, "left for recovery: a store could not be reverted");
+            }
+            return Err(e.into());
+        }
+        ctx.ledger
+            .advance_noting(
+                &cred,
+                CredState::Verified,
+                CredState::Published,
+                self.now(),
+                "published",
+                &format!("stores={}", account.stores.join(",")),
+                self.lease,
+            )
+            .await?;
+        ctx.crash_point(CredState::Published)?;
+        let previous = self.promote(&cred, current.as_ref()).await?;
+        info!(username = %username, expires_at = %expires_at, "credential is current");
+        ctx.crash_point(CredState::Current)?;
+        Ok(Rotated {
+            account: account.name.clone(),
+            version: cred.version,
+            username,
+            expires_at,
+            previous,
+        })
+    }
+
+    /// Publishes to every store of the account that is not in `already` (two-phase
+    /// stores first), recording after each which stores hold it, then promotes
+    /// in every store. If a store refuses, the stores this call published to are
+    /// reverted, newest first, and the ledger records which still hold it.
+    async fn publish_all(
+        &self,
+        cred: &Credential,
+        publication: &Publication<'_>,
+        already: &[String],
+    ) -> Result<(), StoreError> {
+        let mut stores = self.ctx.stores_of(self.account);
+        stores.sort_by_key(|s| !s.two_phase());
+        let mut published: Vec<(Arc<dyn Store>, crate::store::Undo)> = Vec::new();
+        let mut names: Vec<String> = already.to_vec();
+        let mut failure: Option<StoreError> = None;
+        for store in stores.iter().filter(|s| !already.iter().any(|a| a == s.name())) {
+            match store.publish(publication).await {
+                Ok(undo) => {
+                    published.push((store.clone(), undo));
+                    names.push(store.name().to_owned());
+                    if let Err(e) = self
+                        .ctx
+                        .ledger
+                        .set_stores(cred, &names, self.now(), self.lease)
+                        .await
+                    {
+                        warn!(account = %self.name(), error = %e, "cannot record which stores hold the credential");
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            for store in &stores {
+                if let Err(e) = store
+                    .promote(&self.account.name, &self.account.path, cred.version)
+                    .await
+                {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let Some(e) = failure else { return Ok(()) };
+        // Put back what this call published, newest first, so that no store is
+        // left pointing at a login that is about to be dropped.
+        let mut still_held: Vec<String> = already.to_vec();
         for (s, undo) in published.into_iter().rev() {
             if let Err(re) = s.revert(undo).await {
                 warn!(store = s.name(), error = %re, "cannot revert store after a failed publish");
                 still_held.push(s.name().to_owned());
             }
         }
-        // The ledger must not claim that reverted stores hold it, or recovery
-        // would promote it.
-        if let Err(le) = ctx
+        if let Err(le) = self
+            .ctx
             .ledger
-            .set_stores(&cred, &still_held, ctx.clock.now())
+            .set_stores(cred, &still_held, self.now(), self.lease)
             .await
         {
-            warn!(account = %account.name, error = %le, "cannot record the reverted stores");
+            warn!(account = %self.name(), error = %le, "cannot record the reverted stores");
         }
-        if still_held.is_empty() {
-            abort(
-                ctx,
-                account,
-                &cred,
-                CredState::Verified,
-                saved.as_ref(),
-                &e.to_string(),
-            )
-            .await;
-        } else {
-            // A store may still serve the new credential: keep its login alive
-            // and leave the ledger at `verified`, so that recovery asks the
-            // stores and promotes or rolls back.
-            warn!(account = %account.name, version = cred.version, stores = ?still_held, "left for recovery: a store could not be reverted");
-        }
-        return Err(e.into());
+        Err(e)
     }
-    drop(published);
-    ctx.ledger
-        .advance_noting(
-            &cred,
-            CredState::Verified,
-            CredState::Published,
-            ctx.clock.now(),
-            "published",
-            &format!("stores={}", names.join(",")),
-        )
-        .await?;
-    ctx.crash_point(CredState::Published)?;
 
-    let promoted_at = ctx.clock.now();
-    let retire_at = promoted_at + to_chrono(account.overlap);
-    ctx.ledger
-        .promote_noting(
-            &cred,
-            current.as_ref(),
-            retire_at,
-            promoted_at,
-            Some(&format!(
-                "username={username} expires_at={}",
-                expires_at.to_rfc3339()
-            )),
-        )
-        .await?;
-    info!(username = %username, expires_at = %expires_at, "credential is current");
-    ctx.crash_point(CredState::Current)?;
-    let next = account.schedule.next_after(now);
-    ctx.ledger
-        .record_success(&account.name, promoted_at, next)
-        .await?;
-    crate::notify::consumers(&ctx.inventory, account, cred.version).await;
-
-    let mut previous = None;
-    if let Some(prev) = current {
-        let prev = ctx.ledger.get(prev.id).await?;
+    /// Makes a published credential current: one ledger transaction records the
+    /// promotion, the predecessor's retirement time, the successful rotation and
+    /// the consumer notification to send. Then a zero overlap (or a static role)
+    /// retires the predecessor at once, and a late promotion extends the
+    /// predecessor to the end of its overlap.
+    async fn promote(
+        &self,
+        cred: &Credential,
+        current: Option<&Credential>,
+    ) -> Result<Option<(String, DateTime<Utc>)>, RotationError> {
+        let promoted_at = self.now();
+        let retire_at = promoted_at + to_chrono(self.account.overlap);
+        self.ctx
+            .ledger
+            .promote(
+                cred,
+                current,
+                retire_at,
+                self.account.schedule.next_after(promoted_at),
+                promoted_at,
+                Some(&format!(
+                    "username={} expires_at={}",
+                    cred.username,
+                    cred.expires_at.to_rfc3339()
+                )),
+                self.lease,
+            )
+            .await?;
+        let Some(prev) = current else {
+            return Ok(None);
+        };
+        let prev = self.ctx.ledger.get(prev.id).await?;
         // A static role's old password is gone the moment the new one is set;
         // a zero overlap retires at once.
-        if matches!(account.strategy, Strategy::Static { .. }) || account.overlap.is_zero() {
-            retire(ctx, account, &prev, false).await?;
-        } else {
-            // A promotion that came late (after failed attempts) must not let the
-            // predecessor's own expiry cut the overlap short: extend it to the
-            // overlap's end. Best effort: the new credential is already current.
-            if prev.expires_at < retire_at && prev.strategy != "adopted" {
-                match ctx
-                    .engine(account)
-                    .extend_login(&prev.username, retire_at)
-                    .await
-                {
+        if self.is_static() || self.account.overlap.is_zero() {
+            self.retire_or_stick(&prev).await;
+            return Ok(None);
+        }
+        // A promotion that came late (after failed attempts) must not let the
+        // predecessor's own expiry cut the overlap short. Best effort: the new
+        // credential is already current.
+        if prev.expires_at < retire_at && prev.strategy != "adopted" {
+            match self.ctx.engine_of(&prev) {
+                Ok(engine) => match engine.extend_login(&prev.username, retire_at).await {
                     Ok(()) => {
-                        if let Err(e) = ctx
+                        if let Err(e) = self
+                            .ctx
                             .ledger
-                            .set_expires_at(&prev, retire_at, ctx.clock.now())
+                            .set_expires_at(&prev, retire_at, self.now(), self.lease)
                             .await
                         {
-                            warn!(account = %account.name, error = %e, "cannot record the extended expiry");
+                            warn!(account = %self.name(), error = %e, "cannot record the extended expiry");
                         }
                         info!(previous = %prev.username, until = %retire_at, "extended the previous credential's expiry to the end of its overlap");
                     }
                     Err(e) => {
-                        warn!(account = %account.name, previous = %prev.username, error = %e, "cannot extend the previous credential to the end of its overlap")
+                        warn!(account = %self.name(), previous = %prev.username, error = %e, "cannot extend the previous credential to the end of its overlap")
                     }
+                },
+                Err(e) => warn!(account = %self.name(), error = %e, "cannot extend the previous credential"),
+            }
+        }
+        info!(previous = %prev.username, until = %retire_at, "previous credential stays valid during the overlap");
+        Ok(Some((prev.username.clone(), retire_at)))
+    }
+
+    async fn step(
+        &self,
+        cred: &Credential,
+        from: CredState,
+        to: CredState,
+    ) -> Result<(), RotationError> {
+        self.ctx
+            .ledger
+            .advance(cred, from, to, self.now(), self.lease)
+            .await?;
+        self.ctx.crash_point(to)
+    }
+
+    /// Rolls a failed new credential back and records why. Best effort: whatever
+    /// fails here is finished by the next resume or housekeeping pass.
+    async fn abort(
+        &self,
+        cred: &Credential,
+        state: CredState,
+        saved: Option<&SavedPassword>,
+        reason: &str,
+    ) {
+        warn!(account = %self.name(), version = cred.version, error = %reason, "rotation failed; rolling back");
+        if let Err(e) = self.rollback_login(cred, saved).await {
+            warn!(account = %self.name(), version = cred.version, error = %e, "rollback incomplete; recovery will finish it");
+            return;
+        }
+        self.mark_aborted(cred, state, reason).await;
+    }
+
+    async fn mark_aborted(&self, cred: &Credential, state: CredState, reason: &str) {
+        if let Err(e) = self
+            .ctx
+            .ledger
+            .advance_noting(
+                cred,
+                state,
+                CredState::Aborted,
+                self.now(),
+                "aborted",
+                reason,
+                self.lease,
+            )
+            .await
+        {
+            warn!(account = %self.name(), error = %e, "cannot record the rollback");
+        }
+    }
+
+    /// Undoes the database side of a credential that never became current: the
+    /// login is refused (that must work), then dropped (a stuck item if not).
+    async fn rollback_login(
+        &self,
+        cred: &Credential,
+        saved: Option<&SavedPassword>,
+    ) -> Result<(), RotationError> {
+        let engine = self.ctx.engine_of(cred)?;
+        match &self.account.strategy {
+            Strategy::Ephemeral => {
+                engine.disable_login(&cred.username).await?;
+                self.drop_or_stick(engine.as_ref(), &cred.username).await;
+            }
+            Strategy::Alternating => {
+                // Never disable the role a live current credential uses.
+                let live = self.ctx.ledger.live(self.name()).await?;
+                if !live.iter().any(|c| {
+                    c.id != cred.id && c.username == cred.username && !c.state.is_middle()
+                }) {
+                    engine.disable_login(&cred.username).await?;
                 }
             }
-            info!(previous = %prev.username, until = %retire_at, "previous credential stays valid during the overlap");
-            previous = Some((prev.username.clone(), retire_at));
+            // Put the old password back if we could save it; otherwise the old one
+            // is gone and the next rotation sets a fresh one.
+            Strategy::Static { .. } => {
+                if let Some(saved) = saved {
+                    engine.restore_password(&cred.username, saved).await?;
+                    info!(account = %self.name(), username = %cred.username, "restored the static role's previous password");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops an ephemeral login that can no longer log in; a failure (objects in
+    /// another database, missing privileges) is a stuck item retried later.
+    async fn drop_or_stick(&self, engine: &dyn Engine, username: &str) {
+        match engine.drop_login(self.account, username).await {
+            Ok(()) => self.unstick("drop-login", username).await,
+            Err(e) => {
+                warn!(account = %self.name(), username, error = %e, "login refuses logins but cannot be dropped; retrying later");
+                self.stick("drop-login", username, &e.to_string(), self.now())
+                    .await;
+            }
         }
     }
-    Ok(Rotated {
-        account: account.name.clone(),
-        version: cred.version,
-        username,
-        expires_at,
-        previous,
-    })
-}
 
-async fn step(
-    ctx: &Context,
-    cred: &Credential,
-    from: CredState,
-    to: CredState,
-) -> Result<(), RotationError> {
-    ctx.ledger.advance(cred, from, to, ctx.clock.now()).await?;
-    ctx.crash_point(to)
-}
-
-/// Rolls a failed new credential back and records why. Best effort: whatever
-/// fails here is finished by the next recovery.
-async fn abort(
-    ctx: &Context,
-    account: &Account,
-    cred: &Credential,
-    state: CredState,
-    saved: Option<&SavedPassword>,
-    reason: &str,
-) {
-    warn!(account = %account.name, version = cred.version, error = %reason, "rotation failed; rolling back");
-    if let Err(e) = rollback_login(ctx, account, cred, saved).await {
-        warn!(account = %account.name, version = cred.version, error = %e, "rollback incomplete; recovery will finish it");
-        return;
+    async fn choose_username(
+        &self,
+        current: Option<&Credential>,
+        now: DateTime<Utc>,
+    ) -> Result<String, RotationError> {
+        let account = self.account;
+        match &account.strategy {
+            Strategy::Static { role, .. } => Ok(role.clone()),
+            Strategy::Alternating => {
+                let a = format!("{}_a", account.name);
+                let b = format!("{}_b", account.name);
+                Ok(match current {
+                    Some(c) if c.username == a => b,
+                    _ => a,
+                })
+            }
+            Strategy::Ephemeral => {
+                let used: Vec<String> = self
+                    .ctx
+                    .ledger
+                    .credentials(&account.name)
+                    .await?
+                    .into_iter()
+                    .map(|c| c.username)
+                    .collect();
+                // One name per second; a second rotation within the same second
+                // takes the next free second.
+                for offset in 0..120 {
+                    let t = now + chrono::Duration::seconds(offset);
+                    let name = format!("{}_{}", account.name, t.format("%Y%m%d%H%M%S"));
+                    if !used.contains(&name) && self.engine().login_info(&name).await?.is_none()
+                    {
+                        return Ok(name);
+                    }
+                }
+                Err(RotationError::NameExhausted {
+                    account: account.name.clone(),
+                })
+            }
+        }
     }
-    mark_aborted(ctx, account, cred, state, reason).await;
-}
 
-async fn mark_aborted(
-    ctx: &Context,
-    account: &Account,
-    cred: &Credential,
-    state: CredState,
-    reason: &str,
-) {
-    if let Err(e) = ctx
-        .ledger
-        .advance_noting(
-            cred,
-            state,
-            CredState::Aborted,
-            ctx.clock.now(),
-            "aborted",
-            reason,
-        )
-        .await
-    {
-        warn!(account = %account.name, error = %e, "cannot record the rollback");
+    /// Retires a credential and turns a failure into a stuck item: retirement is
+    /// housekeeping and never blocks the next issue.
+    async fn retire_or_stick(&self, cred: &Credential) -> bool {
+        match self.retire(cred, false).await {
+            Ok(done) => done,
+            Err(e) => {
+                warn!(account = %self.name(), username = %cred.username, error = %e, "cannot retire the previous credential; retrying later");
+                self.stick("retire", &cred.username, &e.to_string(), self.now())
+                    .await;
+                false
+            }
+        }
     }
-}
 
-/// Undoes the database side of a credential that never became current.
-async fn rollback_login(
-    ctx: &Context,
-    account: &Account,
-    cred: &Credential,
-    saved: Option<&SavedPassword>,
-) -> Result<(), RotationError> {
-    let engine = ctx.engine(account);
-    match &account.strategy {
-        Strategy::Ephemeral => engine.drop_login(account, &cred.username).await?,
-        Strategy::Alternating => {
-            // Never disable the role a live current credential uses.
-            let live = ctx.ledger.live(&account.name).await?;
-            if !live
+    /// Retires a credential: refuses new logins and expires it, ends its sessions
+    /// after the grace, and drops the login role (ephemeral). Unless `forced`
+    /// (break-glass), refuses to retire a credential that has no current
+    /// successor (invariant 2) or that a store still serves. Returns whether it
+    /// is now revoked.
+    async fn retire(&self, cred: &Credential, forced: bool) -> Result<bool, RotationError> {
+        let cred = self.ctx.ledger.get(cred.id).await?;
+        if !cred.state.is_live() {
+            return Ok(true);
+        }
+        if !forced {
+            let live = self.ctx.ledger.live(self.name()).await?;
+            let has_successor = live
                 .iter()
-                .any(|c| c.id != cred.id && c.username == cred.username && !c.state.is_middle())
-            {
-                engine.disable_login(&cred.username).await?;
+                .any(|c| c.state == CredState::Current && c.version > cred.version);
+            if !has_successor {
+                return Err(RotationError::NotRetiring {
+                    account: self.name().to_owned(),
+                    version: cred.version,
+                    state: cred.state,
+                });
+            }
+            if let Some(store) = self.served_by(&cred).await {
+                let why = format!("store {store} still serves v{}", cred.version);
+                warn!(account = %self.name(), username = %cred.username, reason = %why, "not retiring a credential a store still serves");
+                self.stick("store-serves", &cred.username, &why, self.now())
+                    .await;
+                return Ok(false);
+            }
+            self.unstick("store-serves", &cred.username).await;
+        }
+        let revoked = self.revoke_login(&cred).await;
+        crate::telemetry::revocation(self.name(), revoked.is_ok());
+        revoked?;
+        self.unstick("retire", &cred.username).await;
+        self.ctx
+            .ledger
+            .advance_noting(
+                &cred,
+                cred.state,
+                CredState::Revoked,
+                self.now(),
+                "revoked",
+                &format!("username={}", cred.username),
+                self.lease,
+            )
+            .await?;
+        info!(account = %self.name(), version = cred.version, username = %cred.username, "credential revoked");
+        Ok(true)
+    }
+
+    /// The first store that serves `cred` to its readers right now, if any. A
+    /// store that cannot be asked counts as serving it: retiring is never a
+    /// guess.
+    async fn served_by(&self, cred: &Credential) -> Option<String> {
+        if self.is_static() {
+            // The old password of a static role is gone already.
+            return None;
+        }
+        for store in self.ctx.stores_of(self.account) {
+            match store.fetch(self.name(), &self.account.path, None).await {
+                Ok(Some(held)) => {
+                    let same = held.username == cred.username
+                        && (held.version == cred.version || cred.strategy == "unknown");
+                    if same {
+                        return Some(store.name().to_owned());
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(account = %self.name(), store = store.name(), error = %e, "cannot ask the store what it serves");
+                    return Some(store.name().to_owned());
+                }
             }
         }
-        // Put the old password back if we could save it; otherwise the old one
-        // is gone and the next rotation sets a fresh one.
-        Strategy::Static { .. } => {
-            if let Some(saved) = saved {
-                engine.restore_password(&cred.username, saved).await?;
-                info!(account = %account.name, username = %cred.username, "restored the static role's previous password");
+        None
+    }
+
+    async fn revoke_login(&self, cred: &Credential) -> Result<(), RotationError> {
+        let engine = self.ctx.engine_of(cred)?;
+        // A static role keeps its name across versions: only its newest
+        // credential may touch the role, and only in a break-glass revoke.
+        if cred.strategy == "static" && cred.state != CredState::Current {
+            return Ok(());
+        }
+        if cred.strategy == "adopted" && cred.state != CredState::Current {
+            return Ok(());
+        }
+        // Refusing new logins (and expiring) is what revokes the credential; it
+        // must succeed.
+        engine.disable_login(&cred.username).await?;
+        // Ending sessions and dropping the role are clean-up: if they fail (an
+        // object the login owns in another database, no right to terminate
+        // backends), the credential is still revoked and the drop is a stuck
+        // item. They never block the account's next rotation.
+        let account = self.account;
+        if account.revoke.terminate_sessions {
+            if !account.revoke.grace.is_zero() {
+                let until = self.now() + to_chrono(account.revoke.grace);
+                self.ctx.clock.sleep_until(until).await;
             }
+            match engine.terminate_sessions(&cred.username).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    info!(account = %account.name, username = %cred.username, sessions = n, "ended sessions of revoked login")
+                }
+                Err(e) => {
+                    warn!(account = %account.name, username = %cred.username, error = %e, "cannot end the revoked login's sessions")
+                }
+            }
+        }
+        if matches!(cred.strategy.as_str(), "ephemeral" | "unknown") {
+            self.drop_or_stick(engine.as_ref(), &cred.username).await;
+        }
+        Ok(())
+    }
+
+    /// Drives every credential left in a middle state to a resting state:
+    /// `planned`/`created` roll back (the password died with the process);
+    /// `verified`/`published` are finished when some store holds them
+    /// (publishing to the stores that lack them with the credential read back
+    /// from a store that has it, then promoting) or rolled back when none does.
+    async fn resume(&self) -> Result<Recovered, RotationError> {
+        let mut report = Recovered::default();
+        for cred in self.ctx.ledger.live(self.name()).await? {
+            match cred.state {
+                CredState::Planned | CredState::Created => {
+                    self.rollback_login(&cred, None).await?;
+                    self.ctx
+                        .ledger
+                        .advance_noting(
+                            &cred,
+                            cred.state,
+                            CredState::Aborted,
+                            self.now(),
+                            "rolled-back",
+                            &format!("recovered from state {}", cred.state),
+                            self.lease,
+                        )
+                        .await?;
+                    report.rolled_back.push(cred.username.clone());
+                    if self.is_static() {
+                        // The role's password may already be the lost one.
+                        report.rotate_now = true;
+                    }
+                }
+                CredState::Verified | CredState::Published => {
+                    self.finish_publication(&cred, &mut report).await?;
+                }
+                _ => {}
+            }
+        }
+        Ok(report)
+    }
+
+    async fn finish_publication(
+        &self,
+        cred: &Credential,
+        report: &mut Recovered,
+    ) -> Result<(), RotationError> {
+        let stores = self.ctx.stores_of(self.account);
+        let (account, path) = (self.name(), self.account.path.as_str());
+        // Which stores hold it: the ledger says so, or the store has it (served,
+        // or for AWS staged as AWSPENDING).
+        let mut holders: Vec<String> = Vec::new();
+        let mut held = None;
+        for s in &stores {
+            let fetched = s.fetch(account, path, Some(cred.version)).await?;
+            let has = fetched.as_ref().is_some_and(|h| h.username == cred.username);
+            if has || cred.stores.iter().any(|n| n == s.name()) {
+                holders.push(s.name().to_owned());
+            }
+            if has && held.is_none() {
+                held = fetched;
+            }
+        }
+        if holders.is_empty() {
+            // No store has seen it; drop any stage a crash left behind.
+            for s in &stores {
+                s.discard(account, path, cred.version).await?;
+            }
+            self.rollback_login(cred, None).await?;
+            self.ctx
+                .ledger
+                .advance_noting(
+                    cred,
+                    cred.state,
+                    CredState::Aborted,
+                    self.now(),
+                    "rolled-back",
+                    "no store holds it",
+                    self.lease,
+                )
+                .await?;
+            report.rolled_back.push(cred.username.clone());
+            if self.is_static() {
+                report.rotate_now = true;
+            }
+            return Ok(());
+        }
+        if holders.len() < stores.len() {
+            // Current means every store: publish to the others the credential a
+            // holder has, once it is known to log in.
+            let Some(held) = held else {
+                return Err(RotationError::Unfinished {
+                    account: account.to_owned(),
+                    version: cred.version,
+                    detail: format!(
+                        "{} hold it but none can give it back",
+                        holders.join(", ")
+                    ),
+                });
+            };
+            let engine = self.ctx.engine_of(cred)?;
+            engine.verify(&cred.username, &held.password).await?;
+            let endpoint = engine.endpoint();
+            let publication = Publication {
+                account,
+                path,
+                version: cred.version,
+                username: &cred.username,
+                password: &held.password,
+                endpoint: &endpoint,
+                issued_at: cred.issued_at,
+                expires_at: cred.expires_at,
+            };
+            self.publish_all(cred, &publication, &holders).await?;
+        } else {
+            for s in &stores {
+                s.promote(account, path, cred.version).await?;
+            }
+        }
+        if cred.state == CredState::Verified {
+            self.ctx
+                .ledger
+                .advance(
+                    cred,
+                    CredState::Verified,
+                    CredState::Published,
+                    self.now(),
+                    self.lease,
+                )
+                .await?;
+        }
+        let cred = self.ctx.ledger.get(cred.id).await?;
+        let prev = self
+            .ctx
+            .ledger
+            .live(account)
+            .await?
+            .into_iter()
+            .rev()
+            .find(|c| c.state == CredState::Current);
+        self.promote(&cred, prev.as_ref()).await?;
+        self.ctx
+            .event(
+                account,
+                Some(cred.version),
+                "recovered",
+                &format!("finished publishing to {} stores", stores.len()),
+            )
+            .await;
+        report.promoted.push(cred.username.clone());
+        Ok(())
+    }
+
+    /// A lost ledger: when the ledger knows no live credential of the account
+    /// but every store holds the same one and it logs in, record it as current
+    /// instead of issuing over it.
+    async fn rebuild(&self) -> Result<Option<String>, RotationError> {
+        let live = self.ctx.ledger.live(self.name()).await?;
+        if !live.is_empty() {
+            return Ok(None);
+        }
+        let stores = self.ctx.stores_of(self.account);
+        let mut found: Option<crate::store::Held> = None;
+        for s in &stores {
+            let Some(h) = s.fetch(self.name(), &self.account.path, None).await? else {
+                return Ok(None);
+            };
+            match &found {
+                Some(f) if f.username != h.username || f.version != h.version => {
+                    return Ok(None);
+                }
+                Some(_) => {}
+                None => found = Some(h),
+            }
+        }
+        let Some(held) = found else { return Ok(None) };
+        let engine = self.engine();
+        let Some(info) = engine.login_info(&held.username).await? else {
+            return Ok(None);
+        };
+        if engine.verify(&held.username, &held.password).await.is_err() {
+            return Ok(None);
+        }
+        let now = self.now();
+        let strategy = self.account.strategy.as_str();
+        let cred = self
+            .ctx
+            .ledger
+            .adopt(
+                NewCredential {
+                    account: self.name(),
+                    database: &self.account.database,
+                    strategy,
+                    username: &held.username,
+                    issued_at: held.issued_at.unwrap_or(now),
+                    expires_at: info
+                        .valid_until
+                        .or(held.expires_at)
+                        .unwrap_or(now + to_chrono(self.account.max_lifetime)),
+                },
+                CredState::Current,
+                Some(held.version),
+                None,
+                now,
+                self.lease,
+            )
+            .await?;
+        warn!(account = %self.name(), version = cred.version, username = %cred.username, "rebuilt the ledger from the stores: the credential they hold is current");
+        self.ctx
+            .event(
+                self.name(),
+                Some(cred.version),
+                "rebuilt",
+                &format!(
+                    "username={} from {} stores and the catalog",
+                    cred.username,
+                    stores.len()
+                ),
+            )
+            .await;
+        Ok(Some(cred.username))
+    }
+
+    /// Login roles of the account that the ledger does not know (a lost ledger,
+    /// a rollback whose drop failed): those that can still log in are recorded
+    /// as retiring (a consumer may be using them; they go after one overlap),
+    /// the others are dropped. A failure is a stuck item.
+    async fn sweep(&self, report: &mut Recovered) {
+        if let Err(e) = self.sweep_inner(report).await {
+            warn!(account = %self.name(), error = %e, "cannot look for unknown login roles; retrying later");
+            self.stick("sweep", "login roles", &e.to_string(), self.now())
+                .await;
+        } else {
+            self.unstick("sweep", "login roles").await;
+        }
+    }
+
+    async fn sweep_inner(&self, report: &mut Recovered) -> Result<(), RotationError> {
+        let engine = self.engine();
+        let live = self.ctx.ledger.live(self.name()).await?;
+        let now = self.now();
+        let mut names = engine.managed_logins(self.account).await?;
+        if matches!(self.account.strategy, Strategy::Alternating) {
+            names.push(format!("{}_a", self.name()));
+            names.push(format!("{}_b", self.name()));
+        }
+        for name in names {
+            if live.iter().any(|c| c.username == name) {
+                continue;
+            }
+            let Some(info) = engine.login_info(&name).await? else {
+                continue;
+            };
+            let usable = info.can_login && info.valid_until.is_none_or(|v| v > now);
+            let fixed = matches!(self.account.strategy, Strategy::Alternating);
+            if usable {
+                let strategy = if fixed { "alternating" } else { "unknown" };
+                let cred = self
+                    .ctx
+                    .ledger
+                    .adopt(
+                        NewCredential {
+                            account: self.name(),
+                            database: &self.account.database,
+                            strategy,
+                            username: &name,
+                            issued_at: now,
+                            expires_at: info
+                                .valid_until
+                                .unwrap_or(now + to_chrono(self.account.overlap)),
+                        },
+                        CredState::Retiring,
+                        None,
+                        Some(now + to_chrono(self.account.overlap)),
+                        now,
+                        self.lease,
+                    )
+                    .await?;
+                warn!(account = %self.name(), username = %name, version = cred.version, "a login the ledger did not know can log in: it retires after one overlap");
+                self.ctx
+                    .event(
+                        self.name(),
+                        Some(cred.version),
+                        "adopted-unknown",
+                        &format!("username={name}; retires after the overlap"),
+                    )
+                    .await;
+                report.adopted.push(name);
+            } else if !fixed {
+                self.drop_or_stick(engine.as_ref(), &name).await;
+                self.ctx
+                    .event(
+                        self.name(),
+                        None,
+                        "orphan-dropped",
+                        &format!("username={name}"),
+                    )
+                    .await;
+                report.orphans_dropped.push(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what the outbox holds for the account (consumer notifications
+    /// queued by a promotion), at least once.
+    async fn drain_outbox(&self) {
+        let items = match self.ctx.ledger.outbox_due(self.name(), self.now()).await {
+            Ok(items) => items,
+            Err(e) => {
+                warn!(account = %self.name(), error = %e, "cannot read the outbox");
+                return;
+            }
+        };
+        for item in items {
+            let outcome =
+                crate::notify::consumers(&self.ctx.inventory, self.account, item.version).await;
+            let done = match outcome {
+                Ok(()) => self.ctx.ledger.outbox_done(item.id).await,
+                Err(e) => {
+                    let cfg = &self.ctx.inventory.rotation;
+                    let attempt = (item.attempts + 1).clamp(1, 30) as u32;
+                    let retry_at =
+                        self.now() + to_chrono(backoff(attempt, cfg.retry_initial, cfg.retry_max));
+                    self.ctx.ledger.outbox_retry(item.id, retry_at, &e).await
+                }
+            };
+            if let Err(e) = done {
+                warn!(account = %self.name(), error = %e, "cannot update the outbox");
+            }
+        }
+    }
+}
+
+/// Housekeeping for one account, outside issuance: the outbox, stuck items
+/// (drops, reconciliation, stores that served a predecessor), unknown logins,
+/// and retiring credentials whose overlap ended. The caller holds the lease.
+pub async fn housekeep(
+    ctx: &Context,
+    lease: &Lease,
+    account: &Account,
+) -> Result<(), RotationError> {
+    let saga = Saga {
+        ctx,
+        account,
+        lease,
+    };
+    saga.drain_outbox().await;
+    let now = ctx.clock.now();
+    let stuck = ctx.ledger.stuck_items(Some(&account.name)).await?;
+    let due: Vec<_> = stuck.iter().filter(|i| i.retry_at <= now).collect();
+    if due.iter().any(|i| i.kind == "reconcile") {
+        if let Err(e) = saga.reconcile().await {
+            warn!(account = %account.name, error = %e, "reconciliation still fails");
+        }
+    }
+    if due.iter().any(|i| i.kind == "publish") {
+        saga.resume().await?;
+    }
+    if due
+        .iter()
+        .any(|i| matches!(i.kind.as_str(), "drop-login" | "sweep"))
+    {
+        // Logins that failed to drop are not live in the ledger: the sweep
+        // finds them again.
+        saga.sweep(&mut Recovered::default()).await;
+    }
+    for cred in ctx.ledger.live(&account.name).await? {
+        if cred.state == CredState::Retiring && cred.retire_at.is_none_or(|t| t <= now) {
+            saga.retire_or_stick(&cred).await;
         }
     }
     Ok(())
 }
 
-async fn choose_username(
+/// Retires one credential whose overlap ended. The caller holds the lease.
+pub async fn retire_leased(
     ctx: &Context,
-    engine: &dyn Engine,
+    lease: &Lease,
     account: &Account,
-    current: Option<&Credential>,
-    now: DateTime<Utc>,
-) -> Result<String, RotationError> {
-    match &account.strategy {
-        Strategy::Static { role, .. } => Ok(role.clone()),
-        Strategy::Alternating => {
-            let a = format!("{}_a", account.name);
-            let b = format!("{}_b", account.name);
-            Ok(match current {
-                Some(c) if c.username == a => b,
-                _ => a,
-            })
-        }
-        Strategy::Ephemeral => {
-            let used: Vec<String> = ctx
-                .ledger
-                .credentials(&account.name)
-                .await?
-                .into_iter()
-                .map(|c| c.username)
-                .collect();
-            // One name per second; a second rotation within the same second takes
-            // the next free second.
-            for offset in 0..120 {
-                let t = now + chrono::Duration::seconds(offset);
-                let name = format!("{}_{}", account.name, t.format("%Y%m%d%H%M%S"));
-                if !used.contains(&name) && engine.login_info(&name).await?.is_none() {
-                    return Ok(name);
-                }
-            }
-            Err(RotationError::NameExhausted {
-                account: account.name.clone(),
-            })
-        }
-    }
+    cred: &Credential,
+) -> Result<bool, RotationError> {
+    let saga = Saga {
+        ctx,
+        account,
+        lease,
+    };
+    saga.retire(cred, false).await
 }
 
-/// Retires a credential: refuses new logins, ends its sessions after the grace,
-/// and drops the login role (ephemeral). Unless `forced` (break-glass), refuses to
-/// retire a credential that has no current successor (invariant 2).
+/// Retires a credential, taking the account's lease. Unless `forced`, refuses
+/// one without a current successor or that a store still serves.
 pub async fn retire(
     ctx: &Context,
     account: &Account,
     cred: &Credential,
     forced: bool,
-) -> Result<(), RotationError> {
-    let cred = ctx.ledger.get(cred.id).await?;
-    if !cred.state.is_live() {
-        return Ok(());
-    }
-    if !forced {
-        let live = ctx.ledger.live(&account.name).await?;
-        let has_successor = live
-            .iter()
-            .any(|c| c.state == CredState::Current && c.version > cred.version);
-        if !has_successor {
-            return Err(RotationError::NotRetiring {
-                account: account.name.clone(),
-                version: cred.version,
-                state: cred.state,
-            });
-        }
-    }
-    if let Err(e) = revoke_login(ctx, account, &cred).await {
-        crate::telemetry::revocation(&account.name, false);
-        return Err(e);
-    }
-    crate::telemetry::revocation(&account.name, true);
-    ctx.ledger
-        .advance_noting(
-            &cred,
-            cred.state,
-            CredState::Revoked,
-            ctx.clock.now(),
-            "revoked",
-            &format!("username={}", cred.username),
-        )
-        .await?;
-    info!(account = %account.name, version = cred.version, username = %cred.username, "credential revoked");
-    Ok(())
+) -> Result<bool, RotationError> {
+    ctx.with_lease(&account.name, Duration::from_secs(30), |lease| async move {
+        let saga = Saga {
+            ctx,
+            account,
+            lease: &lease,
+        };
+        saga.retire(cred, forced).await
+    })
+    .await
 }
 
-async fn revoke_login(
+/// The expiry guard: after a failed rotation, while the database answers,
+/// extends the current credential so that it outlives the next retries, step by
+/// step and never beyond `issued_at + max_lifetime`. Returns the new expiry.
+/// The caller holds the lease.
+pub async fn guard_expiry(
     ctx: &Context,
+    lease: &Lease,
     account: &Account,
-    cred: &Credential,
-) -> Result<(), RotationError> {
-    let engine = ctx.engine(account);
-    let is_static = matches!(account.strategy, Strategy::Static { .. });
-    // A static role keeps its name across versions: only its newest credential may
-    // touch the role, and only in a break-glass revoke of the current one.
-    if is_static && cred.state != CredState::Current {
-        return Ok(());
+    reason: &str,
+) -> Result<Option<DateTime<Utc>>, RotationError> {
+    let Some(cur) = ctx
+        .ledger
+        .live(&account.name)
+        .await?
+        .into_iter()
+        .rev()
+        .find(|c| c.state == CredState::Current)
+    else {
+        return Ok(None);
+    };
+    if cur.strategy == "adopted" {
+        return Ok(None);
     }
-    // Refusing new logins is what revokes the credential; it must succeed.
-    engine.disable_login(&cred.username).await?;
-    // Ending sessions and dropping the role are clean-up: if they fail (an object
-    // the login owns in another database, no right to terminate backends), the
-    // credential is still revoked, and recovery's orphan sweep retries the drop.
-    // They must not block the account's next rotation.
-    if account.revoke.terminate_sessions {
-        if !account.revoke.grace.is_zero() {
-            let until = ctx.clock.now() + to_chrono(account.revoke.grace);
-            ctx.clock.sleep_until(until).await;
-        }
-        match engine.terminate_sessions(&cred.username).await {
-            Ok(0) => {}
-            Ok(n) => {
-                info!(account = %account.name, username = %cred.username, sessions = n, "ended sessions of revoked login")
-            }
-            Err(e) => {
-                warn!(account = %account.name, username = %cred.username, error = %e, "cannot end the revoked login's sessions")
-            }
-        }
+    let now = ctx.clock.now();
+    let cfg = &ctx.inventory.rotation;
+    let step = to_chrono(cfg.retry_max.max(account.overlap) + account.expiry_margin);
+    if cur.expires_at >= now + step {
+        return Ok(None);
     }
-    if matches!(account.strategy, Strategy::Ephemeral) {
-        if let Err(e) = engine.drop_login(account, &cred.username).await {
-            warn!(account = %account.name, username = %cred.username, error = %e, "revoked login refuses logins but could not be dropped; recovery retries");
-        }
+    let cap = cur.issued_at + to_chrono(account.max_lifetime);
+    let until = (now + step + step).min(cap);
+    if until <= cur.expires_at {
+        error!(account = %account.name, username = %cur.username, expires_at = %cur.expires_at, max_lifetime = %humantime::format_duration(account.max_lifetime), "rotations keep failing and the current credential has reached its max_lifetime: it will expire");
+        return Ok(None);
     }
-    Ok(())
+    let engine = ctx.engine_of(&cur)?;
+    engine.ping().await?;
+    engine.extend_login(&cur.username, until).await?;
+    ctx.ledger
+        .set_expires_at(&cur, until, now, lease)
+        .await?;
+    ctx.ledger
+        .set_extended(&account.name, Some(until), Some(reason))
+        .await?;
+    if let Err(e) = engine.claim(account, ctx.ledger.id(), now).await {
+        warn!(account = %account.name, error = %e, "cannot refresh the owner's heartbeat");
+    }
+    crate::telemetry::extended(&account.name, until.timestamp());
+    ctx.event(
+        &account.name,
+        Some(cur.version),
+        "extended",
+        &format!(
+            "expiry of {} moved from {} to {} while rotations fail",
+            cur.username,
+            cur.expires_at.to_rfc3339(),
+            until.to_rfc3339()
+        ),
+    )
+    .await;
+    warn!(account = %account.name, username = %cur.username, from = %cur.expires_at, until = %until, "rotations are failing: extended the current credential's expiry");
+    Ok(Some(until))
 }
 
 /// Break-glass: revokes the account's retiring credentials, and unless
 /// `previous_only` its current one too, then suspends the account until an
-/// explicit rotate. The caller holds the lease.
+/// explicit rotate. The suspension (the intent) is recorded before the first
+/// side effect, so a crash half-way is finished by recovery, never undone.
+/// The caller holds the lease.
 pub async fn revoke(
     ctx: &Context,
+    lease: &Lease,
     account: &Account,
     previous_only: bool,
 ) -> Result<Vec<String>, RotationError> {
-    let mut revoked = Vec::new();
     if !previous_only {
-        // Suspend first: a crash half-way must not lead to a re-issue on restart.
         ctx.ledger.set_suspended(&account.name, true).await?;
-    }
-    let live = ctx.ledger.live(&account.name).await?;
-    for cred in &live {
-        let take = match cred.state {
-            CredState::Retiring => true,
-            _ => !previous_only,
-        };
-        if !take {
-            continue;
-        }
-        if cred.state.is_middle() {
-            rollback_login(ctx, account, cred, None).await?;
-            ctx.ledger
-                .advance(cred, cred.state, CredState::Aborted, ctx.clock.now())
-                .await?;
-        } else {
-            retire(ctx, account, cred, true).await?;
-        }
-        revoked.push(cred.username.clone());
-    }
-    if !previous_only {
         ctx.event(
             &account.name,
             None,
@@ -709,7 +1517,44 @@ pub async fn revoke(
         )
         .await;
     }
-    Ok(revoked)
+    let saga = Saga {
+        ctx,
+        account,
+        lease,
+    };
+    saga.revoke_live(previous_only).await
+}
+
+impl Saga<'_> {
+    async fn revoke_live(&self, previous_only: bool) -> Result<Vec<String>, RotationError> {
+        let mut revoked = Vec::new();
+        for cred in self.ctx.ledger.live(self.name()).await? {
+            let take = match cred.state {
+                CredState::Retiring => true,
+                _ => !previous_only,
+            };
+            if !take {
+                continue;
+            }
+            if cred.state.is_middle() {
+                self.rollback_login(&cred, None).await?;
+                self.ctx
+                    .ledger
+                    .advance(
+                        &cred,
+                        cred.state,
+                        CredState::Aborted,
+                        self.now(),
+                        self.lease,
+                    )
+                    .await?;
+            } else {
+                self.retire(&cred, true).await?;
+            }
+            revoked.push(cred.username.clone());
+        }
+        Ok(revoked)
+    }
 }
 
 /// Recovers every account of the inventory (start-up reconciliation).
@@ -745,12 +1590,7 @@ pub async fn recover(ctx: &Context) -> Vec<(String, Result<Recovered, RotationEr
         jobs.push(Box::pin(async move {
             let r = match down.get(&account.database) {
                 Some(why) => Err(RotationError::Unavailable(why.clone())),
-                None => {
-                    ctx.with_lease(&account.name, Duration::from_secs(30), || {
-                        recover_account(ctx, account)
-                    })
-                    .await
-                }
+                None => recover_account(ctx, account).await,
             };
             (account.name.clone(), r)
         }));
@@ -761,194 +1601,74 @@ pub async fn recover(ctx: &Context) -> Vec<(String, Result<Recovered, RotationEr
         .await
 }
 
-/// Finishes or rolls back what a crash left for one account and drops login roles
-/// that the ledger does not know. The caller holds the lease.
+/// Recovers one account, taking its lease (waiting up to 30 s).
 pub async fn recover_account(ctx: &Context, account: &Account) -> Result<Recovered, RotationError> {
-    let engine = ctx.engine(account);
-    let mut report = Recovered::default();
-    for cred in ctx.ledger.live(&account.name).await? {
-        match cred.state {
-            CredState::Planned | CredState::Created => {
-                // The password died with the process; no store has seen it.
-                rollback_login(ctx, account, &cred, None).await?;
-                ctx.ledger
-                    .advance_noting(
-                        &cred,
-                        cred.state,
-                        CredState::Aborted,
-                        ctx.clock.now(),
-                        "rolled-back",
-                        &format!("recovered from state {}", cred.state),
-                    )
-                    .await?;
-                report.rolled_back.push(cred.username.clone());
-                if matches!(account.strategy, Strategy::Static { .. }) {
-                    // The role's password may already be the lost one.
-                    report.rotate_now = true;
-                }
-            }
-            CredState::Verified | CredState::Published => {
-                let stores = ctx.stores_of(account);
-                // A store holds it if it serves it, or if the ledger recorded
-                // that the publish (for AWS: the AWSPENDING stage) succeeded.
-                let mut held: Vec<&Arc<dyn Store>> = Vec::new();
-                for s in &stores {
-                    if cred.stores.iter().any(|n| n == s.name())
-                        || s.current_version(&account.name, &account.path).await?
-                            == Some(cred.version)
-                    {
-                        held.push(s);
-                    }
-                }
-                let holders = held.len();
-                if holders == 0 {
-                    // No store serves it; drop any stage a crash left behind.
-                    for s in &stores {
-                        s.discard(&account.name, &account.path, cred.version)
-                            .await?;
-                    }
-                    rollback_login(ctx, account, &cred, None).await?;
-                    ctx.ledger
-                        .advance_noting(
-                            &cred,
-                            cred.state,
-                            CredState::Aborted,
-                            ctx.clock.now(),
-                            "rolled-back",
-                            "no store holds it",
-                        )
-                        .await?;
-                    report.rolled_back.push(cred.username.clone());
-                    if matches!(account.strategy, Strategy::Static { .. }) {
-                        report.rotate_now = true;
-                    }
-                } else {
-                    // Some store serves it and it logged in: finish the publish
-                    // (promote it in every store that holds it, idempotent) and
-                    // make it current so that its predecessor retires after a
-                    // full overlap.
-                    for s in &held {
-                        s.promote(&account.name, &account.path, cred.version)
-                            .await?;
-                    }
-                    if cred.state == CredState::Verified {
-                        ctx.ledger
-                            .advance(
-                                &cred,
-                                CredState::Verified,
-                                CredState::Published,
-                                ctx.clock.now(),
-                            )
-                            .await?;
-                    }
-                    let now = ctx.clock.now();
-                    let prev = ctx
-                        .ledger
-                        .live(&account.name)
-                        .await?
-                        .into_iter()
-                        .rev()
-                        .find(|c| c.state == CredState::Current);
-                    ctx.ledger
-                        .promote(&cred, prev.as_ref(), now + to_chrono(account.overlap), now)
-                        .await?;
-                    ctx.ledger
-                        .record_success(
-                            &account.name,
-                            now,
-                            account.schedule.next_after(cred.issued_at),
-                        )
-                        .await?;
-                    ctx.event(
-                        &account.name,
-                        Some(cred.version),
-                        "recovered",
-                        &format!("promoted; {holders} of {} stores held it", stores.len()),
-                    )
-                    .await;
-                    report.promoted.push(cred.username.clone());
-                    // The crash may have come before consumers were told.
-                    crate::notify::consumers(&ctx.inventory, account, cred.version).await;
-                    if holders < stores.len() {
-                        report.rotate_now = true;
-                    }
-                    if let Some(prev) = prev {
-                        if matches!(account.strategy, Strategy::Static { .. })
-                            || account.overlap.is_zero()
-                        {
-                            let prev = ctx.ledger.get(prev.id).await?;
-                            retire(ctx, account, &prev, false).await?;
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+    ctx.with_lease(&account.name, Duration::from_secs(30), |lease| async move {
+        recover_leased(ctx, &lease, account).await
+    })
+    .await
+}
 
-    // Login roles this account owns in the database that the ledger does not list
-    // as live were left by a crash before the ledger learned of them, or by a
-    // lost ledger: nobody holds their password, so drop them.
-    let live = ctx.ledger.live(&account.name).await?;
-    for name in engine.managed_logins(account).await? {
-        if !live.iter().any(|c| c.username == name) {
-            engine.drop_login(account, &name).await?;
-            ctx.event(
-                &account.name,
-                None,
-                "orphan-dropped",
-                &format!("username={name}"),
-            )
-            .await;
-            warn!(account = %account.name, username = %name, "dropped a login role the ledger does not know");
-            report.orphans_dropped.push(name);
-        }
+/// Finishes or rolls back what a crash left for one account (the same steps
+/// the forward path uses), rebuilds a lost ledger from the stores, records
+/// login roles the ledger does not know, finishes an interrupted break-glass
+/// revoke and sends queued notifications. The caller holds the lease.
+pub async fn recover_leased(
+    ctx: &Context,
+    lease: &Lease,
+    account: &Account,
+) -> Result<Recovered, RotationError> {
+    let saga = Saga {
+        ctx,
+        account,
+        lease,
+    };
+    let state = ctx.ledger.account(&account.name).await?;
+    // Nothing exists yet for a brand-new account: its first issue does it all.
+    if saga.engine().owner(account).await?.is_none()
+        && ctx.ledger.live(&account.name).await?.is_empty()
+    {
+        return Ok(Recovered {
+            rotate_now: !state.suspended,
+            ..Recovered::default()
+        });
     }
-
-    // An alternating role that can log in although no live credential uses it
-    // holds a password nobody knows: refuse its logins until its next turn.
-    if matches!(account.strategy, Strategy::Alternating) {
-        for suffix in ["a", "b"] {
-            let name = format!("{}_{suffix}", account.name);
-            if live.iter().any(|c| c.username == name) {
-                continue;
-            }
-            if engine.login_info(&name).await?.is_some_and(|i| i.can_login) {
-                engine.disable_login(&name).await?;
-                ctx.event(
-                    &account.name,
-                    None,
-                    "orphan-disabled",
-                    &format!("username={name}"),
-                )
-                .await;
-                warn!(account = %account.name, username = %name, "disabled an alternating login the ledger does not know as live");
-                report.orphans_dropped.push(name);
-            }
-        }
+    saga.ensure_owner(state.foreign_owner.is_some()).await?;
+    let mut report = saga.resume().await?;
+    if let Some(name) = saga.rebuild().await? {
+        report.adopted.push(name);
     }
+    saga.sweep(&mut report).await;
+    if state.suspended {
+        // A break-glass revoke was interrupted: finish it.
+        let revoked = saga.revoke_live(false).await?;
+        if !revoked.is_empty() {
+            warn!(account = %account.name, revoked = ?revoked, "finished an interrupted break-glass revoke");
+        }
+        return Ok(report);
+    }
+    saga.drain_outbox().await;
 
     // A current credential that no longer logs in (dropped or expired behind our
     // back) must be replaced now.
-    if let Some(cur) = live.iter().rev().find(|c| c.state == CredState::Current) {
-        let adopted = cur.strategy == "adopted";
-        if !adopted {
-            match engine.login_info(&cur.username).await? {
-                Some(info)
-                    if info.can_login && info.valid_until.is_none_or(|v| v > ctx.clock.now()) => {}
-                _ => {
-                    warn!(account = %account.name, username = %cur.username, "current credential cannot log in; rotating now");
-                    report.rotate_now = true;
-                }
+    let live = ctx.ledger.live(&account.name).await?;
+    match live.iter().rev().find(|c| c.state == CredState::Current) {
+        Some(cur) if cur.strategy != "adopted" => match saga.engine().login_info(&cur.username).await? {
+            Some(info) if info.can_login && info.valid_until.is_none_or(|v| v > ctx.clock.now()) => {}
+            _ => {
+                warn!(account = %account.name, username = %cur.username, "current credential cannot log in; rotating now");
+                report.rotate_now = true;
             }
-        }
+        },
+        Some(_) => {}
+        None => report.rotate_now = true,
     }
     Ok(report)
 }
 
 /// Records an existing static role as the account's current credential without
 /// changing it (`adopt: true`). Its first rotation is the next scheduled fire.
-pub async fn adopt(ctx: &Context, account: &Account) -> Result<(), RotationError> {
+pub async fn adopt(ctx: &Context, lease: &Lease, account: &Account) -> Result<(), RotationError> {
     let Strategy::Static { role, adopt: true } = &account.strategy else {
         return Ok(());
     };
@@ -956,7 +1676,7 @@ pub async fn adopt(ctx: &Context, account: &Account) -> Result<(), RotationError
     let next = account.schedule.next_after(now);
     let cred = ctx
         .ledger
-        .plan(
+        .adopt(
             NewCredential {
                 account: &account.name,
                 database: &account.database,
@@ -965,17 +1685,13 @@ pub async fn adopt(ctx: &Context, account: &Account) -> Result<(), RotationError
                 issued_at: now,
                 expires_at: next.unwrap_or(now),
             },
+            CredState::Current,
+            None,
+            None,
             now,
+            lease,
         )
         .await?;
-    for (from, to) in [
-        (CredState::Planned, CredState::Created),
-        (CredState::Created, CredState::Verified),
-        (CredState::Verified, CredState::Published),
-    ] {
-        ctx.ledger.advance(&cred, from, to, now).await?;
-    }
-    ctx.ledger.promote(&cred, None, now, now).await?;
     ctx.ledger.record_success(&account.name, now, next).await?;
     ctx.event(
         &account.name,

@@ -8,19 +8,21 @@
 //! event, a finished task or shutdown. Every task it spawns lives in its
 //! `JoinSet` and is joined before `run` returns.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::Semaphore;
+use futures::FutureExt;
+use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::inventory::{Account, Strategy};
 use crate::ledger::{AccountState, CredState, Credential, LedgerError};
-use crate::rotation::{self, Context, RotationError};
+use crate::rotation::{self, Context, RotationError, Trigger};
 use crate::schedule::{backoff, to_chrono};
 
 /// Longest sleep between two looks at the ledger, so that a rotation made by a
@@ -42,12 +44,16 @@ pub enum Due {
         at: DateTime<Utc>,
         cred: i64,
     },
+    /// Stuck items to retry or an outbox item to send.
+    Housekeep {
+        at: DateTime<Utc>,
+    },
 }
 
 impl Due {
     pub fn at(&self) -> DateTime<Utc> {
         match self {
-            Due::Rotate { at, .. } | Due::Retire { at, .. } => *at,
+            Due::Rotate { at, .. } | Due::Retire { at, .. } | Due::Housekeep { at } => *at,
         }
     }
 }
@@ -88,8 +94,21 @@ pub fn due(
 
 /// A request from outside the loop.
 pub enum Control {
-    /// Rotate these accounts now (all if empty).
+    /// Rotate these accounts now (all if empty): SIGUSR1. Suspended accounts
+    /// are skipped.
     RotateNow(Vec<String>),
+    /// An operator's `rotate ACCOUNT` (admin API): runs in a task the scheduler
+    /// owns, so a client that goes away does not cancel it; lifts a suspension.
+    Rotate {
+        account: String,
+        reply: oneshot::Sender<Result<rotation::Rotated, RotationError>>,
+    },
+    /// A break-glass revoke (admin API), run like [`Control::Rotate`].
+    Revoke {
+        account: String,
+        previous_only: bool,
+        reply: oneshot::Sender<Result<Vec<String>, RotationError>>,
+    },
     /// Swap in a freshly validated inventory (reload).
     Reload(Arc<Context>),
     /// Look at the ledger again now (another path changed it).
@@ -99,9 +118,20 @@ pub enum Control {
 }
 
 enum Done {
-    Rotated(String, Result<rotation::Rotated, RotationError>, Duration),
-    Retired(String, Result<(), RotationError>),
+    Rotated(
+        String,
+        Result<rotation::Rotated, RotationError>,
+        Duration,
+        Trigger,
+    ),
+    Housekept(String, Result<(), RotationError>),
+    Revoked(String),
 }
+
+/// A rotation the loop still owes: its trigger and, for an operator's request,
+/// where to send the result.
+type Reply = oneshot::Sender<Result<rotation::Rotated, RotationError>>;
+type RevokeReply = oneshot::Sender<Result<Vec<String>, RotationError>>;
 
 /// Runs the daemon loop until `shutdown` resolves. Recovery runs first.
 pub async fn run(
@@ -120,7 +150,8 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(usize),
 ) -> Result<(), LedgerError> {
-    let mut forced: HashSet<String> = HashSet::new();
+    // Rotations owed to an account, by trigger (the strongest wins).
+    let mut forced: BTreeMap<String, Trigger> = BTreeMap::new();
     tokio::pin!(shutdown);
     // Start-up recovery, abandoned (resumably) if we are told to stop.
     let recovered = tokio::select! {
@@ -134,13 +165,14 @@ pub async fn run_with(
         match result {
             Ok(r) => {
                 if r.rotate_now {
-                    forced.insert(account.clone());
+                    forced.entry(account.clone()).or_insert(Trigger::Schedule);
                 }
                 if !(r.rolled_back.is_empty()
                     && r.promoted.is_empty()
-                    && r.orphans_dropped.is_empty())
+                    && r.orphans_dropped.is_empty()
+                    && r.adopted.is_empty())
                 {
-                    info!(%account, rolled_back = ?r.rolled_back, promoted = ?r.promoted, orphans = ?r.orphans_dropped, "recovered");
+                    info!(%account, rolled_back = ?r.rolled_back, promoted = ?r.promoted, orphans = ?r.orphans_dropped, adopted = ?r.adopted, "recovered");
                 }
             }
             Err(e) => {
@@ -152,12 +184,16 @@ pub async fn run_with(
         if let Strategy::Static { adopt: true, .. } = account.strategy {
             if ctx.ledger.live(&account.name).await?.is_empty() {
                 let res = ctx
-                    .with_lease(&account.name, Duration::from_secs(30), || {
-                        rotation::adopt(&ctx, account)
+                    .with_lease(&account.name, Duration::from_secs(30), |lease| {
+                        let ctx = &ctx;
+                        async move { rotation::adopt(ctx, &lease, account).await }
                     })
                     .await;
-                if let Err(e) = res {
-                    warn!(account = %account.name, error = %e, "cannot adopt static role");
+                match res {
+                    Ok(()) => {
+                        forced.remove(&account.name);
+                    }
+                    Err(e) => warn!(account = %account.name, error = %e, "cannot adopt static role"),
                 }
             }
         }
@@ -168,18 +204,27 @@ pub async fn run_with(
     let permits = Arc::new(Semaphore::new(ctx.inventory.rotation.concurrency));
     let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut busy: HashSet<String> = HashSet::new();
-    // Accounts held back until a time: their last revocation failed, or another
-    // process held their lease.
+    // Accounts held back until a time: another process held their lease, or
+    // another ledger owns them.
     let mut hold: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+    // Housekeeping that just ran and found nothing more to do before then.
+    let mut hk_hold: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+    let mut replies: BTreeMap<String, VecDeque<Reply>> = BTreeMap::new();
+    let mut revokes: BTreeMap<String, VecDeque<(bool, RevokeReply)>> = BTreeMap::new();
     let mut ledger_failures = 0u32;
 
     loop {
         let now = ctx.clock.now();
         // The ledger being unreadable (disk, locks) is waited out, not fatal.
         let read = async {
-            Ok::<_, LedgerError>((ctx.ledger.accounts().await?, ctx.ledger.all_live().await?))
+            Ok::<_, LedgerError>((
+                ctx.ledger.accounts().await?,
+                ctx.ledger.all_live().await?,
+                ctx.ledger.stuck_items(None).await?,
+                ctx.ledger.outbox().await?,
+            ))
         };
-        let (mut states, live) = match read.await {
+        let (mut states, live, stuck, outbox) = match read.await {
             Ok(v) => {
                 ledger_failures = 0;
                 v
@@ -204,55 +249,125 @@ pub async fn run_with(
                 ..AccountState::default()
             });
         }
-        publish_schedule(&ctx, &states, &live, now);
+        publish_schedule(&ctx, &states, &live, &stuck, now);
         let mut wake = now + to_chrono(LEDGER_REFRESH);
         for account in ctx.inventory.accounts.values() {
-            if busy.contains(&account.name) {
+            let name = &account.name;
+            if busy.contains(name) {
                 continue;
             }
-            let mine: Vec<&Credential> =
-                live.iter().filter(|c| c.account == account.name).collect();
-            let mut items = due(account, &states[&account.name], &mine, now);
-            if let Some(until) = hold.get(&account.name) {
+            if let Some(until) = hold.get(name) {
                 if *until > now {
                     // A requested rotation stays requested until the hold ends.
                     wake = wake.min(*until);
                     continue;
                 }
             }
-            if forced.remove(&account.name) {
-                items.insert(
+            let state = &states[name];
+            // A break-glass revoke comes first.
+            if let Some((previous_only, reply)) = revokes.get_mut(name).and_then(|q| q.pop_front()) {
+                busy.insert(name.clone());
+                let (ctx, name) = (ctx.clone(), name.clone());
+                tasks.spawn(guarded(name.clone(), async move {
+                    let res = revoke_account(&ctx, &name, previous_only).await;
+                    let _ = reply.send(res);
+                    Done::Revoked(name)
+                }));
+                continue;
+            }
+            let mine: Vec<&Credential> = live.iter().filter(|c| &c.account == name).collect();
+            let mut items = due(account, state, &mine, now);
+            let hk_floor = hk_hold.get(name).copied().unwrap_or(now);
+            let housekeeping_at = stuck
+                .iter()
+                .filter(|i| &i.account == name)
+                .map(|i| i.retry_at)
+                .chain(outbox.iter().filter(|o| &o.account == name).map(|o| o.retry_at))
+                .min();
+            if let Some(at) = housekeeping_at {
+                items.push(Due::Housekeep { at });
+            }
+            for item in &mut items {
+                match item {
+                    Due::Retire { at, .. } | Due::Housekeep { at } => *at = (*at).max(hk_floor),
+                    Due::Rotate { .. } => {}
+                }
+            }
+            let explicit = replies.get(name).is_some_and(|q| !q.is_empty());
+            let trigger = if explicit {
+                Some(Trigger::Explicit)
+            } else {
+                forced.get(name).copied()
+            };
+            match trigger {
+                Some(Trigger::Explicit) => items.insert(
                     0,
                     Due::Rotate {
                         at: now,
                         why: "requested",
                     },
-                );
+                ),
+                // Only an operator naming the account lifts a suspension.
+                Some(_) if state.suspended => {
+                    forced.remove(name);
+                }
+                Some(_) => items.insert(
+                    0,
+                    Due::Rotate {
+                        at: now,
+                        why: "requested",
+                    },
+                ),
+                None => {}
             }
+            items.sort_by_key(Due::at);
             let Some(first) = items.first() else { continue };
             if first.at() > now {
                 wake = wake.min(first.at());
                 continue;
             }
-            busy.insert(account.name.clone());
+            busy.insert(name.clone());
             let ctx = ctx.clone();
             let permits = permits.clone();
-            let name = account.name.clone();
+            let name = name.clone();
             match first.clone() {
                 Due::Rotate { why, .. } => {
-                    tasks.spawn(async move {
+                    let trigger = trigger.unwrap_or(Trigger::Schedule);
+                    forced.remove(&name);
+                    let reply = if trigger == Trigger::Explicit {
+                        replies.get_mut(&name).and_then(|q| q.pop_front())
+                    } else {
+                        None
+                    };
+                    tasks.spawn(guarded(name.clone(), async move {
                         let _permit = permits.acquire_owned().await;
                         let started = std::time::Instant::now();
-                        let res = rotate_one(&ctx, &name, why).await;
-                        Done::Rotated(name, res, started.elapsed())
-                    });
+                        info!(account = %name, reason = why, "rotating");
+                        let wait = if reply.is_some() { Duration::from_secs(60) } else { Duration::ZERO };
+                        let res = rotate_account(&ctx, &name, trigger, wait).await;
+                        let took = started.elapsed();
+                        let res = match reply {
+                            Some(reply) => {
+                                observe_rotation(&ctx, &name, &res, took).await;
+                                // The caller may be gone; the work is done either way.
+                                let _ = reply.send(res);
+                                Ok(None)
+                            }
+                            None => res.map(Some),
+                        };
+                        match res {
+                            Ok(Some(r)) => Done::Rotated(name, Ok(r), took, trigger),
+                            Ok(None) => Done::Housekept(name, Ok(())),
+                            Err(e) => Done::Rotated(name, Err(e), took, trigger),
+                        }
+                    }));
                 }
-                Due::Retire { cred, .. } => {
-                    tasks.spawn(async move {
+                Due::Retire { .. } | Due::Housekeep { .. } => {
+                    tasks.spawn(guarded(name.clone(), async move {
                         let _permit = permits.acquire_owned().await;
-                        let res = retire_one(&ctx, &name, cred).await;
-                        Done::Retired(name, res)
-                    });
+                        let res = housekeep_account(&ctx, &name).await;
+                        Done::Housekept(name, res)
+                    }));
                 }
             }
         }
@@ -262,12 +377,35 @@ pub async fn run_with(
             Some(msg) = control.recv() => match msg {
                 Control::RotateNow(names) => {
                     let names = if names.is_empty() { ctx.inventory.accounts.keys().cloned().collect() } else { names };
-                    forced.extend(names.into_iter().filter(|n| ctx.inventory.accounts.contains_key(n)));
+                    for n in names.into_iter().filter(|n| ctx.inventory.accounts.contains_key(n)) {
+                        if states.get(&n).is_some_and(|s| s.suspended) {
+                            info!(account = %n, "suspended by a break-glass revoke; not rotated by a rotate-all (rotate it by name)");
+                            continue;
+                        }
+                        forced.insert(n, Trigger::Forced);
+                    }
+                }
+                Control::Rotate { account, reply } => {
+                    if ctx.inventory.accounts.contains_key(&account) {
+                        hold.remove(&account);
+                        replies.entry(account).or_default().push_back(reply);
+                    } else {
+                        let _ = reply.send(Err(RotationError::UnknownAccount(account)));
+                    }
+                }
+                Control::Revoke { account, previous_only, reply } => {
+                    if ctx.inventory.accounts.contains_key(&account) {
+                        hold.remove(&account);
+                        revokes.entry(account).or_default().push_back((previous_only, reply));
+                    } else {
+                        let _ = reply.send(Err(RotationError::UnknownAccount(account)));
+                    }
                 }
                 Control::Reload(fresh) => {
                     // In-flight tasks keep the context they started with.
                     ctx = fresh;
                     hold.retain(|name, _| ctx.inventory.accounts.contains_key(name));
+                    forced.retain(|name, _| ctx.inventory.accounts.contains_key(name));
                 }
                 Control::Wake => {}
                 Control::Ping(reply) => {
@@ -275,15 +413,13 @@ pub async fn run_with(
                 }
             },
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                match joined {
-                    Ok(done) => handle_done(&ctx, done, &mut busy, &mut hold).await,
-                    Err(e) => error!(error = %e, "a rotation task panicked"),
-                }
+                let mut joined = Some(joined);
                 // Drain whatever else finished without another full pass per task.
-                while let Some(joined) = tasks.try_join_next() {
-                    match joined {
-                        Ok(done) => handle_done(&ctx, done, &mut busy, &mut hold).await,
-                        Err(e) => error!(error = %e, "a rotation task panicked"),
+                while let Some(j) = joined.take().or_else(|| tasks.try_join_next()) {
+                    match j {
+                        Ok(done) => handle_done(&ctx, done, &mut busy, &mut hold, &mut hk_hold, &mut forced).await,
+                        // `guarded` turns panics into results; only an abort lands here.
+                        Err(e) => error!(error = %e, "a saga task was aborted"),
                     }
                 }
             }
@@ -298,26 +434,53 @@ pub async fn run_with(
     let drain = async {
         while let Some(joined) = tasks.join_next().await {
             if let Ok(done) = joined {
-                handle_done(&ctx, done, &mut busy, &mut hold).await;
+                handle_done(&ctx, done, &mut busy, &mut hold, &mut hk_hold, &mut forced).await;
             }
         }
     };
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
         warn!("in-flight steps did not finish in time; the next start resumes them");
         tasks.shutdown().await;
+        if let Err(e) = ctx.ledger.release_all_mine().await {
+            warn!(error = %e, "cannot release the abandoned sagas' leases; they expire on their own");
+        }
     }
     Ok(())
 }
 
-/// Exports each account's expiry and next rotation, and a systemd status line.
+/// Runs a saga task so that a panic anywhere in it becomes a recorded failure
+/// that frees its account, never a task the loop cannot attribute.
+async fn guarded(name: String, fut: impl Future<Output = Done>) -> Done {
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(done) => done,
+        Err(panic) => {
+            let message = rotation::panic_message(&panic);
+            error!(account = %name, error = %message, "saga task panicked");
+            Done::Rotated(
+                name.clone(),
+                Err(RotationError::Panicked {
+                    account: name,
+                    message,
+                }),
+                Duration::ZERO,
+                Trigger::Schedule,
+            )
+        }
+    }
+}
+
+/// Exports each account's expiry, next rotation and housekeeping state, and a
+/// systemd status line.
 fn publish_schedule(
     ctx: &Context,
     states: &BTreeMap<String, AccountState>,
     live: &[Credential],
+    stuck: &[crate::ledger::StuckItem],
     now: DateTime<Utc>,
 ) {
     let mut next: Option<(DateTime<Utc>, &str)> = None;
     let mut failing = 0;
+    let mut stuck_total = 0;
     for account in ctx.inventory.accounts.values() {
         let mine: Vec<&Credential> = live.iter().filter(|c| c.account == account.name).collect();
         let state = &states[&account.name];
@@ -330,9 +493,17 @@ fn publish_schedule(
             .into_iter()
             .find_map(|d| match d {
                 Due::Rotate { at, .. } => Some(at),
-                Due::Retire { .. } => None,
+                _ => None,
             });
         crate::telemetry::schedule(&account.name, expiry, rotate_at.map(|t| t.timestamp()));
+        let n_stuck = stuck.iter().filter(|i| i.account == account.name).count();
+        stuck_total += n_stuck;
+        crate::telemetry::housekeeping(
+            &account.name,
+            n_stuck,
+            state.extended_until.map(|t| t.timestamp()),
+            state.foreign_owner.is_some(),
+        );
         if let Some(at) = rotate_at {
             if next.is_none_or(|(n, _)| at < n) {
                 next = Some((at, &account.name));
@@ -352,28 +523,66 @@ fn publish_schedule(
     if failing > 0 {
         line.push_str(&format!("; {failing} failing"));
     }
+    if stuck_total > 0 {
+        line.push_str(&format!("; {stuck_total} stuck items"));
+    }
     crate::systemd::status(&line);
 }
 
-async fn rotate_one(
+/// Rotates one account holding its lease (waiting up to `wait`), and when the
+/// rotation fails while the database answers, lets the expiry guard extend
+/// the current credential. Used by the scheduler, the admin API and the CLI.
+pub async fn rotate_account(
     ctx: &Context,
     name: &str,
-    why: &'static str,
+    trigger: Trigger,
+    wait: Duration,
 ) -> Result<rotation::Rotated, RotationError> {
     let account = ctx.account(name)?;
-    info!(account = name, reason = why, "rotating");
-    ctx.with_lease(name, Duration::ZERO, || rotation::rotate(ctx, account))
-        .await
+    ctx.with_lease(name, wait, |lease| async move {
+        let res = rotation::rotate_leased(ctx, &lease, account, trigger).await;
+        if let Err(e) = &res {
+            if guards_expiry(e) {
+                if let Err(ge) = rotation::guard_expiry(ctx, &lease, account, &e.to_string()).await
+                {
+                    warn!(account = %name, error = %ge, "cannot extend the current credential's expiry");
+                }
+            }
+        }
+        res
+    })
+    .await
 }
 
-async fn retire_one(ctx: &Context, name: &str, cred: i64) -> Result<(), RotationError> {
+/// Whether a failed rotation should make the expiry guard look at the current
+/// credential: not when nothing was attempted.
+fn guards_expiry(e: &RotationError) -> bool {
+    !matches!(
+        e,
+        RotationError::Busy(_)
+            | RotationError::Suspended(_)
+            | RotationError::NotOwner { .. }
+            | RotationError::UnknownAccount(_)
+            | RotationError::Crash(_)
+    )
+}
+
+async fn housekeep_account(ctx: &Context, name: &str) -> Result<(), RotationError> {
     let account = ctx.account(name)?;
-    ctx.with_lease(name, Duration::ZERO, || async {
-        let c = ctx.ledger.get(cred).await?;
-        if c.state != CredState::Retiring {
-            return Ok(());
-        }
-        rotation::retire(ctx, account, &c, false).await
+    ctx.with_lease(name, Duration::ZERO, |lease| async move {
+        rotation::housekeep(ctx, &lease, account).await
+    })
+    .await
+}
+
+async fn revoke_account(
+    ctx: &Context,
+    name: &str,
+    previous_only: bool,
+) -> Result<Vec<String>, RotationError> {
+    let account = ctx.account(name)?;
+    ctx.with_lease(name, Duration::from_secs(60), |lease| async move {
+        rotation::revoke(ctx, &lease, account, previous_only).await
     })
     .await
 }
@@ -383,16 +592,33 @@ async fn handle_done(
     done: Done,
     busy: &mut HashSet<String>,
     hold: &mut BTreeMap<String, DateTime<Utc>>,
+    hk_hold: &mut BTreeMap<String, DateTime<Utc>>,
+    forced: &mut BTreeMap<String, Trigger>,
 ) {
+    let now = ctx.clock.now();
     match done {
-        Done::Rotated(name, Err(RotationError::Busy(_)), _)
-        | Done::Retired(name, Err(RotationError::Busy(_))) => {
+        Done::Rotated(name, Err(RotationError::Busy(_)), _, trigger) => {
             // Another process (a `credrotd rotate`) is working on it: not a
-            // failure; look again shortly.
+            // failure; a requested rotation stays requested; look again shortly.
             busy.remove(&name);
-            hold.insert(name, ctx.clock.now() + chrono::Duration::seconds(5));
+            if trigger != Trigger::Schedule {
+                forced.entry(name.clone()).or_insert(trigger);
+            }
+            hold.insert(name, now + chrono::Duration::seconds(5));
         }
-        Done::Rotated(name, res, took) => {
+        Done::Housekept(name, Err(RotationError::Busy(_))) => {
+            busy.remove(&name);
+            hold.insert(name, now + chrono::Duration::seconds(5));
+        }
+        Done::Rotated(name, Err(RotationError::NotOwner { until, .. }), _, _) => {
+            busy.remove(&name);
+            let cap = now + to_chrono(LEDGER_REFRESH);
+            hold.insert(name, until.map_or(cap, |u| u.min(cap).max(now)));
+        }
+        Done::Rotated(name, Err(RotationError::Suspended(_)), _, _) => {
+            busy.remove(&name);
+        }
+        Done::Rotated(name, res, took, _) => {
             busy.remove(&name);
             hold.remove(&name);
             // Mirror the backoff in memory too, so that a ledger that cannot
@@ -401,19 +627,18 @@ async fn handle_done(
                 hold.insert(name, retry_at);
             }
         }
-        Done::Retired(name, res) => {
+        Done::Housekept(name, res) => {
             busy.remove(&name);
-            match res {
-                Ok(()) => {
-                    hold.remove(&name);
-                }
-                Err(e) => {
-                    let until = ctx.clock.now() + to_chrono(ctx.inventory.rotation.retry_initial);
-                    count_error(&e);
-                    warn!(account = %name, error = %e, retry_at = %until, "revocation failed; will retry");
-                    hold.insert(name, until);
-                }
+            if let Err(e) = res {
+                count_error(&e);
+                warn!(account = %name, error = %e, "housekeeping failed; will retry");
             }
+            // What is still stuck carries its own retry time; this only keeps an
+            // item that made no progress from running again at once.
+            hk_hold.insert(name, now + to_chrono(ctx.inventory.rotation.retry_initial));
+        }
+        Done::Revoked(name) => {
+            busy.remove(&name);
         }
     }
 }
@@ -433,7 +658,11 @@ pub async fn observe_rotation(
             info!(account = %name, version = r.version, username = %r.username, expires_at = %r.expires_at, "rotation complete");
             None
         }
-        Err(RotationError::Busy(_)) => None,
+        Err(
+            RotationError::Busy(_)
+            | RotationError::Suspended(_)
+            | RotationError::NotOwner { .. },
+        ) => None,
         Err(e) => {
             crate::telemetry::rotation(name, false, took.as_secs_f64());
             count_error(e);

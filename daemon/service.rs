@@ -83,6 +83,7 @@ pub async fn context(
     inventory: Inventory,
     clock: SharedClock,
     ledger: Option<Ledger>,
+    take_over: bool,
 ) -> Result<Context, StartError> {
     let ledger = match ledger {
         Some(l) => l,
@@ -96,6 +97,7 @@ pub async fn context(
         stores,
         ledger,
         clock,
+        take_over,
         crash_after: None,
     })
 }
@@ -140,19 +142,22 @@ impl Service {
         })
     }
 
+    /// An operator's rotation. It runs in a task the scheduler owns: if the
+    /// client goes away, the rotation still finishes (and is recorded).
     pub async fn rotate(&self, name: &str) -> Result<RotateResponse, ApiError> {
         let ctx = self.ctx();
-        let account = ctx.account(name)?.clone();
-        let started = std::time::Instant::now();
-        let res = ctx
-            .with_lease(name, Duration::from_secs(60), || async {
-                rotation::rotate(&ctx, &account).await
+        ctx.account(name)?;
+        let (reply, result) = tokio::sync::oneshot::channel();
+        self.control
+            .send(Control::Rotate {
+                account: name.to_owned(),
+                reply,
             })
-            .await;
-        scheduler::observe_rotation(&ctx, name, &res, started.elapsed()).await;
-        // The scheduler re-reads the ledger: the new overlap deadline is its job.
-        let _ = self.control.send(Control::Wake).await;
-        let r = res?;
+            .await
+            .map_err(|_| ApiError::Failed("the scheduler is shutting down".into()))?;
+        let r = result
+            .await
+            .map_err(|_| ApiError::Failed("the scheduler is shutting down".into()))??;
         Ok(RotateResponse {
             account: r.account,
             version: r.version,
@@ -167,13 +172,19 @@ impl Service {
         previous_only: bool,
     ) -> Result<RevokeResponse, ApiError> {
         let ctx = self.ctx();
-        let account = ctx.account(name)?.clone();
-        let revoked = ctx
-            .with_lease(name, Duration::from_secs(60), || {
-                rotation::revoke(&ctx, &account, previous_only)
+        ctx.account(name)?;
+        let (reply, result) = tokio::sync::oneshot::channel();
+        self.control
+            .send(Control::Revoke {
+                account: name.to_owned(),
+                previous_only,
+                reply,
             })
-            .await?;
-        let _ = self.control.send(Control::Wake).await;
+            .await
+            .map_err(|_| ApiError::Failed("the scheduler is shutting down".into()))?;
+        let revoked = result
+            .await
+            .map_err(|_| ApiError::Failed("the scheduler is shutting down".into()))??;
         Ok(RevokeResponse {
             account: name.to_owned(),
             revoked,
@@ -251,7 +262,12 @@ impl Service {
         let removed: Vec<String> = old_names.difference(&new_names).cloned().collect();
         let prune = new_inv.prune;
         let count = new_inv.accounts.len();
-        let fresh = context(new_inv, old.clock.clone(), Some(old.ledger.clone()))
+        let fresh = context(
+            new_inv,
+            old.clock.clone(),
+            Some(old.ledger.clone()),
+            old.take_over,
+        )
             .await
             .map_err(|e| ApiError::Invalid(e.to_string()))?;
         let fresh = Arc::new(fresh);
@@ -263,8 +279,9 @@ impl Service {
                 // Revoke with the old inventory, which still knows the account.
                 if let Some(account) = old.inventory.accounts.get(name) {
                     let r = old
-                        .with_lease(name, Duration::from_secs(60), || {
-                            rotation::revoke(&old, account, false)
+                        .with_lease(name, Duration::from_secs(60), |lease| {
+                            let old = &old;
+                            async move { rotation::revoke(old, &lease, account, false).await }
                         })
                         .await;
                     match r {
@@ -294,10 +311,11 @@ pub async fn run(
     config: &Path,
     inventory: Inventory,
     clock: SharedClock,
+    take_over: bool,
 ) -> Result<(), StartError> {
     let admin_cfg = inventory.admin.clone();
     let metrics_cfg = inventory.metrics.clone();
-    let ctx = Arc::new(context(inventory, clock, None).await?);
+    let ctx = Arc::new(context(inventory, clock, None, take_over).await?);
     let (control_tx, control_rx) = mpsc::channel(64);
     let service = Arc::new(Service {
         config: config.to_owned(),

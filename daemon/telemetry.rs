@@ -44,6 +44,9 @@ struct Metrics {
     store_errors: Family<StoreLabel, Counter>,
     database_errors: Family<DatabaseLabel, Counter>,
     notify_failures: Family<AccountLabel, Counter>,
+    stuck: Family<AccountLabel, Gauge>,
+    extended: Family<AccountLabel, Gauge>,
+    foreign: Family<AccountLabel, Gauge>,
     up: Gauge,
 }
 
@@ -60,6 +63,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         store_errors: Family::default(),
         database_errors: Family::default(),
         notify_failures: Family::default(),
+        stuck: Family::default(),
+        extended: Family::default(),
+        foreign: Family::default(),
         up: Gauge::default(),
     };
     registry.register(
@@ -104,6 +110,22 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "credrotd_notify_failures",
         "Consumer notifications (exec or signal) that failed",
         m.notify_failures.clone(),
+    );
+    registry.register(
+        "credrotd_stuck_items",
+        "Housekeeping items of each account that failed and are being retried (logins that cannot be dropped, grants that cannot be revoked)",
+        m.stuck.clone(),
+    );
+    registry.register_with_unit(
+        "credrotd_credential_extended_until_timestamp",
+        "Set while rotations fail and the expiry guard has extended the current credential: until when (Unix time)",
+        Unit::Seconds,
+        m.extended.clone(),
+    );
+    registry.register(
+        "credrotd_account_foreign",
+        "1 when another ledger owns the account and credrotd refuses to manage it",
+        m.foreign.clone(),
     );
     registry.register("credrotd_up", "1 while the daemon runs", m.up.clone());
     Metrics { registry, ..m }
@@ -165,9 +187,42 @@ pub fn schedule(account: &str, expires_at: Option<i64>, next_rotation: Option<i6
     }
 }
 
+/// An account's housekeeping state: stuck items, the expiry guard's extension
+/// (Unix seconds) and whether another ledger owns it.
+pub fn housekeeping(account: &str, stuck: usize, extended_until: Option<i64>, foreign: bool) {
+    let label = AccountLabel {
+        account: account.to_owned(),
+    };
+    METRICS.stuck.get_or_create(&label).set(stuck as i64);
+    match extended_until {
+        Some(t) => {
+            METRICS.extended.get_or_create(&label).set(t);
+        }
+        None => {
+            METRICS.extended.remove(&label);
+        }
+    }
+    METRICS.foreign.get_or_create(&label).set(foreign as i64);
+}
+
+/// The expiry guard just extended the account's current credential.
+pub fn extended(account: &str, until: i64) {
+    let label = AccountLabel {
+        account: account.to_owned(),
+    };
+    METRICS.extended.get_or_create(&label).set(until);
+    METRICS.expiry.get_or_create(&label).set(until);
+}
+
 /// Drops the per-account series of an account no longer in the inventory.
 pub fn forget(account: &str) {
     schedule(account, None, None);
+    let label = AccountLabel {
+        account: account.to_owned(),
+    };
+    METRICS.stuck.remove(&label);
+    METRICS.extended.remove(&label);
+    METRICS.foreign.remove(&label);
 }
 
 pub fn store_error(store: &str) {

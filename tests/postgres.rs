@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use common::{assert_no_secret, TestDb};
 use credrotd::clock::{Clock, ManualClock, SharedClock, SystemClock};
+use credrotd::engine::{Change, Reconciled};
 use credrotd::ledger::CredState;
 use credrotd::rotation::{self, RotationError};
 use sqlx::{Connection, Executor};
@@ -18,9 +19,19 @@ fn system() -> SharedClock {
     Arc::new(SystemClock)
 }
 
-const FIXTURES: &str = "
-CREATE SCHEMA analytics;
+/// The tables the tests grant on. `analytics` belongs to the test's owner role
+/// (`<tag>_owner`, which credrotd's admin is a member of, as it would be of an
+/// application's owner role), so that credrotd may set default privileges for
+/// tables its owner creates later; `public` and `ops` belong to the superuser,
+/// and the non-superuser admin can only pass on what it holds WITH GRANT OPTION.
+fn fixtures(db: &TestDb) -> String {
+    let owner = &db.owner;
+    format!(
+        "
+CREATE SCHEMA analytics AUTHORIZATION {owner};
+SET ROLE {owner};
 CREATE TABLE analytics.events (id bigserial PRIMARY KEY, kind text NOT NULL);
+RESET ROLE;
 CREATE TABLE public.orders (id bigserial PRIMARY KEY, total numeric NOT NULL);
 CREATE TABLE public.customers (id bigserial PRIMARY KEY, name text NOT NULL);
 CREATE TABLE public.payroll (id bigserial PRIMARY KEY, salary numeric NOT NULL);
@@ -31,7 +42,14 @@ CREATE FUNCTION ops.refresh_stats(n int) RETURNS int LANGUAGE sql AS 'SELECT n +
 CREATE FUNCTION ops.purge_everything() RETURNS int LANGUAGE sql AS 'SELECT 0';
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA ops FROM PUBLIC;
 CREATE SEQUENCE ops.ticket_seq;
-";
+"
+    )
+}
+
+/// A fresh test database with [`fixtures`].
+async fn setup(db: &TestDb) {
+    db.exec(&fixtures(db)).await;
+}
 
 fn etl(name: &str, strategy: &str, extra: &str) -> String {
     format!(
@@ -78,7 +96,11 @@ async fn assert_exact_privileges(db: &TestDb, user: &str, password: &str) {
         );
     }
     // A table created later in a "*" schema is covered by default privileges.
-    db.exec("CREATE TABLE analytics.later (id int)").await;
+    db.exec(&format!(
+        "SET ROLE {}; CREATE TABLE analytics.later (id int)",
+        db.owner
+    ))
+    .await;
     c.execute("SELECT count(*) FROM analytics.later")
         .await
         .expect("future tables are covered");
@@ -100,7 +122,7 @@ async fn valid_until(db: &TestDb, user: &str) -> Option<chrono::DateTime<Utc>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ephemeral_credential_logs_in_with_exactly_the_declared_privileges() {
     let db = TestDb::new().await;
-    db.exec(FIXTURES).await;
+    setup(&db).await;
     let name = db.name("etl");
     let ctx = db.context(&etl(&name, "ephemeral", ""), system()).await;
     let account = ctx.account(&name).unwrap().clone();
@@ -136,7 +158,7 @@ async fn ephemeral_credential_logs_in_with_exactly_the_declared_privileges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alternating_uses_two_fixed_roles_in_turn_with_an_overlap() {
     let db = TestDb::new().await;
-    db.exec(FIXTURES).await;
+    setup(&db).await;
     let name = db.name("rep");
     let ctx = db
         .context(&etl(&name, "alternating", "    overlap: 30m\n"), system())
@@ -201,7 +223,7 @@ async fn alternating_uses_two_fixed_roles_in_turn_with_an_overlap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_role_gets_a_new_password_in_place_and_adopt_leaves_it_alone() {
     let db = TestDb::new().await;
-    db.exec(FIXTURES).await;
+    setup(&db).await;
     let name = db.name("legacy");
     let role = db.name("legacy_svc");
     db.exec(&format!(
@@ -213,7 +235,12 @@ async fn static_role_gets_a_new_password_in_place_and_adopt_leaves_it_alone() {
     let account = ctx.account(&name).unwrap().clone();
 
     // Adopting records the role without touching it.
-    rotation::adopt(&ctx, &account).await.unwrap();
+    ctx.with_lease(&name, Duration::from_secs(5), |lease| {
+        let (ctx, account) = (&ctx, &account);
+        async move { rotation::adopt(ctx, &lease, account).await }
+    })
+    .await
+    .unwrap();
     db.login(&role, "OriginalPassword-123456789")
         .await
         .expect("adopted role keeps its password");
@@ -246,7 +273,7 @@ async fn static_role_gets_a_new_password_in_place_and_adopt_leaves_it_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduler_revokes_the_previous_credential_when_the_overlap_ends() {
     let db = TestDb::new().await;
-    db.exec(FIXTURES).await;
+    setup(&db).await;
     let name = db.name("sched");
     let clock = ManualClock::new(Utc::now());
     let ctx = Arc::new(
@@ -339,7 +366,7 @@ async fn scheduler_revokes_the_previous_credential_when_the_overlap_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credential_past_its_valid_until_cannot_log_in() {
     let db = TestDb::new().await;
-    db.exec(FIXTURES).await;
+    setup(&db).await;
     let name = db.name("old");
     // A clock ten days behind issues a credential whose VALID UNTIL has passed:
     // the server refuses it, so verification fails and the saga rolls back.
@@ -398,7 +425,7 @@ async fn a_credential_past_its_valid_until_cannot_log_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_ends_live_sessions_and_keeps_owned_objects() {
     let db = TestDb::new().await;
-    db.exec(FIXTURES).await;
+    setup(&db).await;
     let name = db.name("ddl");
     let extra = "    allow_ddl: true\n    overlap: 30m\n";
     let mut accounts = etl(&name, "ephemeral", extra);
@@ -463,7 +490,7 @@ async fn revocation_ends_live_sessions_and_keeps_owned_objects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciliation_undoes_changes_made_behind_its_back() {
     let db = TestDb::new().await;
-    db.exec(FIXTURES).await;
+    setup(&db).await;
     let name = db.name("drift");
     let group = db.name("tenant_reader");
     db.exec(&format!("CREATE ROLE {group} NOLOGIN")).await;
@@ -472,8 +499,9 @@ async fn reconciliation_undoes_changes_made_behind_its_back() {
     let account = ctx.account(&name).unwrap().clone();
     rotation::rotate(&ctx, &account).await.unwrap();
     let engine = ctx.engines["main"].clone();
-    assert!(
-        engine.reconcile(&account, false).await.unwrap().is_empty(),
+    assert_eq!(
+        engine.reconcile(&account, false).await.unwrap(),
+        Reconciled::default(),
         "no drift right after a rotation"
     );
     let p = db.published(&name);
@@ -490,8 +518,9 @@ async fn reconciliation_undoes_changes_made_behind_its_back() {
     assert_eq!(who, name, "sessions run as the scoped role");
     c.close().await.unwrap();
 
-    // Someone edits the scoped role by hand.
-    db.exec(&format!(
+    // Someone edits the scoped role by hand, with the admin's rights (a grant
+    // the admin made can only be revoked by the admin, a grant option holder).
+    db.exec_as_daemon_admin(&format!(
         "GRANT DELETE ON public.orders TO {name}; GRANT SELECT ON public.payroll TO {name};
          REVOKE SELECT ON public.orders FROM {name}; REVOKE {group} FROM {name};
          ALTER ROLE {name} SET app.tenant_id = '7'; ALTER ROLE {name} SET search_path = 'x'"
@@ -501,6 +530,7 @@ async fn reconciliation_undoes_changes_made_behind_its_back() {
         .reconcile(&account, false)
         .await
         .unwrap()
+        .changes
         .into_iter()
         .map(|c| c.0)
         .collect();
@@ -519,21 +549,54 @@ async fn reconciliation_undoes_changes_made_behind_its_back() {
     }
     // Plan changed nothing.
     assert_eq!(
-        engine.reconcile(&account, false).await.unwrap().len(),
+        engine.reconcile(&account, false).await.unwrap().changes.len(),
         plan.len()
     );
-    engine.reconcile(&account, true).await.unwrap();
-    assert!(
-        engine.reconcile(&account, false).await.unwrap().is_empty(),
+    let applied = engine.reconcile(&account, true).await.unwrap();
+    assert_eq!(applied.changes.len(), plan.len(), "{applied:#?}");
+    assert!(applied.stuck.is_empty(), "{applied:#?}");
+    assert_eq!(
+        engine.reconcile(&account, false).await.unwrap(),
+        Reconciled::default(),
         "drift is gone"
     );
     assert_exact_privileges(&db, &p.username, p.password.expose()).await;
+
+    // The table's owner (the superuser) grants something too: the admin cannot
+    // revoke a grant it did not make. That is reported as stuck, not an error,
+    // and the rest of reconciliation still applies.
+    db.exec(&format!("GRANT UPDATE ON public.customers TO {name}"))
+        .await;
+    db.exec_as_daemon_admin(&format!("REVOKE SELECT ON public.orders FROM {name}"))
+        .await;
+    let r = engine.reconcile(&account, true).await.unwrap();
+    assert_eq!(
+        r.changes,
+        vec![Change(format!(
+            "GRANT SELECT ON TABLE \"public\".\"orders\" TO \"{name}\""
+        ))],
+        "{r:#?}"
+    );
+    assert_eq!(r.stuck.len(), 1, "{r:#?}");
+    assert_eq!(
+        r.stuck[0].what,
+        format!("REVOKE UPDATE ON TABLE \"public\".\"customers\" FROM \"{name}\"")
+    );
+    assert!(
+        r.stuck[0].error.starts_with("had no effect")
+            && r.stuck[0].error.contains("granted by credrotd_admin"),
+        "{r:#?}"
+    );
+    assert!(db.query_bool(&format!(
+        "SELECT has_table_privilege('{name}', 'public.orders', 'SELECT')"
+    ))
+    .await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_credrotd_does_not_manage_is_never_taken_over() {
     let db = TestDb::new().await;
-    db.exec(FIXTURES).await;
+    setup(&db).await;
     let name = db.name("taken");
     db.exec(&format!("CREATE ROLE {name} LOGIN SUPERUSER"))
         .await;
@@ -555,7 +618,7 @@ async fn a_role_credrotd_does_not_manage_is_never_taken_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_in_any_middle_state_is_finished_or_rolled_back() {
     let db = TestDb::new().await;
-    db.exec(FIXTURES).await;
+    setup(&db).await;
     for (i, state) in [
         CredState::Planned,
         CredState::Created,
@@ -585,12 +648,7 @@ async fn a_crash_in_any_middle_state_is_finished_or_rolled_back() {
 
         // Restart: a fresh context (new process, same ledger) recovers.
         let ctx = db.context(&accounts, system()).await;
-        let report = ctx
-            .with_lease(&name, Duration::from_secs(5), || {
-                rotation::recover_account(&ctx, &account)
-            })
-            .await
-            .unwrap();
+        let report = rotation::recover_account(&ctx, &account).await.unwrap();
         let creds = ctx.ledger.credentials(&name).await.unwrap();
         assert!(
             creds.iter().all(|c| !c.state.is_middle()),
@@ -645,7 +703,7 @@ async fn a_crash_in_any_middle_state_is_finished_or_rolled_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_drops_login_roles_the_ledger_does_not_know() {
     let db = TestDb::new().await;
-    db.exec(FIXTURES).await;
+    setup(&db).await;
     let name = db.name("orph");
     let ctx = db.context(&etl(&name, "ephemeral", ""), system()).await;
     let account = ctx.account(&name).unwrap().clone();
@@ -668,7 +726,7 @@ async fn recovery_drops_login_roles_the_ledger_does_not_know() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_password_reaches_the_server_log_the_ledger_or_an_error() {
     let db = TestDb::new().await;
-    db.exec(FIXTURES).await;
+    setup(&db).await;
     let name = db.name("leak");
     let ctx = db
         .context(&etl(&name, "ephemeral", "    overlap: 0\n"), system())
@@ -730,7 +788,7 @@ async fn no_password_reaches_the_server_log_the_ledger_or_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_disables_an_alternating_login_the_ledger_does_not_know() {
     let db = TestDb::new().await;
-    db.exec(FIXTURES).await;
+    setup(&db).await;
     let name = db.name("alt");
     let ctx = db.context(&etl(&name, "alternating", ""), system()).await;
     let account = ctx.account(&name).unwrap().clone();
@@ -758,7 +816,7 @@ async fn recovery_disables_an_alternating_login_the_ledger_does_not_know() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn function_and_sequence_grants_are_exact() {
     let db = TestDb::new().await;
-    db.exec(FIXTURES).await;
+    setup(&db).await;
     let name = db.name("fn");
     let accounts = format!(
         "  {name}:\n    database: main\n    grants:\n\
@@ -792,24 +850,29 @@ async fn function_and_sequence_grants_are_exact() {
         );
     }
     c.close().await.unwrap();
-    assert!(ctx.engines["main"]
-        .reconcile(&account, false)
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(
+        ctx.engines["main"].reconcile(&account, false).await.unwrap(),
+        Reconciled::default()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sagas_for_one_account_in_one_process_exclude_each_other() {
     let db = TestDb::new().await;
-    db.exec(FIXTURES).await;
+    setup(&db).await;
     let name = db.name("twice");
     let ctx = db.context(&etl(&name, "ephemeral", ""), system()).await;
     let account = ctx.account(&name).unwrap().clone();
     rotation::rotate(&ctx, &account).await.unwrap();
     for _ in 0..5 {
-        let one = ctx.with_lease(&name, Duration::ZERO, || rotation::rotate(&ctx, &account));
-        let two = ctx.with_lease(&name, Duration::ZERO, || rotation::rotate(&ctx, &account));
+        let saga = |lease: credrotd::ledger::Lease| {
+            let (ctx, account) = (&ctx, &account);
+            async move {
+                rotation::rotate_leased(ctx, &lease, account, rotation::Trigger::Explicit).await
+            }
+        };
+        let one = ctx.with_lease(&name, Duration::ZERO, saga);
+        let two = ctx.with_lease(&name, Duration::ZERO, saga);
         let (r1, r2) = tokio::join!(one, two);
         let busy = [&r1, &r2]
             .iter()
@@ -837,7 +900,7 @@ async fn two_sagas_for_one_account_in_one_process_exclude_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_static_rotation_puts_the_old_password_back() {
     let db = TestDb::new().await;
-    db.exec(FIXTURES).await;
+    setup(&db).await;
     let name = db.name("st");
     let role = db.name("st_svc");
     db.exec(&format!("CREATE ROLE {role} LOGIN CONNECTION LIMIT 1"))
@@ -867,7 +930,7 @@ async fn a_failed_static_rotation_puts_the_old_password_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_routines_of_a_schema_include_procedures() {
     let db = TestDb::new().await;
-    db.exec(FIXTURES).await;
+    setup(&db).await;
     db.exec("CREATE PROCEDURE ops.nightly() LANGUAGE sql AS 'SELECT 1'; REVOKE EXECUTE ON PROCEDURE ops.nightly() FROM PUBLIC").await;
     let name = db.name("rt");
     let accounts = format!(
@@ -884,17 +947,16 @@ async fn all_routines_of_a_schema_include_procedures() {
         .await
         .expect("procedures are granted too");
     c.close().await.unwrap();
-    assert!(ctx.engines["main"]
-        .reconcile(&account, false)
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(
+        ctx.engines["main"].reconcile(&account, false).await.unwrap(),
+        Reconciled::default()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_promotion_extends_the_predecessor_to_the_end_of_its_overlap() {
     let db = TestDb::new().await;
-    db.exec(FIXTURES).await;
+    setup(&db).await;
     let name = db.name("late");
     let clock = ManualClock::new(Utc::now());
     let extra = "    schedule: \"0 0 * * * *\"\n    overlap: 30m\n    expiry_margin: 5m\n";

@@ -615,6 +615,7 @@ async fn context(db: &TestDb, yaml: &str) -> rotation::Context {
         inventory: Arc::new(inventory),
         ledger,
         clock: system(),
+        take_over: false,
         crash_after: None,
     }
 }
@@ -823,6 +824,14 @@ impl Store for HangOnPromote {
     async fn current_version(&self, account: &str, path: &str) -> Result<Option<i64>, StoreError> {
         self.0.current_version(account, path).await
     }
+    async fn fetch(
+        &self,
+        account: &str,
+        path: &str,
+        version: Option<i64>,
+    ) -> Result<Option<credrotd::store::Held>, StoreError> {
+        self.0.fetch(account, path, version).await
+    }
     async fn check(&self) -> Result<(), StoreError> {
         self.0.check().await
     }
@@ -950,4 +959,563 @@ async fn vault_renews_its_token_and_logs_in_again_when_it_cannot() {
     assert_eq!(store.current_version("acct", &path).await.unwrap(), Some(2));
     vault_cleanup(&root, &path).await;
     let _ = vaultrs::sys::policy::delete(&root, &t).await;
+}
+
+// ---- Reading back what a store holds (Store::fetch) ----
+
+/// Log lines written while the guard lives (this thread), for checking that a
+/// warning names the store and the path but never the content.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn start() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (out, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Checks what a fetch returned against what was published, and that its
+/// `Debug` shows no password.
+fn assert_held(
+    held: Option<credrotd::store::Held>,
+    version: i64,
+    username: &str,
+    password: &Secret,
+) -> credrotd::store::Held {
+    let held = held.unwrap_or_else(|| panic!("version {version} is held"));
+    assert_eq!(held.version, version);
+    assert_eq!(held.username, username);
+    assert_eq!(held.password.expose(), password.expose());
+    assert!(
+        held.issued_at.is_some() && held.expires_at.is_some(),
+        "{held:?}"
+    );
+    assert!(
+        held.expires_at.unwrap() > held.issued_at.unwrap(),
+        "{held:?}"
+    );
+    let debug = format!("{held:?} {:?}", Some(&held));
+    assert!(
+        debug.contains("[redacted]") && debug.contains(username),
+        "{debug}"
+    );
+    assert_no_secret(
+        "Held's Debug",
+        debug.as_bytes(),
+        &[password.expose().to_owned()],
+    );
+    held
+}
+
+/// A document that looks like a secret but is not a credrotd payload.
+fn foreign_doc(marker: &str) -> serde_json::Value {
+    serde_json::json!({ "user": "someone", "pass": marker, "note": "made by hand" })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn file_store_fetches_what_the_file_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = credrotd::store::file::FileStore::new("local", dir.path().join("s"), 0o440);
+    let ep = endpoint();
+    let (pw1, pw2) = (Secret::generate(), Secret::generate());
+    assert!(store.fetch("etl", "", None).await.unwrap().is_none());
+    assert!(store.fetch("etl", "", Some(1)).await.unwrap().is_none());
+
+    store
+        .publish(&publication("etl", "p/etl", 1, &pw1, &ep))
+        .await
+        .unwrap();
+    assert_held(
+        store.fetch("etl", "p/etl", None).await.unwrap(),
+        1,
+        "etl",
+        &pw1,
+    );
+    assert_held(
+        store.fetch("etl", "p/etl", Some(1)).await.unwrap(),
+        1,
+        "etl",
+        &pw1,
+    );
+    assert!(store
+        .fetch("etl", "p/etl", Some(2))
+        .await
+        .unwrap()
+        .is_none());
+    store
+        .publish(&publication("etl", "p/etl", 2, &pw2, &ep))
+        .await
+        .unwrap();
+    assert_held(
+        store.fetch("etl", "p/etl", None).await.unwrap(),
+        2,
+        "etl",
+        &pw2,
+    );
+    // The file holds one credential: the one before it is gone.
+    assert!(store
+        .fetch("etl", "p/etl", Some(1))
+        .await
+        .unwrap()
+        .is_none());
+
+    // A file that cannot be read is an error naming the store and the path.
+    std::fs::create_dir(store.file_for("dir")).unwrap();
+    let err = store.fetch("dir", "", None).await.expect_err("a directory");
+    let msg = format!("{err} {err:?}");
+    assert!(
+        msg.contains("store local") && msg.contains("dir.json"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn vault_fetch_reads_the_latest_and_older_kv_versions() {
+    let root = root();
+    let t = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, scoped_token(&root, &t).await).unwrap();
+    let store = VaultStore::new(
+        "vault",
+        vault_config(VaultAuth::Token(TokenSource::File(token_file))),
+    );
+    let path = format!("{t}/fetch/etl");
+    let ep = endpoint();
+    let pws = [Secret::generate(), Secret::generate(), Secret::generate()];
+    let all: Vec<String> = pws.iter().map(|p| p.expose().to_owned()).collect();
+    assert!(store.fetch("etl", &path, None).await.unwrap().is_none());
+    assert!(store.fetch("etl", &path, Some(1)).await.unwrap().is_none());
+    for (i, pw) in pws.iter().enumerate() {
+        store
+            .publish(&publication("etl", &path, i as i64 + 1, pw, &ep))
+            .await
+            .unwrap();
+    }
+    assert_held(
+        store.fetch("etl", &path, None).await.unwrap(),
+        3,
+        "etl",
+        &pws[2],
+    );
+    assert_held(
+        store.fetch("etl", &path, Some(3)).await.unwrap(),
+        3,
+        "etl",
+        &pws[2],
+    );
+    // No longer the latest KV version, still in the history.
+    assert_held(
+        store.fetch("etl", &path, Some(1)).await.unwrap(),
+        1,
+        "etl",
+        &pws[0],
+    );
+    assert!(store.fetch("etl", &path, Some(9)).await.unwrap().is_none());
+
+    // A deleted latest version is what readers get: nothing. Nor is it held.
+    vaultrs::kv2::delete_latest(&root, "secret", &path)
+        .await
+        .unwrap();
+    assert!(store.fetch("etl", &path, None).await.unwrap().is_none());
+    assert!(store.fetch("etl", &path, Some(3)).await.unwrap().is_none());
+    assert_held(
+        store.fetch("etl", &path, Some(2)).await.unwrap(),
+        2,
+        "etl",
+        &pws[1],
+    );
+
+    // The history is looked through for 10 versions before the latest, no more
+    // (the dev server keeps 10 versions in all unless told otherwise).
+    let mut keep = vaultrs::api::kv2::requests::SetSecretMetadataRequest::builder();
+    keep.max_versions(30u64);
+    vaultrs::kv2::set_metadata(&root, "secret", &path, Some(&mut keep))
+        .await
+        .unwrap();
+    for _ in 0..9 {
+        vaultrs::kv2::set(&root, "secret", &path, &foreign_doc("x"))
+            .await
+            .unwrap();
+    }
+    assert_held(
+        store.fetch("etl", &path, Some(2)).await.unwrap(),
+        2,
+        "etl",
+        &pws[1],
+    );
+    vaultrs::kv2::set(&root, "secret", &path, &foreign_doc("x"))
+        .await
+        .unwrap();
+    assert!(store.fetch("etl", &path, Some(2)).await.unwrap().is_none());
+
+    // Outside the token's policy: an error naming store and path, no password.
+    let err = store
+        .fetch("etl", "elsewhere/etl", None)
+        .await
+        .expect_err("outside the policy");
+    let msg = format!("{err} {err:?}");
+    assert!(
+        msg.contains("store vault") && msg.contains("secret/elsewhere/etl"),
+        "{msg}"
+    );
+    assert_no_secret("a fetch error", msg.as_bytes(), &all);
+
+    vault_cleanup(&root, &path).await;
+    let _ = vaultrs::sys::policy::delete(&root, &t).await;
+}
+
+#[tokio::test]
+async fn aws_fetch_reads_current_a_pending_only_version_and_labelled_ones() {
+    let sm = sm().await;
+    let store = aws_store(aws_endpoint());
+    let t = tag();
+    let name = format!("credrotd/{t}/fetch");
+    let ep = endpoint();
+    let (pw1, pw2) = (Secret::generate(), Secret::generate());
+    let all = [pw1.expose().to_owned(), pw2.expose().to_owned()];
+    assert!(store.fetch("etl", &name, None).await.unwrap().is_none());
+    assert!(store.fetch("etl", &name, Some(1)).await.unwrap().is_none());
+
+    store
+        .publish(&publication("etl", &name, 1, &pw1, &ep))
+        .await
+        .unwrap();
+    store.promote("etl", &name, 1).await.unwrap();
+    let undo = store
+        .publish(&publication("etl", &name, 2, &pw2, &ep))
+        .await
+        .unwrap();
+    // Version 2 is only staged (AWSPENDING): readers get 1, fetch(2) finds it.
+    assert_held(
+        store.fetch("etl", &name, None).await.unwrap(),
+        1,
+        "etl",
+        &pw1,
+    );
+    assert_held(
+        store.fetch("etl", &name, Some(2)).await.unwrap(),
+        2,
+        "etl",
+        &pw2,
+    );
+    assert_held(
+        store.fetch("etl", &name, Some(1)).await.unwrap(),
+        1,
+        "etl",
+        &pw1,
+    );
+    assert!(store.fetch("etl", &name, Some(3)).await.unwrap().is_none());
+    // Reverted, it has no staging label left: not held any more.
+    store.revert(undo).await.unwrap();
+    assert!(store.fetch("etl", &name, Some(2)).await.unwrap().is_none());
+    assert_held(
+        store.fetch("etl", &name, None).await.unwrap(),
+        1,
+        "etl",
+        &pw1,
+    );
+
+    // A labelled version that credrotd did not write under its token (put back
+    // by hand) is found by its payload.
+    let pw7 = Secret::generate();
+    let doc = publication("etl", &name, 7, &pw7, &ep).to_json();
+    sm.put_secret_value()
+        .secret_id(&name)
+        .secret_string(String::from_utf8(doc.to_vec()).unwrap())
+        .version_stages("handmade")
+        .send()
+        .await
+        .unwrap();
+    assert_held(
+        store.fetch("etl", &name, Some(7)).await.unwrap(),
+        7,
+        "etl",
+        &pw7,
+    );
+
+    // A store that is down: an error naming store and path, no password.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let down = aws_store(format!("http://127.0.0.1:{port}"));
+    for version in [None, Some(1)] {
+        let err = down
+            .fetch("etl", &name, version)
+            .await
+            .expect_err("nothing listens there");
+        let msg = format!("{err} {err:?}");
+        assert!(msg.contains("store aws") && msg.contains(&name), "{msg}");
+        assert_no_secret("a fetch error", msg.as_bytes(), &all);
+    }
+    aws_cleanup(&sm, &name).await;
+}
+
+/// Not JSON, JSON without credrotd's keys, and another account's payload are
+/// `None` in every store, with a warning naming the store and the path and
+/// never the content.
+#[tokio::test]
+async fn foreign_payloads_are_none_with_a_warning_that_shows_no_content() {
+    let root = root();
+    let sm = sm().await;
+    let t = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let file = credrotd::store::file::FileStore::new("local", dir.path().to_owned(), 0o440);
+    let vault = VaultStore::new(
+        "vault",
+        vault_config(VaultAuth::Token(TokenSource::Inline(Secret::new(
+            root_token(),
+        )))),
+    );
+    let aws = aws_store(aws_endpoint());
+    let ep = endpoint();
+    let marker = Secret::generate();
+    let other = publication("other", "x", 4, &marker, &ep).to_json();
+    let docs: [(&str, Vec<u8>); 3] = [
+        (
+            "notjson",
+            format!("password={}", marker.expose()).into_bytes(),
+        ),
+        (
+            "nokeys",
+            foreign_doc(marker.expose()).to_string().into_bytes(),
+        ),
+        ("otheraccount", other.to_vec()),
+    ];
+    let (logs, _guard) = Captured::start();
+    for (case, doc) in &docs {
+        let account = "acct";
+        let path = format!("credrotd/{t}/{case}");
+        std::fs::write(file.file_for(account), doc).unwrap();
+        match serde_json::from_slice::<serde_json::Value>(doc) {
+            Ok(v) => {
+                vaultrs::kv2::set(&root, "secret", &path, &v).await.unwrap();
+            }
+            // Vault's KV holds JSON objects only.
+            Err(_) => {
+                vaultrs::kv2::set(
+                    &root,
+                    "secret",
+                    &path,
+                    &serde_json::json!({ "value": marker.expose() }),
+                )
+                .await
+                .unwrap();
+            }
+        }
+        sm.create_secret()
+            .name(&path)
+            .secret_string(String::from_utf8(doc.clone()).unwrap())
+            .send()
+            .await
+            .unwrap();
+        let stores: [(&dyn Store, String); 3] = [
+            (&file, file.file_for(account).display().to_string()),
+            (&vault, format!("secret/{path}")),
+            (&aws, path.clone()),
+        ];
+        for (store, shown) in stores {
+            let before = logs.text().len();
+            for version in [None, Some(4)] {
+                let r = store.fetch(account, &path, version).await;
+                assert!(
+                    matches!(r, Ok(None)),
+                    "{case} in {}: {:?}",
+                    store.name(),
+                    r.map(|h| h.map(|h| h.version))
+                );
+            }
+            let new = logs.text()[before..].to_owned();
+            assert!(
+                new.contains("WARN")
+                    && new.contains(&format!("store={}", store.name()))
+                    && new.contains(&shown),
+                "{case} in {}: {new}",
+                store.name()
+            );
+        }
+        vault_cleanup(&root, &path).await;
+        aws_cleanup(&sm, &path).await;
+    }
+    assert_no_secret(
+        "the log",
+        logs.text().as_bytes(),
+        &[marker.expose().to_owned()],
+    );
+}
+
+/// The AWS revert and discard never delete a secret that the same publish did
+/// not create, and leave its AWSCURRENT where it was.
+#[tokio::test]
+async fn aws_revert_keeps_a_secret_credrotd_did_not_create() {
+    let sm = sm().await;
+    let store = aws_store(aws_endpoint());
+    let t = tag();
+    let ep = endpoint();
+    let (pw1, pw2) = (Secret::generate(), Secret::generate());
+    let all = [pw1.expose().to_owned(), pw2.expose().to_owned()];
+    let current_id = |name: String| {
+        let sm = sm.clone();
+        async move {
+            sm.get_secret_value()
+                .secret_id(name)
+                .version_stage("AWSCURRENT")
+                .send()
+                .await
+                .unwrap()
+                .version_id()
+                .unwrap()
+                .to_owned()
+        }
+    };
+
+    // A secret made outside credrotd, with a value of its own.
+    let made = format!("credrotd/{t}/made");
+    let out = sm
+        .create_secret()
+        .name(&made)
+        .secret_string(foreign_doc("made-by-hand-value-0123").to_string())
+        .send()
+        .await
+        .unwrap();
+    let theirs = out.version_id().unwrap().to_owned();
+    let undo = store
+        .publish(&publication("acct", &made, 1, &pw1, &ep))
+        .await
+        .unwrap();
+    assert!(!undo.created_secret);
+    store.revert(undo).await.unwrap();
+    assert_eq!(
+        labels(&sm, &made).await,
+        HashMap::from([(theirs.clone(), vec!["AWSCURRENT".to_owned()])])
+    );
+    store
+        .publish(&publication("acct", &made, 2, &pw2, &ep))
+        .await
+        .unwrap();
+    store.discard("acct", &made, 2).await.unwrap();
+    assert_eq!(
+        labels(&sm, &made).await,
+        HashMap::from([(theirs.clone(), vec!["AWSCURRENT".to_owned()])])
+    );
+
+    // A secret made outside credrotd without a value (e.g. by Terraform): AWS
+    // makes credrotd's first version AWSCURRENT by itself. The revert must not
+    // delete the secret; it cannot move AWSCURRENT anywhere, so it says that
+    // the store still serves the version.
+    let empty = format!("credrotd/{t}/empty");
+    sm.create_secret().name(&empty).send().await.unwrap();
+    let undo = store
+        .publish(&publication("acct", &empty, 1, &pw1, &ep))
+        .await
+        .unwrap();
+    assert!(!undo.created_secret);
+    let err = store
+        .revert(undo)
+        .await
+        .expect_err("AWSCURRENT cannot move");
+    let msg = format!("{err} {err:?}");
+    assert!(
+        msg.contains("store aws") && msg.contains(&empty) && msg.contains("AWSCURRENT"),
+        "{msg}"
+    );
+    assert_no_secret("a revert error", msg.as_bytes(), &all);
+    assert_eq!(
+        current_id(empty.clone()).await,
+        request_token("acct", &empty, 1),
+        "the secret is still there"
+    );
+    // So does a discard during recovery.
+    let err = store
+        .discard("acct", &empty, 1)
+        .await
+        .expect_err("AWSCURRENT cannot move");
+    assert!(err.to_string().contains("AWSCURRENT"), "{err}");
+    assert_eq!(
+        current_id(empty.clone()).await,
+        request_token("acct", &empty, 1)
+    );
+
+    // A secret credrotd created in an earlier rotation, whose first version is
+    // current: a retried publish of that version changes nothing, and its
+    // revert must not delete the secret (it used to).
+    let ours = format!("credrotd/{t}/ours");
+    store
+        .publish(&publication("acct", &ours, 1, &pw1, &ep))
+        .await
+        .unwrap();
+    store.promote("acct", &ours, 1).await.unwrap();
+    let undo = store
+        .publish(&publication("acct", &ours, 1, &pw1, &ep))
+        .await
+        .unwrap();
+    assert!(undo.unchanged && !undo.created_secret, "{undo:?}");
+    store.revert(undo).await.unwrap();
+    assert_held(
+        store.fetch("acct", &ours, None).await.unwrap(),
+        1,
+        "acct",
+        &pw1,
+    );
+    // And the revert of its next version moves AWSCURRENT back to the first.
+    let undo = store
+        .publish(&publication("acct", &ours, 2, &pw2, &ep))
+        .await
+        .unwrap();
+    store.promote("acct", &ours, 2).await.unwrap();
+    store.revert(undo).await.unwrap();
+    assert_held(
+        store.fetch("acct", &ours, None).await.unwrap(),
+        1,
+        "acct",
+        &pw1,
+    );
+    assert!(!labels(&sm, &ours)
+        .await
+        .values()
+        .flatten()
+        .any(|s| s == "AWSPENDING"));
+
+    // Only a secret that this very publish created goes again.
+    let fresh = format!("credrotd/{t}/fresh");
+    let undo = store
+        .publish(&publication("acct", &fresh, 1, &pw1, &ep))
+        .await
+        .unwrap();
+    assert!(undo.created_secret);
+    store.revert(undo).await.unwrap();
+    let gone = sm.describe_secret().secret_id(&fresh).send().await;
+    assert!(
+        gone.as_ref()
+            .err()
+            .and_then(|e| e.as_service_error())
+            .is_some_and(|e| e.is_resource_not_found_exception()),
+        "{gone:?}"
+    );
+
+    for name in [&made, &empty, &ours] {
+        aws_cleanup(&sm, name).await;
+    }
 }

@@ -28,6 +28,9 @@ pub struct Login<'a> {
 pub struct SavedPassword {
     /// The server's stored verifier (e.g. `SCRAM-SHA-256$...`), never a plaintext.
     pub verifier: Secret,
+    /// As in [`LoginInfo::valid_until`]: `None` never expires (no `VALID UNTIL`, or
+    /// `'infinity'`; restored as `'infinity'`), [`DateTime::<Utc>::MIN_UTC`] is
+    /// `'-infinity'` (restored as `'-infinity'`).
     pub valid_until: Option<DateTime<Utc>>,
 }
 
@@ -35,7 +38,76 @@ pub struct SavedPassword {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoginInfo {
     pub can_login: bool,
+    /// `None`: never expires (no `VALID UNTIL`, `'infinity'`, or a date beyond what
+    /// `chrono` can represent). `Some(DateTime::<Utc>::MIN_UTC)`: `'-infinity'`,
+    /// expired since forever.
     pub valid_until: Option<DateTime<Utc>>,
+}
+
+/// What reconciliation did (or, in a plan, would do) to an account's scoped role.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Statements that were applied (or would be).
+    pub changes: Vec<Change>,
+    /// Housekeeping that could not be done: a declared object that no longer
+    /// exists, a statement the admin may not run, a revoke that had no effect.
+    /// None of these keeps the account from being issued a credential.
+    pub stuck: Vec<Stuck>,
+}
+
+/// One piece of housekeeping that could not be done. Never carries a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stuck {
+    /// The statement, or the object (`table public.orders`), concerned. Stable
+    /// from one attempt to the next, so that callers can recognise a retry.
+    pub what: String,
+    /// Why, in the server's words where there are any.
+    pub error: String,
+}
+
+impl std::fmt::Display for Stuck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.error)
+    }
+}
+
+/// Which ledger owns an account, as recorded on its scoped role.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// The owning ledger's id; `None` for a managed role without an owner (created
+    /// by a version that did not record one, or not claimed yet).
+    pub ledger: Option<String>,
+    /// When the owner last claimed the role.
+    pub seen: Option<DateTime<Utc>>,
+}
+
+/// Something the admin role lacks, found by [`Engine::check_admin`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminGap {
+    /// What is missing and what it breaks, e.g. `credrotd_admin cannot grant
+    /// SELECT on table public.orders (no grant option)`.
+    pub missing: String,
+    /// The SQL that would fix it (to be run by a superuser, the object's owner or
+    /// the managed service's master user), when there is one.
+    pub fix: Option<String>,
+}
+
+impl std::fmt::Display for AdminGap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.fix {
+            Some(fix) => write!(f, "{}: {fix}", self.missing),
+            None => f.write_str(&self.missing),
+        }
+    }
+}
+
+/// Whether `id` is a valid ledger id: `[a-z0-9-]{1,64}`.
+pub fn valid_ledger_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// One change reconciliation made or would make, as SQL text without secrets.
@@ -88,6 +160,17 @@ pub enum EngineError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("database {database}: role {role} cannot be dropped: objects in database {} depend on it (it refuses logins and has expired); in each of them run REASSIGN OWNED BY {role} TO {scoped}; DROP OWNED BY {role}", databases.join(", "))]
+    Dependents {
+        database: String,
+        role: String,
+        /// The scoped role the objects should go to.
+        scoped: String,
+        /// The other databases holding objects that depend on the role.
+        databases: Vec<String>,
+    },
+    #[error("database {database}: {what}")]
+    Invalid { database: String, what: String },
 }
 
 impl EngineError {
@@ -100,7 +183,9 @@ impl EngineError {
             | EngineError::NotManaged { database, .. }
             | EngineError::Missing { database, .. }
             | EngineError::Dangerous { database, .. }
-            | EngineError::Verify { database, .. } => database,
+            | EngineError::Verify { database, .. }
+            | EngineError::Dependents { database, .. }
+            | EngineError::Invalid { database, .. } => database,
         }
     }
 }
@@ -111,7 +196,20 @@ impl EngineError {
 pub trait Engine: Send + Sync {
     /// Brings the account's scoped role to exactly the declared grants, memberships
     /// and settings. With `apply == false` only reports what it would change.
-    async fn reconcile(&self, account: &Account, apply: bool) -> Result<Vec<Change>, EngineError>;
+    ///
+    /// Housekeeping never fails the call: a grant on a declared object that no
+    /// longer exists is skipped, and a single GRANT, REVOKE or ALTER DEFAULT
+    /// PRIVILEGES the admin may not run (or that has no effect) is undone and
+    /// skipped; both are reported in [`Reconciled::stuck`] while the rest applies.
+    /// (A plan reports missing objects as stuck, and cannot know which statements
+    /// would be refused: [`Engine::check_admin`] says that.) `Err` only when the
+    /// scoped role itself cannot be made usable: the database does not answer,
+    /// the role cannot be created or made safe, it is not credrotd's
+    /// ([`EngineError::NotManaged`]; a managed role is accepted whatever ledger
+    /// owns it), a `member_of` role has dangerous attributes, or a static
+    /// account's role is missing. A new scoped role gets the marker without an
+    /// owner: the caller [`claim`](Engine::claim)s it.
+    async fn reconcile(&self, account: &Account, apply: bool) -> Result<Reconciled, EngineError>;
 
     /// Creates a new login role that is a member of the scoped role (ephemeral).
     async fn create_login(&self, account: &Account, login: &Login<'_>) -> Result<(), EngineError>;
@@ -129,14 +227,22 @@ pub trait Engine: Send + Sync {
     /// Logs in with the credential and runs a trivial query.
     async fn verify(&self, username: &str, password: &Secret) -> Result<(), EngineError>;
 
-    /// Refuses new logins for the role.
+    /// Refuses new logins for the role and expires its password: `NOLOGIN` and
+    /// `VALID UNTIL` the server's current time (an earlier expiry is kept). Either
+    /// alone would do; both mean that a role someone gives `LOGIN` back by hand
+    /// still cannot log in with the old password, and `VALID UNTIL` records when it
+    /// was revoked. Sessions already open are not affected (see
+    /// [`Engine::terminate_sessions`]). A role that does not exist is not an error.
     async fn disable_login(&self, username: &str) -> Result<(), EngineError>;
 
     /// Ends every session of the role; returns how many.
     async fn terminate_sessions(&self, username: &str) -> Result<u64, EngineError>;
 
     /// Drops a login role after handing its objects to the scoped role. A role
-    /// that does not exist is not an error.
+    /// that does not exist is not an error. Works for a `CREATEROLE` admin that is
+    /// not a superuser. When the role cannot be dropped (e.g.
+    /// [`EngineError::Dependents`]: it owns objects in another database), it is at
+    /// least left refusing logins and expired, and the error says why.
     async fn drop_login(&self, account: &Account, username: &str) -> Result<(), EngineError>;
 
     /// The login role's state, or `None` if it does not exist.
@@ -175,6 +281,34 @@ pub trait Engine: Send + Sync {
         _saved: &SavedPassword,
     ) -> Result<(), EngineError> {
         Ok(())
+    }
+
+    /// Which ledger owns the account, from its scoped role's marker. `None` when
+    /// the scoped role does not exist; [`EngineError::NotManaged`] when it exists
+    /// but is not credrotd's. The default (engines without a marker) is `None`.
+    async fn owner(&self, _account: &Account) -> Result<Option<Owner>, EngineError> {
+        Ok(None)
+    }
+
+    /// Records `ledger` (`[a-z0-9-]{1,64}`, else [`EngineError::Invalid`]) as the
+    /// account's owner, seen at `now`, on its scoped role; only on a managed
+    /// scoped role ([`EngineError::Missing`] if there is none,
+    /// [`EngineError::NotManaged`] if it is not credrotd's). It overwrites any
+    /// previous owner: deciding whether that is allowed is the caller's.
+    async fn claim(
+        &self,
+        _account: &Account,
+        _ledger: &str,
+        _now: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// What the admin role lacks to manage `accounts` (of this database), each
+    /// with the SQL that would fix it; empty when nothing is missing (always for a
+    /// superuser). Read-only.
+    async fn check_admin(&self, _accounts: &[&Account]) -> Result<Vec<AdminGap>, EngineError> {
+        Ok(Vec::new())
     }
 }
 

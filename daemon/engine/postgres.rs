@@ -5,23 +5,84 @@
 //! statement log. Identifiers and literals are quoted with `postgres-protocol`'s
 //! implementation of PostgreSQL's own rules.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use postgres_protocol::escape::{escape_identifier as q, escape_literal as lit};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Executor, PgPool, Postgres as Pg, Row, Transaction};
 
-use super::{Change, Endpoint, Engine, EngineError, Login, LoginInfo, SavedPassword};
+use super::{
+    valid_ledger_id, AdminGap, Change, Endpoint, Engine, EngineError, Login, LoginInfo, Owner,
+    Reconciled, SavedPassword, Stuck,
+};
 use crate::inventory::{Account, Database, ObjectKind, Objects, Strategy};
 use crate::secret::Secret;
 
-/// The comment that marks a scoped role as credrotd's.
+/// The comment that marks a scoped role as credrotd's, without an owner (what
+/// reconciliation writes on a new role, and what older versions wrote).
 fn scoped_comment(account: &str) -> String {
     format!("credrotd:scoped account={account}")
+}
+
+/// The comment of a scoped role owned by ledger `ledger`, last claimed at `seen`.
+fn owned_scoped_comment(account: &str, ledger: &str, seen: DateTime<Utc>) -> String {
+    format!(
+        "credrotd:scoped account={account} owner={ledger} seen={}",
+        seen.timestamp()
+    )
+}
+
+/// A scoped role's marker, parsed from its comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ScopedMarker {
+    account: String,
+    owner: Owner,
+}
+
+/// Parses `credrotd:scoped account=<name>[ owner=<ledger-id>[ seen=<unix-seconds>]]`.
+/// Anything else (another text, extra or misplaced fields, an invalid ledger id)
+/// is not a marker: the role is then not credrotd's, which is the safe reading.
+fn parse_scoped(comment: &str) -> Option<ScopedMarker> {
+    let mut parts = comment.strip_prefix("credrotd:scoped ")?.split(' ');
+    let account = parts.next()?.strip_prefix("account=")?;
+    if account.is_empty() {
+        return None;
+    }
+    let mut owner = Owner::default();
+    let mut next = parts.next();
+    if let Some(ledger) = next.and_then(|p| p.strip_prefix("owner=")) {
+        if !valid_ledger_id(ledger) {
+            return None;
+        }
+        owner.ledger = Some(ledger.to_owned());
+        next = parts.next();
+        if let Some(seen) = next.and_then(|p| p.strip_prefix("seen=")) {
+            if seen.is_empty() || seen.len() > 15 || !seen.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            owner.seen = Some(DateTime::from_timestamp(seen.parse().ok()?, 0)?);
+            next = parts.next();
+        }
+    }
+    if next.is_some() {
+        return None;
+    }
+    Some(ScopedMarker {
+        account: account.to_owned(),
+        owner,
+    })
+}
+
+/// Whether a role's comment marks it as the scoped role of `account`, whatever
+/// ledger owns it.
+fn is_scoped_of(comment: Option<&str>, account: &str) -> bool {
+    comment
+        .and_then(parse_scoped)
+        .is_some_and(|m| m.account == account)
 }
 
 /// The comment that marks a per-rotation (ephemeral) login role.
@@ -35,6 +96,38 @@ fn fixed_comment(account: &str) -> String {
 }
 
 const SAFE_ATTRIBUTES: &str = "NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS";
+
+/// The first server version on which `CREATEROLE` no longer implies power over
+/// every role: the admin needs `ADMIN OPTION` on a role to manage it, and
+/// membership options (`INHERIT`, `SET`) are per grant.
+const PG16: i32 = 160_000;
+
+/// The first server version with `GRANT SET ON PARAMETER`.
+const PG15: i32 = 150_000;
+
+/// Columns that read the timestamp expression `expr` without ever handing sqlx a
+/// value it cannot decode (`infinity`, `-infinity`, years beyond chrono's range
+/// panic in its decoder): whole seconds and microseconds since the epoch when
+/// finite, and whether it is `-infinity`. Decode with [`decode_ts`].
+fn ts_columns(expr: &str, alias: &str) -> String {
+    format!(
+        "CASE WHEN isfinite({expr}) THEN floor(extract(epoch FROM {expr}))::int8 END AS {alias}_secs, \
+         CASE WHEN isfinite({expr}) THEN ((extract(epoch FROM {expr}) - floor(extract(epoch FROM {expr}))) * 1000000)::int8 END AS {alias}_micros, \
+         coalesce({expr} = '-infinity'::timestamptz, false) AS {alias}_neg"
+    )
+}
+
+/// Decodes [`ts_columns`]: `None` for NULL, `infinity` and dates beyond chrono's
+/// range (all "never"), `MIN_UTC` for `-infinity`.
+fn decode_ts(row: &PgRow, alias: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    if row.try_get::<bool, _>(format!("{alias}_neg").as_str())? {
+        return Ok(Some(DateTime::<Utc>::MIN_UTC));
+    }
+    let secs: Option<i64> = row.try_get(format!("{alias}_secs").as_str())?;
+    let micros: Option<i64> = row.try_get(format!("{alias}_micros").as_str())?;
+    let nanos = (micros.unwrap_or(0).clamp(0, 999_999) * 1000) as u32;
+    Ok(secs.and_then(|s| DateTime::from_timestamp(s, nanos)))
+}
 
 /// A PostgreSQL target database.
 pub struct Postgres {
@@ -117,36 +210,57 @@ impl Postgres {
             .map_err(self.sql("begin transaction"))
     }
 
-    /// The role's comment and attributes, if it exists.
+    /// The role's comment and attributes, if it exists. Never panics on a value
+    /// from the catalog: `VALID UNTIL 'infinity'` / `'-infinity'`, a NULL or odd
+    /// comment.
     async fn role<'e, E>(&self, ex: E, name: &str) -> Result<Option<RoleRow>, EngineError>
     where
         E: Executor<'e, Database = Pg>,
     {
-        let row = sqlx::query(
+        let action = || format!("look up role {name}");
+        let row = sqlx::query(&format!(
             "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls,
-                    rolvaliduntil, shobj_description(oid, 'pg_authid') AS comment
+                    {}, shobj_description(oid, 'pg_authid') AS comment
              FROM pg_roles WHERE rolname = $1",
-        )
+            ts_columns("rolvaliduntil", "vu")
+        ))
         .bind(name)
         .fetch_optional(ex)
         .await
-        .map_err(self.sql(format!("look up role {name}")))?;
-        Ok(row.map(|r| RoleRow {
-            can_login: r.get("rolcanlogin"),
-            dangerous: [
-                ("SUPERUSER", r.get::<bool, _>("rolsuper")),
-                ("CREATEDB", r.get("rolcreatedb")),
-                ("CREATEROLE", r.get("rolcreaterole")),
-                ("REPLICATION", r.get("rolreplication")),
-                ("BYPASSRLS", r.get("rolbypassrls")),
-            ]
-            .into_iter()
-            .filter(|(_, on)| *on)
-            .map(|(n, _)| n)
-            .collect(),
-            valid_until: r.get("rolvaliduntil"),
-            comment: r.get("comment"),
-        }))
+        .map_err(self.sql(action()))?;
+        let Some(r) = row else { return Ok(None) };
+        let decode = || -> Result<RoleRow, sqlx::Error> {
+            let mut dangerous = Vec::new();
+            for (attr, col) in [
+                ("SUPERUSER", "rolsuper"),
+                ("CREATEDB", "rolcreatedb"),
+                ("CREATEROLE", "rolcreaterole"),
+                ("REPLICATION", "rolreplication"),
+                ("BYPASSRLS", "rolbypassrls"),
+            ] {
+                if r.try_get::<bool, _>(col)? {
+                    dangerous.push(attr);
+                }
+            }
+            Ok(RoleRow {
+                can_login: r.try_get("rolcanlogin")?,
+                dangerous,
+                valid_until: decode_ts(&r, "vu")?,
+                comment: r.try_get("comment")?,
+            })
+        };
+        decode().map(Some).map_err(self.sql(action()))
+    }
+
+    /// `server_version_num`, e.g. 150004.
+    async fn server_version<'e, E>(&self, ex: E) -> Result<i32, EngineError>
+    where
+        E: Executor<'e, Database = Pg>,
+    {
+        sqlx::query_scalar("SELECT current_setting('server_version_num')::int4")
+            .fetch_one(ex)
+            .await
+            .map_err(self.sql("read the server version"))
     }
 
     /// Computes the statements that bring the scoped role to the declared state.
@@ -155,68 +269,84 @@ impl Postgres {
         &self,
         tx: &mut Transaction<'_, Pg>,
         account: &Account,
-    ) -> Result<Vec<String>, EngineError> {
+    ) -> Result<Plan, EngineError> {
         let role = account.scoped_role();
-        let mut out = Vec::new();
+        let mut plan = Plan::default();
         let existing = self.role(&mut **tx, role).await?;
         match &existing {
             None => {
-                out.push(format!(
+                plan.must(format!(
                     "CREATE ROLE {} NOLOGIN {SAFE_ATTRIBUTES} INHERIT",
                     q(role)
                 ));
-                out.push(format!(
+                plan.must(format!(
                     "COMMENT ON ROLE {} IS {}",
                     q(role),
                     lit(&scoped_comment(&account.name))
                 ));
             }
             Some(r) => {
-                if r.comment.as_deref() != Some(scoped_comment(&account.name).as_str()) {
+                // Any owner: which ledger may manage the account is the caller's
+                // decision (`owner`, `claim`).
+                if !is_scoped_of(r.comment.as_deref(), &account.name) {
                     return Err(EngineError::NotManaged {
                         database: self.name.clone(),
                         role: role.to_owned(),
                     });
                 }
-                if r.can_login || !r.dangerous.is_empty() {
-                    out.push(format!("ALTER ROLE {} NOLOGIN {SAFE_ATTRIBUTES}", q(role)));
+                if let Some(attrs) = r.unsafe_attributes(true) {
+                    plan.must(format!("ALTER ROLE {} {attrs}", q(role)));
                 }
             }
         }
 
-        // Privileges on objects.
-        let desired = self.desired_privileges(tx, account).await?;
+        // Privileges on objects. A schema or object that no longer exists is
+        // reported and skipped, never an error.
+        let owners = self.schema_owners(tx, account, &mut plan).await?;
+        let desired = self
+            .desired_privileges(tx, account, &owners, &mut plan)
+            .await?;
         let actual = if existing.is_some() {
             self.actual_privileges(tx, role).await?
         } else {
-            BTreeSet::new()
+            BTreeMap::new()
         };
-        for (obj, privilege) in desired.difference(&actual) {
-            out.push(format!("GRANT {privilege} ON {} TO {}", obj.sql(), q(role)));
+        for (obj, privilege) in desired.iter().filter(|k| !actual.contains_key(*k)) {
+            plan.may(
+                format!("GRANT {privilege} ON {} TO {}", obj.sql(), q(role)),
+                None,
+            );
         }
-        for (obj, privilege) in actual.difference(&desired) {
-            out.push(format!(
-                "REVOKE {privilege} ON {} FROM {}",
-                obj.sql(),
-                q(role)
-            ));
+        for ((obj, privilege), grantors) in actual.iter().filter(|(k, _)| !desired.contains(*k)) {
+            let grantors: Vec<&str> = grantors.iter().map(String::as_str).collect();
+            plan.may(
+                format!("REVOKE {privilege} ON {} FROM {}", obj.sql(), q(role)),
+                Some(format!(
+                    "the privilege was granted by {}; only that role (or the object's owner, by revoking its grant option with CASCADE) can revoke it",
+                    grantors.join(", ")
+                )),
+            );
         }
 
         // Default privileges for objects created later ("*" grants).
-        let desired = self.desired_defaults(tx, account).await?;
+        let desired = Self::desired_defaults(account, &owners);
         let actual = if existing.is_some() {
             self.actual_defaults(tx, role).await?
         } else {
             BTreeSet::new()
         };
+        let mut stmts = Vec::new();
         for d in desired.difference(&actual) {
-            out.push(format!(
-                "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT {} ON {} TO {}",
-                q(&d.for_role),
-                q(&d.schema),
-                d.privilege,
-                d.kind_sql(),
-                q(role)
+            stmts.push((
+                &d.for_role,
+                format!(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT {} ON {} TO {}",
+                    q(&d.for_role),
+                    q(&d.schema),
+                    d.privilege,
+                    d.kind_sql(),
+                    q(role)
+                ),
             ));
         }
         for d in actual.difference(&desired) {
@@ -225,19 +355,47 @@ impl Postgres {
             } else {
                 format!(" IN SCHEMA {}", q(&d.schema))
             };
-            out.push(format!(
-                "ALTER DEFAULT PRIVILEGES FOR ROLE {}{schema} REVOKE {} ON {} FROM {}",
-                q(&d.for_role),
-                d.privilege,
-                d.kind_sql(),
-                q(role)
+            stmts.push((
+                &d.for_role,
+                format!(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {}{schema} REVOKE {} ON {} FROM {}",
+                    q(&d.for_role),
+                    d.privilege,
+                    d.kind_sql(),
+                    q(role)
+                ),
             ));
+        }
+        // Only a role with the privileges of `for_role` may change its default
+        // privileges; known before trying, so a plan says so too.
+        let mut allowed: BTreeMap<&str, bool> = BTreeMap::new();
+        for (for_role, sql) in stmts {
+            let ok = match allowed.get(for_role.as_str()) {
+                Some(ok) => *ok,
+                None => {
+                    let ok: bool = sqlx::query_scalar("SELECT pg_has_role($1, 'USAGE')")
+                        .bind(for_role)
+                        .fetch_one(&mut **tx)
+                        .await
+                        .map_err(self.sql(format!("check membership in {for_role}")))?;
+                    allowed.insert(for_role, ok);
+                    ok
+                }
+            };
+            if ok {
+                plan.may(sql, None);
+            } else {
+                plan.stuck.push(Stuck {
+                    what: sql,
+                    error: format!("permission denied to change default privileges: the admin does not have the privileges of role {for_role} (objects it creates later are granted at the next rotation)"),
+                });
+            }
         }
 
         // Memberships.
         let actual: BTreeSet<String> = if existing.is_some() {
             sqlx::query_scalar(
-                "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+                "SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
                  JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = $1",
             )
             .bind(role)
@@ -252,12 +410,10 @@ impl Postgres {
         let desired: BTreeSet<String> = account.member_of.iter().cloned().collect();
         for group in desired.difference(&actual) {
             match self.role(&mut **tx, group).await? {
-                None => {
-                    return Err(EngineError::Missing {
-                        database: self.name.clone(),
-                        what: format!("role {group} (member_of of account {})", account.name),
-                    })
-                }
+                None => plan.missing(format!(
+                    "role {group} (member_of of account {})",
+                    account.name
+                )),
                 Some(g) if !g.dangerous.is_empty() => {
                     return Err(EngineError::Dangerous {
                         database: self.name.clone(),
@@ -265,11 +421,11 @@ impl Postgres {
                         attributes: g.dangerous.join(", "),
                     })
                 }
-                Some(_) => out.push(format!("GRANT {} TO {}", q(group), q(role))),
+                Some(_) => plan.may(format!("GRANT {} TO {}", q(group), q(role)), None),
             }
         }
         for group in actual.difference(&desired) {
-            out.push(format!("REVOKE {} FROM {}", q(group), q(role)));
+            plan.may(format!("REVOKE {} FROM {}", q(group), q(role)), None);
         }
 
         // Settings (ALTER ROLE ... SET), for row-level security keyed on them.
@@ -280,7 +436,7 @@ impl Postgres {
         };
         for (k, v) in &account.settings {
             if !actual.iter().any(|(ak, av)| ak == k && av == v) {
-                out.push(format!(
+                plan.must(format!(
                     "ALTER ROLE {} SET {} = {}",
                     q(role),
                     setting_name(k),
@@ -290,7 +446,7 @@ impl Postgres {
         }
         for (k, _) in &actual {
             if !account.settings.contains_key(k) {
-                out.push(format!("ALTER ROLE {} RESET {}", q(role), setting_name(k)));
+                plan.must(format!("ALTER ROLE {} RESET {}", q(role), setting_name(k)));
             }
         }
 
@@ -312,28 +468,98 @@ impl Postgres {
             .await
             .map_err(self.sql(format!("read membership of {login}")))?;
             if !member {
-                out.push(format!("GRANT {} TO {}", q(role), q(login)));
+                plan.must(format!("GRANT {} TO {}", q(role), q(login)));
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The owner of every schema the account's grants name; a schema that does
+    /// not exist is reported as stuck and left out.
+    async fn schema_owners(
+        &self,
+        tx: &mut Transaction<'_, Pg>,
+        account: &Account,
+        plan: &mut Plan,
+    ) -> Result<BTreeMap<String, String>, EngineError> {
+        let mut out = BTreeMap::new();
+        let schemas: BTreeSet<&str> = account.grants.iter().map(|g| g.schema.as_str()).collect();
+        for schema in schemas {
+            let owner: Option<String> = sqlx::query_scalar(
+                "SELECT pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = $1",
+            )
+            .bind(schema)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(self.sql(format!("look up schema {schema}")))?;
+            match owner {
+                Some(o) => {
+                    out.insert(schema.to_owned(), o);
+                }
+                None => plan.missing(format!(
+                    "schema {schema} (granted to account {})",
+                    account.name
+                )),
             }
         }
         Ok(out)
     }
 
-    async fn schema_owner(
+    /// The objects each grant covers now, by kind: `(schema, name, identity
+    /// arguments)` (arguments empty for tables, sequences and schemas). Names the
+    /// grant lists that do not exist are reported as stuck and left out; a grant
+    /// on a schema that does not exist covers nothing.
+    async fn grant_objects(
         &self,
         tx: &mut Transaction<'_, Pg>,
-        schema: &str,
-        account: &str,
-    ) -> Result<String, EngineError> {
-        sqlx::query_scalar(
-            "SELECT pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = $1",
-        )
-        .bind(schema)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(self.sql(format!("look up schema {schema}")))?
-        .ok_or_else(|| EngineError::Missing {
-            database: self.name.clone(),
-            what: format!("schema {schema} (granted to account {account})"),
+        account: &Account,
+        grant: &crate::inventory::Grant,
+        plan: &mut Plan,
+    ) -> Result<Vec<Obj>, EngineError> {
+        let g = grant;
+        Ok(match (&g.kind, &g.objects) {
+            (ObjectKind::Schema, _) | (_, None) => vec![Obj::Schema(g.schema.clone())],
+            (ObjectKind::Table | ObjectKind::Sequence, Some(sel)) => {
+                let kinds = if g.kind == ObjectKind::Table {
+                    "rvmfp"
+                } else {
+                    "S"
+                };
+                let rows: Vec<String> = sqlx::query_scalar(
+                    "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = $1 AND strpos($2, c.relkind::text) > 0 ORDER BY 1",
+                )
+                .bind(&g.schema)
+                .bind(kinds)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(self.sql(format!("list {} in schema {}", g.kind.as_str(), g.schema)))?;
+                select(sel, rows, |n| n.clone(), account, g.kind, &g.schema, plan)
+                    .into_iter()
+                    .map(|n| {
+                        if g.kind == ObjectKind::Table {
+                            Obj::Table(g.schema.clone(), n)
+                        } else {
+                            Obj::Sequence(g.schema.clone(), n)
+                        }
+                    })
+                    .collect()
+            }
+            (ObjectKind::Function, Some(sel)) => {
+                let rows: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT p.proname::text, pg_get_function_identity_arguments(p.oid)
+                     FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                     WHERE n.nspname = $1 AND p.prokind IN ('f', 'p') ORDER BY 1, 2",
+                )
+                .bind(&g.schema)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(self.sql(format!("list functions in schema {}", g.schema)))?;
+                select(sel, rows, |(n, _)| n.clone(), account, g.kind, &g.schema, plan)
+                    .into_iter()
+                    .map(|(n, args)| Obj::Function(g.schema.clone(), n, args))
+                    .collect()
+            }
         })
     }
 
@@ -341,56 +567,15 @@ impl Postgres {
         &self,
         tx: &mut Transaction<'_, Pg>,
         account: &Account,
+        owners: &BTreeMap<String, String>,
+        plan: &mut Plan,
     ) -> Result<BTreeSet<(Obj, String)>, EngineError> {
         let mut out = BTreeSet::new();
         for g in &account.grants {
-            self.schema_owner(tx, &g.schema, &account.name).await?;
-            let objects: Vec<Obj> = match (&g.kind, &g.objects) {
-                (ObjectKind::Schema, _) | (_, None) => vec![Obj::Schema(g.schema.clone())],
-                (ObjectKind::Table | ObjectKind::Sequence, Some(sel)) => {
-                    let kinds = if g.kind == ObjectKind::Table {
-                        "rvmfp"
-                    } else {
-                        "S"
-                    };
-                    let rows: Vec<String> = sqlx::query_scalar(
-                        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                         WHERE n.nspname = $1 AND strpos($2, c.relkind::text) > 0 ORDER BY 1",
-                    )
-                    .bind(&g.schema)
-                    .bind(kinds)
-                    .fetch_all(&mut **tx)
-                    .await
-                    .map_err(self.sql(format!("list {} in schema {}", g.kind.as_str(), g.schema)))?;
-                    let names = select(sel, rows, |n| n.clone(), &self.name, g.kind, &g.schema)?;
-                    names
-                        .into_iter()
-                        .map(|n| {
-                            if g.kind == ObjectKind::Table {
-                                Obj::Table(g.schema.clone(), n)
-                            } else {
-                                Obj::Sequence(g.schema.clone(), n)
-                            }
-                        })
-                        .collect()
-                }
-                (ObjectKind::Function, Some(sel)) => {
-                    let rows: Vec<(String, String)> = sqlx::query_as(
-                        "SELECT p.proname::text, pg_get_function_identity_arguments(p.oid)
-                         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                         WHERE n.nspname = $1 AND p.prokind IN ('f', 'p') ORDER BY 1, 2",
-                    )
-                    .bind(&g.schema)
-                    .fetch_all(&mut **tx)
-                    .await
-                    .map_err(self.sql(format!("list functions in schema {}", g.schema)))?;
-                    select(sel, rows, |(n, _)| n.clone(), &self.name, g.kind, &g.schema)?
-                        .into_iter()
-                        .map(|(n, args)| Obj::Function(g.schema.clone(), n, args))
-                        .collect()
-                }
-            };
-            for obj in objects {
+            if !owners.contains_key(&g.schema) {
+                continue; // reported by schema_owners
+            }
+            for obj in self.grant_objects(tx, account, g, plan).await? {
                 for p in &g.privileges {
                     out.insert((obj.clone(), (*p).to_owned()));
                 }
@@ -399,24 +584,29 @@ impl Postgres {
         Ok(out)
     }
 
+    /// The privileges the role holds directly, each with the roles that granted it.
     async fn actual_privileges(
         &self,
         tx: &mut Transaction<'_, Pg>,
         role: &str,
-    ) -> Result<BTreeSet<(Obj, String)>, EngineError> {
-        let mut out = BTreeSet::new();
+    ) -> Result<BTreeMap<(Obj, String), BTreeSet<String>>, EngineError> {
+        let mut out: BTreeMap<(Obj, String), BTreeSet<String>> = BTreeMap::new();
         let action = || format!("read privileges of {role}");
-        let schemas: Vec<(String, String)> = sqlx::query_as(
-            "SELECT n.nspname::text, a.privilege_type FROM pg_namespace n, aclexplode(n.nspacl) a
+        let schemas: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT n.nspname::text, a.privilege_type, pg_get_userbyid(a.grantor)::text
+             FROM pg_namespace n, aclexplode(n.nspacl) a
              WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)",
         )
         .bind(role)
         .fetch_all(&mut **tx)
         .await
         .map_err(self.sql(action()))?;
-        out.extend(schemas.into_iter().map(|(s, p)| (Obj::Schema(s), p)));
-        let rels: Vec<(String, String, String, String)> = sqlx::query_as(
-            "SELECT n.nspname::text, c.relname::text, c.relkind::text, a.privilege_type
+        for (s, p, by) in schemas {
+            out.entry((Obj::Schema(s), p)).or_default().insert(by);
+        }
+        let rels: Vec<(String, String, String, String, String)> = sqlx::query_as(
+            "SELECT n.nspname::text, c.relname::text, c.relkind::text, a.privilege_type,
+                    pg_get_userbyid(a.grantor)::text
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a
              WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)",
         )
@@ -424,15 +614,17 @@ impl Postgres {
         .fetch_all(&mut **tx)
         .await
         .map_err(self.sql(action()))?;
-        out.extend(rels.into_iter().map(|(s, n, k, p)| {
-            if k == "S" {
-                (Obj::Sequence(s, n), p)
+        for (s, n, k, p, by) in rels {
+            let obj = if k == "S" {
+                Obj::Sequence(s, n)
             } else {
-                (Obj::Table(s, n), p)
-            }
-        }));
-        let funcs: Vec<(String, String, String, String)> = sqlx::query_as(
-            "SELECT n.nspname::text, p.proname::text, pg_get_function_identity_arguments(p.oid), a.privilege_type
+                Obj::Table(s, n)
+            };
+            out.entry((obj, p)).or_default().insert(by);
+        }
+        let funcs: Vec<(String, String, String, String, String)> = sqlx::query_as(
+            "SELECT n.nspname::text, p.proname::text, pg_get_function_identity_arguments(p.oid),
+                    a.privilege_type, pg_get_userbyid(a.grantor)::text
              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace, aclexplode(p.proacl) a
              WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)",
         )
@@ -440,25 +632,26 @@ impl Postgres {
         .fetch_all(&mut **tx)
         .await
         .map_err(self.sql(action()))?;
-        out.extend(
-            funcs
-                .into_iter()
-                .map(|(s, n, args, p)| (Obj::Function(s, n, args), p)),
-        );
+        for (s, n, args, p, by) in funcs {
+            out.entry((Obj::Function(s, n, args), p))
+                .or_default()
+                .insert(by);
+        }
         Ok(out)
     }
 
-    async fn desired_defaults(
-        &self,
-        tx: &mut Transaction<'_, Pg>,
+    fn desired_defaults(
         account: &Account,
-    ) -> Result<BTreeSet<DefaultAcl>, EngineError> {
+        owners: &BTreeMap<String, String>,
+    ) -> BTreeSet<DefaultAcl> {
         let mut out = BTreeSet::new();
         for g in &account.grants {
             if g.objects != Some(Objects::All) {
                 continue;
             }
-            let owner = self.schema_owner(tx, &g.schema, &account.name).await?;
+            let Some(owner) = owners.get(&g.schema) else {
+                continue;
+            };
             let objtype = match g.kind {
                 ObjectKind::Table => 'r',
                 ObjectKind::Sequence => 'S',
@@ -474,7 +667,7 @@ impl Postgres {
                 });
             }
         }
-        Ok(out)
+        out
     }
 
     async fn actual_defaults(
@@ -510,7 +703,7 @@ impl Postgres {
         tx: &mut Transaction<'_, Pg>,
         role: &str,
     ) -> Result<Vec<(String, String)>, EngineError> {
-        let rows: Vec<Vec<String>> = sqlx::query_scalar(
+        let rows: Vec<Option<Vec<String>>> = sqlx::query_scalar(
             "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
              WHERE r.rolname = $1 AND s.setdatabase = 0",
         )
@@ -521,11 +714,484 @@ impl Postgres {
         Ok(rows
             .into_iter()
             .flatten()
+            .flatten()
             .filter_map(|kv| {
                 kv.split_once('=')
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
             })
             .collect())
+    }
+
+    /// `drop_login` without the fallback. Needs no superuser: with only
+    /// `CREATEROLE` the admin may drop the role but not touch what it owns, so
+    /// `REASSIGN OWNED` / `DROP OWNED` run only when the role owns or holds
+    /// something here, after the admin has become a member of the roles
+    /// concerned (which `CREATEROLE` allows on 15, `ADMIN OPTION` from 16 on).
+    async fn try_drop_login(&self, account: &Account, username: &str) -> Result<(), EngineError> {
+        let action = format!("drop login role {username}");
+        let mut tx = self.begin().await?;
+        if self.role(&mut *tx, username).await?.is_none() {
+            tx.commit().await.map_err(self.sql(action))?;
+            return Ok(());
+        }
+        // What depends on the role: objects it owns, privileges granted to or by
+        // it, default privileges, policies; here (or shared: databases,
+        // tablespaces) and in other databases, where DROP OWNED cannot reach.
+        let deps: Vec<(i64, Option<String>, bool, bool)> = sqlx::query_as(
+            "SELECT s.dbid::int8, d.datname::text,
+                    s.dbid = 0 OR s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()),
+                    bool_or(s.deptype = 'o')
+             FROM pg_shdepend s LEFT JOIN pg_database d ON d.oid = s.dbid
+             WHERE s.refclassid = 'pg_authid'::regclass AND s.deptype <> 'p'
+               AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1)
+             GROUP BY s.dbid, d.datname ORDER BY 2",
+        )
+        .bind(username)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(self.sql(format!("read what depends on {username}")))?;
+        let elsewhere: Vec<String> = deps
+            .iter()
+            .filter(|(_, _, here, _)| !here)
+            .map(|(oid, name, _, _)| name.clone().unwrap_or_else(|| format!("oid {oid}")))
+            .collect();
+        if !elsewhere.is_empty() {
+            tx.rollback().await.map_err(self.sql(action))?;
+            self.disable_login(username).await?;
+            return Err(EngineError::Dependents {
+                database: self.name.clone(),
+                role: username.to_owned(),
+                scoped: account.scoped_role().to_owned(),
+                databases: elsewhere,
+            });
+        }
+        let refs_here = !deps.is_empty();
+        let owns_here = deps.iter().any(|(_, _, _, owns)| *owns);
+        if refs_here {
+            let version = self.server_version(&mut *tx).await?;
+            self.become_member(&mut tx, username, version, &action)
+                .await?;
+            if owns_here {
+                let scoped = account.scoped_role();
+                let granted = self
+                    .become_member(&mut tx, scoped, version, &action)
+                    .await?;
+                self.exec(
+                    &mut tx,
+                    &format!("REASSIGN OWNED BY {} TO {}", q(username), q(scoped)),
+                    &action,
+                )
+                .await?;
+                self.exec(&mut tx, &format!("DROP OWNED BY {}", q(username)), &action)
+                    .await?;
+                if granted {
+                    self.exec(
+                        &mut tx,
+                        &format!("REVOKE {} FROM CURRENT_USER", q(scoped)),
+                        &action,
+                    )
+                    .await?;
+                }
+            } else {
+                self.exec(&mut tx, &format!("DROP OWNED BY {}", q(username)), &action)
+                    .await?;
+            }
+        }
+        // A membership the admin was given in the login goes with the role.
+        self.exec(&mut tx, &format!("DROP ROLE {}", q(username)), &action)
+            .await?;
+        tx.commit().await.map_err(self.sql(action))?;
+        Ok(())
+    }
+
+    /// Makes the admin (current_user) hold the privileges of `role`, as `REASSIGN
+    /// OWNED` and `DROP OWNED` require, by granting it the role unless it already
+    /// has them. Returns whether it granted. From PostgreSQL 16 on, the creator
+    /// of a role holds it with `ADMIN OPTION` only, and inheritance and `SET` are
+    /// options of the grant.
+    async fn become_member(
+        &self,
+        tx: &mut Transaction<'_, Pg>,
+        role: &str,
+        version: i32,
+        action: &str,
+    ) -> Result<bool, EngineError> {
+        let check = if version >= PG16 {
+            "SELECT pg_has_role($1, 'USAGE') AND pg_has_role($1, 'SET')"
+        } else {
+            "SELECT pg_has_role($1, 'USAGE')"
+        };
+        let has: bool = sqlx::query_scalar(check)
+            .bind(role)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(self.sql(action))?;
+        if has {
+            return Ok(false);
+        }
+        let options = if version >= PG16 {
+            " WITH INHERIT TRUE, SET TRUE"
+        } else {
+            ""
+        };
+        self.exec(
+            tx,
+            &format!("GRANT {} TO CURRENT_USER{options}", q(role)),
+            action,
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// The body of `check_admin`, in a read-only transaction.
+    async fn admin_gaps(
+        &self,
+        tx: &mut Transaction<'_, Pg>,
+        accounts: &[&Account],
+    ) -> Result<Vec<AdminGap>, EngineError> {
+        let (admin, superuser, createrole, inherit, version, signal): (
+            String,
+            bool,
+            bool,
+            bool,
+            i32,
+            bool,
+        ) = sqlx::query_as(
+            "SELECT current_user::text, rolsuper, rolcreaterole, rolinherit,
+                    current_setting('server_version_num')::int4,
+                    pg_has_role('pg_signal_backend', 'USAGE')
+             FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(self.sql("read the admin's attributes"))?;
+        if superuser {
+            return Ok(Vec::new());
+        }
+        let mut gaps = Gaps::default();
+        let a = q(&admin);
+        let pg16 = version >= PG16;
+        if !createrole {
+            gaps.add(
+                format!("{admin} lacks CREATEROLE: it cannot create, alter or drop the scoped and login roles"),
+                Some(format!("ALTER ROLE {a} CREATEROLE")),
+            );
+        }
+        if !pg16 && !inherit {
+            gaps.add(
+                format!("{admin} is NOINHERIT: it does not get the privileges of the roles it is a member of (schema owners, for default privileges; logins, to hand over what they own)"),
+                Some(format!("ALTER ROLE {a} INHERIT")),
+            );
+        }
+        if !signal && accounts.iter().any(|acc| acc.revoke.terminate_sessions) {
+            gaps.add(
+                format!("{admin} is not a member of pg_signal_backend: sessions of revoked logins cannot be ended"),
+                Some(format!("GRANT pg_signal_backend TO {a}")),
+            );
+        }
+        for account in accounts {
+            self.account_gaps(tx, account, &admin, version, &mut gaps)
+                .await?;
+        }
+        Ok(gaps.0)
+    }
+
+    async fn account_gaps(
+        &self,
+        tx: &mut Transaction<'_, Pg>,
+        account: &Account,
+        admin: &str,
+        version: i32,
+        gaps: &mut Gaps,
+    ) -> Result<(), EngineError> {
+        let a = q(admin);
+        let pg16 = version >= PG16;
+        let action = || format!("check the admin's privileges for account {}", account.name);
+
+        // Settings: anyone may set a parameter of context `user` on a role it
+        // manages; a placeholder (`app.tenant_id`) or a superuser parameter needs
+        // a superuser, or from 15 on `GRANT SET ON PARAMETER`.
+        for k in account.settings.keys() {
+            let context: Option<String> =
+                sqlx::query_scalar("SELECT context FROM pg_settings WHERE name = lower($1)")
+                    .bind(k)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(self.sql(action()))?;
+            if context.as_deref() == Some("user") {
+                continue;
+            }
+            let granted: bool = if version >= PG15 {
+                sqlx::query_scalar("SELECT has_parameter_privilege($1, 'SET')")
+                    .bind(k)
+                    .fetch_one(&mut **tx)
+                    .await
+                    .map_err(self.sql(action()))?
+            } else {
+                false
+            };
+            if !granted {
+                gaps.add(
+                    format!(
+                        "{admin} may not set parameter {k} (a setting of account {}): it needs SET on it",
+                        account.name
+                    ),
+                    (version >= PG15)
+                        .then(|| format!("GRANT SET ON PARAMETER {} TO {a}", setting_name(k))),
+                );
+            }
+        }
+
+        // The roles the admin must alter, grant or drop.
+        let mut roles = vec![(
+            account.scoped_role().to_owned(),
+            "the scoped role".to_owned(),
+        )];
+        match &account.strategy {
+            Strategy::Alternating => {
+                for suffix in ["a", "b"] {
+                    roles.push((
+                        format!("{}_{suffix}", account.name),
+                        "the login role".to_owned(),
+                    ));
+                }
+            }
+            Strategy::Static { role, .. } => roles.push((role.clone(), "the static role".into())),
+            Strategy::Ephemeral => {
+                let logins: Vec<String> = sqlx::query_scalar(
+                    "SELECT r.rolname::text FROM pg_shdescription d JOIN pg_roles r ON r.oid = d.objoid
+                     WHERE d.classoid = 'pg_authid'::regclass AND d.description = $1 ORDER BY 1",
+                )
+                .bind(login_comment(&account.name))
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(self.sql(action()))?;
+                roles.extend(logins.into_iter().map(|l| (l, "the login role".into())));
+            }
+        }
+        for (role, what) in roles {
+            let row: Option<(bool, bool, bool, bool)> = sqlx::query_as(
+                "SELECT rolsuper, rolreplication, rolbypassrls,
+                        pg_has_role(rolname, 'MEMBER WITH ADMIN OPTION')
+                 FROM pg_roles WHERE rolname = $1",
+            )
+            .bind(&role)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(self.sql(action()))?;
+            let Some((sup, repl, bypass, admin_option)) = row else {
+                continue;
+            };
+            let attrs: Vec<&str> = [
+                ("SUPERUSER", sup),
+                ("REPLICATION", repl),
+                ("BYPASSRLS", bypass),
+            ]
+            .into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(n, _)| n)
+            .collect();
+            if !attrs.is_empty() {
+                gaps.add(
+                    format!(
+                        "{admin} cannot alter {what} {role} of account {}: it has {} (only a superuser may change such a role)",
+                        account.name,
+                        attrs.join(", ")
+                    ),
+                    None,
+                );
+            } else if pg16 && !admin_option {
+                gaps.add(
+                    format!(
+                        "{admin} cannot manage {what} {role} of account {}: no ADMIN OPTION on it (PostgreSQL 16+: a CREATEROLE admin manages only the roles it created or holds with ADMIN OPTION)",
+                        account.name
+                    ),
+                    Some(format!("GRANT {} TO {a} WITH ADMIN OPTION", q(&role))),
+                );
+            }
+        }
+
+        // Memberships to hand out: CREATEROLE suffices before 16.
+        if pg16 {
+            for group in &account.member_of {
+                let admin_option: Option<bool> = sqlx::query_scalar(
+                    "SELECT pg_has_role(rolname, 'MEMBER WITH ADMIN OPTION') FROM pg_roles WHERE rolname = $1",
+                )
+                .bind(group)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(self.sql(action()))?;
+                if admin_option == Some(false) {
+                    gaps.add(
+                        format!(
+                            "member_of role {group} of account {}: {admin} needs ADMIN OPTION on it to grant it (PostgreSQL 16+)",
+                            account.name
+                        ),
+                        Some(format!("GRANT {} TO {a} WITH ADMIN OPTION", q(group))),
+                    );
+                }
+            }
+        }
+
+        // Privileges to hand out: each needs the grant option (or ownership).
+        for g in &account.grants {
+            let owner: Option<(String, bool, bool)> = sqlx::query_as(
+                "SELECT r.rolname::text, r.rolsuper, pg_has_role(r.oid, 'USAGE')
+                 FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE n.nspname = $1",
+            )
+            .bind(&g.schema)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(self.sql(action()))?;
+            let Some((owner, owner_super, owner_privs)) = owner else {
+                continue; // reconcile reports the missing schema
+            };
+            for p in &g.privileges {
+                self.grant_option_gaps(tx, account, g, p, admin, gaps)
+                    .await?;
+            }
+            if g.objects == Some(Objects::All) && g.kind != ObjectKind::Schema && !owner_privs {
+                let later = format!(
+                    "{} created there later are granted only at the next rotation",
+                    g.kind.as_str()
+                );
+                if owner_super {
+                    gaps.add(
+                        format!(
+                            "{admin} cannot set default privileges for role {owner} in schema {}: {later} ({owner} is a superuser; let a non-superuser role own the schema and create its objects)",
+                            g.schema
+                        ),
+                        None,
+                    );
+                } else {
+                    let options = if pg16 { " WITH INHERIT TRUE" } else { "" };
+                    gaps.add(
+                        format!(
+                            "{admin} cannot set default privileges for role {owner} in schema {}: {later}",
+                            g.schema
+                        ),
+                        Some(format!("GRANT {} TO {a}{options}", q(&owner))),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The objects of grant `g` on which the admin cannot grant `privilege`.
+    async fn grant_option_gaps(
+        &self,
+        tx: &mut Transaction<'_, Pg>,
+        account: &Account,
+        g: &crate::inventory::Grant,
+        privilege: &str,
+        admin: &str,
+        gaps: &mut Gaps,
+    ) -> Result<(), EngineError> {
+        let a = q(admin);
+        let with = format!("{privilege} WITH GRANT OPTION");
+        let action = || format!("check the admin's privileges for account {}", account.name);
+        let lacking: Vec<Obj> = match (&g.kind, &g.objects) {
+            (ObjectKind::Schema, _) | (_, None) => {
+                let ok: bool = sqlx::query_scalar(
+                    "SELECT has_schema_privilege(oid, $2) FROM pg_namespace WHERE nspname = $1",
+                )
+                .bind(&g.schema)
+                .bind(&with)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(self.sql(action()))?;
+                if ok {
+                    Vec::new()
+                } else {
+                    vec![Obj::Schema(g.schema.clone())]
+                }
+            }
+            (ObjectKind::Table | ObjectKind::Sequence, Some(sel)) => {
+                let (kinds, check) = if g.kind == ObjectKind::Table {
+                    ("rvmfp", "has_table_privilege")
+                } else {
+                    ("S", "has_sequence_privilege")
+                };
+                let names: Vec<String> = sqlx::query_scalar(&format!(
+                    "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = $1 AND strpos($2, c.relkind::text) > 0 AND NOT {check}(c.oid, $3)
+                     ORDER BY 1"
+                ))
+                .bind(&g.schema)
+                .bind(kinds)
+                .bind(&with)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(self.sql(action()))?;
+                names
+                    .into_iter()
+                    .filter(|n| covers(sel, n))
+                    .map(|n| {
+                        if g.kind == ObjectKind::Table {
+                            Obj::Table(g.schema.clone(), n)
+                        } else {
+                            Obj::Sequence(g.schema.clone(), n)
+                        }
+                    })
+                    .collect()
+            }
+            (ObjectKind::Function, Some(sel)) => {
+                let rows: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT p.proname::text, pg_get_function_identity_arguments(p.oid)
+                     FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                     WHERE n.nspname = $1 AND p.prokind IN ('f', 'p') AND NOT has_function_privilege(p.oid, $2)
+                     ORDER BY 1, 2",
+                )
+                .bind(&g.schema)
+                .bind(&with)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(self.sql(action()))?;
+                rows.into_iter()
+                    .filter(|(n, _)| covers(sel, n))
+                    .map(|(n, args)| Obj::Function(g.schema.clone(), n, args))
+                    .collect()
+            }
+        };
+        if lacking.len() > 1 && g.objects == Some(Objects::All) {
+            let all = match g.kind {
+                ObjectKind::Sequence => "SEQUENCES",
+                ObjectKind::Function => "ROUTINES",
+                _ => "TABLES",
+            };
+            let mut names: Vec<String> = lacking.iter().take(3).map(Obj::describe).collect();
+            if lacking.len() > 3 {
+                names.push("...".into());
+            }
+            gaps.add(
+                format!(
+                    "{admin} cannot grant {privilege} on {} {} in schema {} ({}) (no grant option)",
+                    lacking.len(),
+                    g.kind.as_str(),
+                    g.schema,
+                    names.join(", ")
+                ),
+                Some(format!(
+                    "GRANT {privilege} ON ALL {all} IN SCHEMA {} TO {a} WITH GRANT OPTION",
+                    q(&g.schema)
+                )),
+            );
+        } else {
+            for obj in lacking {
+                gaps.add(
+                    format!(
+                        "{admin} cannot grant {privilege} on {} (no grant option)",
+                        obj.describe()
+                    ),
+                    Some(format!(
+                        "GRANT {privilege} ON {} TO {a} WITH GRANT OPTION",
+                        obj.sql()
+                    )),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Statements that give a login role the account's session defaults: run as
@@ -559,33 +1225,54 @@ fn setting_name(k: &str) -> String {
     k.split('.').map(q).collect::<Vec<_>>().join(".")
 }
 
+/// A `VALID UNTIL` literal. `MIN_UTC` (how `-infinity` is read) and anything before
+/// year 1 is `'-infinity'`; anything after year 9999 is `'infinity'` (both outside
+/// what RFC 3339 renders and the server parses back); the rest is exact to the
+/// second.
 fn valid_until(t: DateTime<Utc>) -> String {
-    lit(&t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    if t == DateTime::<Utc>::MIN_UTC || t.year() < 1 {
+        lit("-infinity")
+    } else if t.year() > 9999 {
+        lit("infinity")
+    } else {
+        lit(&t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    }
 }
 
+/// Whether the selection names `name` (or everything).
+fn covers(sel: &Objects, name: &str) -> bool {
+    match sel {
+        Objects::All => true,
+        Objects::Named(names) => names.iter().any(|n| n == name),
+    }
+}
+
+/// The rows `sel` picks. A listed name that does not exist is reported as stuck.
 fn select<T: Clone>(
     sel: &Objects,
     rows: Vec<T>,
     name: impl Fn(&T) -> String,
-    database: &str,
+    account: &Account,
     kind: ObjectKind,
     schema: &str,
-) -> Result<Vec<T>, EngineError> {
+    plan: &mut Plan,
+) -> Vec<T> {
     match sel {
-        Objects::All => Ok(rows),
+        Objects::All => rows,
         Objects::Named(names) => {
             let mut out = Vec::new();
             for n in names {
                 let found: Vec<T> = rows.iter().filter(|r| name(r) == *n).cloned().collect();
                 if found.is_empty() {
-                    return Err(EngineError::Missing {
-                        database: database.to_owned(),
-                        what: format!("{} {schema}.{n}", kind.as_str().trim_end_matches('s')),
-                    });
+                    plan.missing(format!(
+                        "{} {schema}.{n} (granted to account {})",
+                        kind.as_str().trim_end_matches('s'),
+                        account.name
+                    ));
                 }
                 out.extend(found);
             }
-            Ok(out)
+            out
         }
     }
 }
@@ -595,6 +1282,77 @@ struct RoleRow {
     dangerous: Vec<&'static str>,
     valid_until: Option<DateTime<Utc>>,
     comment: Option<String>,
+}
+
+impl RoleRow {
+    /// The attributes that turn off what must be off (`LOGIN` too when
+    /// `nologin`), or `None` when all is well. Only what is on is named:
+    /// PostgreSQL refuses a non-superuser an `ALTER ROLE` that merely mentions
+    /// `NOSUPERUSER`, `NOREPLICATION` or `NOBYPASSRLS`, even when nothing changes.
+    fn unsafe_attributes(&self, nologin: bool) -> Option<String> {
+        let mut out: Vec<String> = Vec::new();
+        if nologin && self.can_login {
+            out.push("NOLOGIN".into());
+        }
+        out.extend(self.dangerous.iter().map(|a| format!("NO{a}")));
+        (!out.is_empty()).then(|| out.join(" "))
+    }
+}
+
+/// What reconciliation is about to run, and what it already knows it cannot.
+#[derive(Default)]
+struct Plan {
+    stmts: Vec<Stmt>,
+    stuck: Vec<Stuck>,
+}
+
+struct Stmt {
+    sql: String,
+    /// Without it the scoped role is unusable or unsafe: a failure fails the
+    /// reconciliation. Otherwise the statement runs under a savepoint and a
+    /// failure is reported as stuck.
+    essential: bool,
+    /// Why the statement may have no effect, for the stuck report.
+    hint: Option<String>,
+}
+
+impl Plan {
+    fn must(&mut self, sql: String) {
+        self.stmts.push(Stmt {
+            sql,
+            essential: true,
+            hint: None,
+        });
+    }
+
+    fn may(&mut self, sql: String, hint: Option<String>) {
+        self.stmts.push(Stmt {
+            sql,
+            essential: false,
+            hint,
+        });
+    }
+
+    fn missing(&mut self, what: String) {
+        if !self.stuck.iter().any(|s| s.what == what) {
+            self.stuck.push(Stuck {
+                what,
+                error: "does not exist".into(),
+            });
+        }
+    }
+}
+
+/// Admin gaps in the order found, each once.
+#[derive(Default)]
+struct Gaps(Vec<AdminGap>);
+
+impl Gaps {
+    fn add(&mut self, missing: String, fix: Option<String>) {
+        if !self.0.iter().any(|g| g.missing == missing) {
+            self.0.push(AdminGap { missing, fix });
+        }
+    }
 }
 
 /// A database object a privilege is on.
@@ -608,6 +1366,16 @@ enum Obj {
 }
 
 impl Obj {
+    /// For people: `table public.orders`.
+    fn describe(&self) -> String {
+        match self {
+            Obj::Schema(s) => format!("schema {s}"),
+            Obj::Table(s, t) => format!("table {s}.{t}"),
+            Obj::Sequence(s, t) => format!("sequence {s}.{t}"),
+            Obj::Function(s, f, args) => format!("routine {s}.{f}({args})"),
+        }
+    }
+
     fn sql(&self) -> String {
         match self {
             Obj::Schema(s) => format!("SCHEMA {}", q(s)),
@@ -648,7 +1416,7 @@ const RECONCILE_LOCK: i64 = 0x6372_6564_726f_7401;
 
 #[async_trait]
 impl Engine for Postgres {
-    async fn reconcile(&self, account: &Account, apply: bool) -> Result<Vec<Change>, EngineError> {
+    async fn reconcile(&self, account: &Account, apply: bool) -> Result<Reconciled, EngineError> {
         let mut tx = self.begin().await?;
         if !apply {
             self.exec(
@@ -658,25 +1426,79 @@ impl Engine for Postgres {
             )
             .await?;
         }
-        let mut stmts = self.diff(&mut tx, account).await?;
-        if apply && !stmts.is_empty() {
-            // Plan again under the lock so that two processes never apply the
-            // same change twice.
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(RECONCILE_LOCK)
-                .execute(&mut *tx)
-                .await
-                .map_err(self.sql("take reconcile lock"))?;
-            stmts = self.diff(&mut tx, account).await?;
-            for s in &stmts {
-                self.exec(&mut tx, s, &format!("reconcile role {}", account.name))
-                    .await?;
-            }
-            tx.commit().await.map_err(self.sql("commit reconcile"))?;
-        } else {
+        let plan = self.diff(&mut tx, account).await?;
+        if !apply || plan.stmts.is_empty() {
             tx.rollback().await.map_err(self.sql("end transaction"))?;
+            return Ok(Reconciled {
+                changes: plan.stmts.into_iter().map(|s| Change(s.sql)).collect(),
+                stuck: plan.stuck,
+            });
         }
-        Ok(stmts.into_iter().map(Change).collect())
+        // Plan again under the lock so that two processes never apply the same
+        // change twice.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(RECONCILE_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.sql("take reconcile lock"))?;
+        let plan = self.diff(&mut tx, account).await?;
+        let action = format!("reconcile role {}", account.name);
+        let mut stuck = plan.stuck;
+        let mut applied = Vec::new();
+        for s in plan.stmts {
+            if s.essential {
+                self.exec(&mut tx, &s.sql, &action).await?;
+                applied.push(s);
+                continue;
+            }
+            // One refused statement (no grant option, not a member of the
+            // owner, ...) is undone and reported; the others still apply.
+            self.exec(&mut tx, "SAVEPOINT credrotd_reconcile", &action)
+                .await?;
+            match tx.execute(s.sql.as_str()).await {
+                Ok(_) => {
+                    self.exec(&mut tx, "RELEASE SAVEPOINT credrotd_reconcile", &action)
+                        .await?;
+                    applied.push(s);
+                }
+                Err(sqlx::Error::Database(e)) => {
+                    self.exec(&mut tx, "ROLLBACK TO SAVEPOINT credrotd_reconcile", &action)
+                        .await?;
+                    stuck.push(Stuck {
+                        what: s.sql,
+                        error: e.message().to_owned(),
+                    });
+                }
+                Err(source) => {
+                    return Err(EngineError::Sql {
+                        database: self.name.clone(),
+                        action,
+                        source,
+                    })
+                }
+            }
+        }
+        // GRANT and REVOKE only warn when they change nothing (a privilege granted
+        // by another role, a grant option on some privileges only): what the
+        // catalog still wants after applying had no effect.
+        let after = self.diff(&mut tx, account).await?;
+        let remaining: BTreeSet<&str> = after.stmts.iter().map(|s| s.sql.as_str()).collect();
+        let mut changes = Vec::new();
+        for s in applied {
+            if !s.essential && remaining.contains(s.sql.as_str()) {
+                let why = s
+                    .hint
+                    .unwrap_or_else(|| "the admin may not change it".to_owned());
+                stuck.push(Stuck {
+                    what: s.sql,
+                    error: format!("had no effect: {why}"),
+                });
+            } else {
+                changes.push(Change(s.sql));
+            }
+        }
+        tx.commit().await.map_err(self.sql("commit reconcile"))?;
+        Ok(Reconciled { changes, stuck })
     }
 
     async fn create_login(&self, account: &Account, login: &Login<'_>) -> Result<(), EngineError> {
@@ -730,10 +1552,10 @@ impl Engine for Postgres {
             Some(r) => {
                 // A long-lived role: put back the safe attributes if someone
                 // changed them.
-                if !r.dangerous.is_empty() {
+                if let Some(attrs) = r.unsafe_attributes(false) {
                     self.exec(
                         &mut tx,
-                        &format!("ALTER ROLE {} {SAFE_ATTRIBUTES}", q(username)),
+                        &format!("ALTER ROLE {} {attrs}", q(username)),
                         &action,
                     )
                     .await?;
@@ -826,16 +1648,24 @@ impl Engine for Postgres {
     }
 
     async fn disable_login(&self, username: &str) -> Result<(), EngineError> {
+        let action = format!("disable login {username}");
         let mut tx = self.begin().await?;
-        if self.role(&mut *tx, username).await?.is_some() {
-            self.exec(
-                &mut tx,
-                &format!("ALTER ROLE {} NOLOGIN", q(username)),
-                &format!("disable login {username}"),
-            )
-            .await?;
+        if let Some(r) = self.role(&mut *tx, username).await? {
+            // The server's clock decides expiry, so take its time, not ours.
+            let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(self.sql(action.clone()))?;
+            let expired = r.valid_until.is_some_and(|v| v <= now);
+            if r.can_login || !expired {
+                let mut stmt = format!("ALTER ROLE {} NOLOGIN", q(username));
+                if !expired {
+                    stmt.push_str(&format!(" VALID UNTIL {}", valid_until(now)));
+                }
+                self.exec(&mut tx, &stmt, &action).await?;
+            }
         }
-        tx.commit().await.map_err(self.sql("commit"))?;
+        tx.commit().await.map_err(self.sql(action))?;
         Ok(())
     }
 
@@ -859,24 +1689,18 @@ impl Engine for Postgres {
                 role: username.to_owned(),
             });
         }
-        let mut tx = self.begin().await?;
-        let action = format!("drop login role {username}");
-        if self.role(&mut *tx, username).await?.is_some() {
-            for s in [
-                format!("ALTER ROLE {} NOLOGIN", q(username)),
-                format!(
-                    "REASSIGN OWNED BY {} TO {}",
-                    q(username),
-                    q(account.scoped_role())
-                ),
-                format!("DROP OWNED BY {}", q(username)),
-                format!("DROP ROLE {}", q(username)),
-            ] {
-                self.exec(&mut tx, &s, &action).await?;
+        match self.try_drop_login(account, username).await {
+            Ok(()) => Ok(()),
+            Err(e @ EngineError::Dependents { .. }) => Err(e),
+            Err(e) => {
+                // A login that cannot be dropped at least refuses logins and is
+                // expired; the error that matters is the drop's.
+                if let Err(d) = self.disable_login(username).await {
+                    tracing::warn!(database = %self.name, username, error = %d, "cannot disable a login that could not be dropped");
+                }
+                Err(e)
             }
         }
-        tx.commit().await.map_err(self.sql(action))?;
-        Ok(())
     }
 
     async fn login_info(&self, username: &str) -> Result<Option<LoginInfo>, EngineError> {
@@ -930,27 +1754,39 @@ impl Engine for Postgres {
     async fn saved_password(&self, role: &str) -> Result<Option<SavedPassword>, EngineError> {
         // pg_authid is readable by superusers only; anyone else gets no saved
         // password and a failed static rotation is repaired by the next one.
-        let row: Result<Option<(Option<String>, Option<DateTime<Utc>>)>, sqlx::Error> =
-            sqlx::query_as("SELECT rolpassword, rolvaliduntil FROM pg_authid WHERE rolname = $1")
-                .bind(role)
-                .fetch_optional(&self.pool)
-                .await;
-        match row {
-            Ok(Some((Some(verifier), valid_until))) => Ok(Some(SavedPassword {
-                verifier: Secret::new(verifier),
-                valid_until,
-            })),
-            Ok(_) => Ok(None),
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => Ok(None),
-            Err(source) => Err(EngineError::Sql {
-                database: self.name.clone(),
-                action: format!("read the password verifier of {role}"),
-                source,
-            }),
-        }
+        let action = || format!("read the password verifier of {role}");
+        let row = sqlx::query(&format!(
+            "SELECT rolpassword, {} FROM pg_authid WHERE rolname = $1",
+            ts_columns("rolvaliduntil", "vu")
+        ))
+        .bind(role)
+        .fetch_optional(&self.pool)
+        .await;
+        let row = match row {
+            Ok(Some(row)) => row,
+            Ok(None) => return Ok(None),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => {
+                return Ok(None)
+            }
+            Err(source) => {
+                return Err(EngineError::Sql {
+                    database: self.name.clone(),
+                    action: action(),
+                    source,
+                })
+            }
+        };
+        let verifier: Option<String> = row.try_get("rolpassword").map_err(self.sql(action()))?;
+        let valid_until = decode_ts(&row, "vu").map_err(self.sql(action()))?;
+        Ok(verifier.map(|v| SavedPassword {
+            verifier: Secret::new(v),
+            valid_until,
+        }))
     }
 
     async fn restore_password(&self, role: &str, saved: &SavedPassword) -> Result<(), EngineError> {
+        // None is "never expires": no VALID UNTIL, or 'infinity', which is also
+        // how "never" is written back. MIN_UTC becomes '-infinity' again.
         let until = match saved.valid_until {
             Some(t) => valid_until(t),
             None => lit("infinity"),
@@ -968,5 +1804,83 @@ impl Engine for Postgres {
         .await?;
         tx.commit().await.map_err(self.sql("commit"))?;
         Ok(())
+    }
+
+    async fn owner(&self, account: &Account) -> Result<Option<Owner>, EngineError> {
+        let role = account.scoped_role();
+        let Some(r) = self.role(&self.pool, role).await? else {
+            return Ok(None);
+        };
+        match r.comment.as_deref().and_then(parse_scoped) {
+            Some(m) if m.account == account.name => Ok(Some(m.owner)),
+            _ => Err(EngineError::NotManaged {
+                database: self.name.clone(),
+                role: role.to_owned(),
+            }),
+        }
+    }
+
+    async fn claim(
+        &self,
+        account: &Account,
+        ledger: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
+        if !valid_ledger_id(ledger) {
+            return Err(EngineError::Invalid {
+                database: self.name.clone(),
+                what: "a ledger id must be 1 to 64 of a-z, 0-9 and -".into(),
+            });
+        }
+        let role = account.scoped_role();
+        let action = format!("claim role {role}");
+        let mut tx = self.begin().await?;
+        // The reconcile lock: a claim never interleaves with a reconciliation of
+        // the same database, which reads the marker.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(RECONCILE_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.sql(action.clone()))?;
+        match self.role(&mut *tx, role).await? {
+            None => {
+                return Err(EngineError::Missing {
+                    database: self.name.clone(),
+                    what: format!("role {role} (the scoped role of account {})", account.name),
+                })
+            }
+            Some(r) if !is_scoped_of(r.comment.as_deref(), &account.name) => {
+                return Err(EngineError::NotManaged {
+                    database: self.name.clone(),
+                    role: role.to_owned(),
+                })
+            }
+            Some(_) => {}
+        }
+        self.exec(
+            &mut tx,
+            &format!(
+                "COMMENT ON ROLE {} IS {}",
+                q(role),
+                lit(&owned_scoped_comment(&account.name, ledger, now))
+            ),
+            &action,
+        )
+        .await?;
+        tx.commit().await.map_err(self.sql(action))?;
+        Ok(())
+    }
+
+    async fn check_admin(&self, accounts: &[&Account]) -> Result<Vec<AdminGap>, EngineError> {
+        let mut tx = self.begin().await?;
+        self.exec(
+            &mut tx,
+            "SET TRANSACTION READ ONLY",
+            "start read-only transaction",
+        )
+        .await?;
+        let gaps = self.admin_gaps(&mut tx, accounts).await?;
+        tx.rollback().await.map_err(self.sql("end transaction"))?;
+        Ok(gaps)
     }
 }

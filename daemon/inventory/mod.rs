@@ -356,6 +356,9 @@ pub struct Account {
     pub expiry_margin: Duration,
     /// A fixed lifetime; when `None` the expiry follows the schedule.
     pub lifetime: Option<Duration>,
+    /// The expiry guard never extends a credential beyond `issued_at` plus this,
+    /// however long rotations keep failing: a credential must die eventually.
+    pub max_lifetime: Duration,
     pub grants: Vec<Grant>,
     pub member_of: Vec<String>,
     pub settings: BTreeMap<String, String>,
@@ -576,6 +579,7 @@ struct Defaults {
     schedule: Option<S<String>>,
     overlap: Option<S<String>>,
     expiry_margin: Option<S<String>>,
+    max_lifetime: Option<S<String>>,
     strategy: Option<S<String>>,
     store: Option<S<Vec<String>>>,
 }
@@ -767,6 +771,7 @@ impl Validator {
             schedule: d.schedule,
             overlap: d.overlap,
             expiry_margin: d.expiry_margin,
+            max_lifetime: d.max_lifetime,
             strategy: d.strategy,
             store: d
                 .store
@@ -1479,6 +1484,25 @@ impl Validator {
             Some(l) => self.duration(l, "lifetime").map(Some),
             None => Some(None),
         };
+        let max_lifetime_src = acc
+            .max_lifetime
+            .as_ref()
+            .or(defaults.max_lifetime.as_ref());
+        let max_lifetime = match max_lifetime_src {
+            Some(m) => self.duration(m, "max_lifetime"),
+            None => Some(PRODUCTION_MAX_LIFETIME),
+        };
+        if let (Some(m), Some(src)) = (max_lifetime, max_lifetime_src) {
+            if m > PRODUCTION_MAX_LIFETIME {
+                self.policy(
+                    &src.referenced,
+                    format!(
+                        "account {n:?}: max_lifetime {} exceeds 7 days",
+                        humantime::format_duration(m)
+                    ),
+                );
+            }
+        }
         // A bad overlap is already reported; go on with zero to find other errors
         // (the account is not built when any error was found).
         let overlap_valid = overlap.is_some();
@@ -1743,6 +1767,7 @@ impl Validator {
             overlap,
             expiry_margin: expiry_margin?,
             lifetime: lifetime?,
+            max_lifetime: max_lifetime?,
             grants,
             member_of,
             settings,

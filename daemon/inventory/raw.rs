@@ -124,6 +124,7 @@ pub struct RawDefaults {
     pub schedule: Option<S<String>>,
     pub overlap: Option<S<String>>,
     pub expiry_margin: Option<S<String>>,
+    pub max_lifetime: Option<S<String>>,
     pub strategy: Option<S<String>>,
     pub store: Option<S<OneOrMany<String>>>,
 }
@@ -199,6 +200,7 @@ pub struct RawAccount {
     pub overlap: Option<S<String>>,
     pub expiry_margin: Option<S<String>>,
     pub lifetime: Option<S<String>>,
+    pub max_lifetime: Option<S<String>>,
     #[serde(default)]
     pub grants: Vec<RawGrant>,
     #[serde(default)]

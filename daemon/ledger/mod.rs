@@ -5,7 +5,9 @@
 //! leases that keep two processes (the daemon and a CLI `rotate`) off one account.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -42,6 +44,16 @@ pub enum LedgerError {
     },
     #[error("ledger holds an unknown credential state {0:?}")]
     UnknownState(String),
+    /// The saga's lease was taken over (it paused past its expiry): its writes are
+    /// refused so that it cannot undo its successor's work.
+    #[error("lost the lease of account {account} (fencing token {token} is stale); another saga owns it now")]
+    Fenced { account: String, token: i64 },
+    #[error("cannot lock the ledger's instance file {path}: {source}")]
+    Instance {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A credential's place in its life cycle.
@@ -150,6 +162,46 @@ pub struct AccountState {
     pub retry_at: Option<DateTime<Utc>>,
     /// Set by a break-glass revoke: no new credential until an explicit rotate.
     pub suspended: bool,
+    /// The expiry guard extended the current credential until then, while
+    /// rotations failed; cleared by the next successful rotation.
+    pub extended_until: Option<DateTime<Utc>>,
+    pub extended_reason: Option<String>,
+    /// Another ledger owns the account's scoped role (its id, as a message).
+    pub foreign_owner: Option<String>,
+}
+
+/// A housekeeping item that failed and is retried without blocking issuance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckItem {
+    pub account: String,
+    /// `drop-login`, `disable-login`, `reconcile`, `store-serves`...
+    pub kind: String,
+    /// The login or the statement concerned; never a secret.
+    pub subject: String,
+    pub error: String,
+    pub first_at: DateTime<Utc>,
+    pub attempts: i64,
+    pub retry_at: DateTime<Utc>,
+}
+
+/// A step that follows a promotion and must happen at least once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub account: String,
+    pub version: i64,
+    pub kind: String,
+    pub attempts: i64,
+    pub retry_at: DateTime<Utc>,
+}
+
+/// An account's lease as one saga holds it. Every saga write names it, and the
+/// ledger refuses the write once the token moved on (a fencing token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub account: String,
+    pub holder: String,
+    pub token: i64,
 }
 
 /// An event from the log.
@@ -187,6 +239,93 @@ fn from_ms(v: i64) -> DateTime<Utc> {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     pool: SqlitePool,
+    /// This ledger's identity (the `meta` table), recorded on the scoped roles
+    /// it owns.
+    id: Arc<str>,
+    instance: Arc<Instance>,
+}
+
+/// This process's presence, for lease liveness: a file under the ledger's
+/// `<file>.holders/` directory, locked with `flock` for as long as the ledger is
+/// open. A holder whose file can be locked by someone else is gone, whatever PID
+/// namespace it ran in (containers of one pod share the volume, not the PIDs).
+#[derive(Debug)]
+struct Instance {
+    id: String,
+    dir: Option<PathBuf>,
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+impl Instance {
+    fn new(dir: Option<PathBuf>) -> Result<Instance, LedgerError> {
+        let id = format!("{:016x}", rand::random::<u64>());
+        let Some(dir) = dir else {
+            return Ok(Instance {
+                id,
+                dir: None,
+                _lock: None,
+            });
+        };
+        let path = dir.join(format!("{id}.lock"));
+        let err = |source| LedgerError::Instance {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(err)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(err)?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| err(std::io::Error::from(e)))?;
+        Ok(Instance {
+            id,
+            dir: Some(dir),
+            _lock: Some(lock),
+        })
+    }
+
+    /// True when `holder` is an instance of this ledger that no longer runs.
+    fn is_dead(&self, holder: &str) -> bool {
+        let (Some(dir), Some((instance, _))) = (&self.dir, holder.split_once(':')) else {
+            return false;
+        };
+        if instance == self.id || !instance.chars().all(|c| c.is_ascii_hexdigit()) {
+            return false;
+        }
+        let path = dir.join(format!("{instance}.lock"));
+        let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) else {
+            // No presence file: the holder is gone (and was cleaned up).
+            return true;
+        };
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(_lock) => {
+                let _ = std::fs::remove_file(&path);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_file(dir.join(format!("{}.lock", self.id)));
+        }
+    }
+}
+
+/// SQL that is true while a lease still holds the account (the fencing check),
+/// with its account, holder and token bound as parameters `?n`, `?n+1`, `?n+2`.
+fn fence(n: usize) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM leases l WHERE l.account = ?{n} AND l.holder = ?{} AND l.token = ?{})",
+        n + 1,
+        n + 2
+    )
 }
 
 impl Ledger {
@@ -210,6 +349,7 @@ impl Ledger {
                 })?;
             }
         }
+        let file = opts.get_filename().to_path_buf();
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
@@ -221,7 +361,31 @@ impl Ledger {
         sqlx::migrate!("daemon/ledger/migrations")
             .run(&pool)
             .await?;
-        Ok(Ledger { pool })
+        // The ledger's identity is made once, by whoever creates the ledger.
+        let fresh = format!(
+            "{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('id', ?1) ON CONFLICT(key) DO NOTHING")
+            .bind(&fresh)
+            .execute(&pool)
+            .await?;
+        let id: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'id'")
+            .fetch_one(&pool)
+            .await?;
+        let dir = (!file.as_os_str().is_empty() && file != std::path::Path::new(":memory:"))
+            .then(|| PathBuf::from(format!("{}.holders", file.display())));
+        Ok(Ledger {
+            pool,
+            id: id.into(),
+            instance: Arc::new(Instance::new(dir)?),
+        })
+    }
+
+    /// This ledger's identity, recorded on the scoped roles it owns.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Records a new credential in state `planned`, with the next version number.
@@ -229,15 +393,52 @@ impl Ledger {
         &self,
         new: NewCredential<'_>,
         now: DateTime<Utc>,
+        lease: &Lease,
+    ) -> Result<Credential, LedgerError> {
+        self.insert(new, CredState::Planned, None, now, lease).await
+    }
+
+    /// Records a credential found in the stores and the catalog (rebuilding a
+    /// lost ledger) in `state`, with the version the stores gave it (or the next
+    /// free one).
+    pub async fn adopt(
+        &self,
+        new: NewCredential<'_>,
+        state: CredState,
+        version: Option<i64>,
+        retire_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        lease: &Lease,
+    ) -> Result<Credential, LedgerError> {
+        let cred = self.insert(new, state, version, now, lease).await?;
+        if let Some(at) = retire_at {
+            sqlx::query("UPDATE credentials SET retire_at = ?1 WHERE id = ?2")
+                .bind(ms(at))
+                .bind(cred.id)
+                .execute(&self.pool)
+                .await?;
+        }
+        self.get(cred.id).await
+    }
+
+    async fn insert(
+        &self,
+        new: NewCredential<'_>,
+        state: CredState,
+        version: Option<i64>,
+        now: DateTime<Utc>,
+        lease: &Lease,
     ) -> Result<Credential, LedgerError> {
         // One statement, so that the version is assigned under SQLite's write lock
         // (a read-then-write transaction could fail with SQLITE_BUSY instead of
         // waiting for a concurrent writer).
-        let id: i64 = sqlx::query_scalar(
+        let id: Option<i64> = sqlx::query_scalar(&format!(
             "INSERT INTO credentials (account, version, database, strategy, username, state, issued_at, expires_at, updated_at)
-             SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4, 'planned', ?5, ?6, ?7
-             FROM credentials WHERE account = ?1 RETURNING id",
-        )
+             SELECT ?1, MAX(COALESCE(m.v, 0) + 1, COALESCE(?9, 0)), ?2, ?3, ?4, ?8, ?5, ?6, ?7
+             FROM (SELECT MAX(version) AS v FROM credentials WHERE account = ?1) m
+             WHERE {} RETURNING id",
+            fence(10)
+        ))
         .bind(new.account)
         .bind(new.database)
         .bind(new.strategy)
@@ -245,9 +446,20 @@ impl Ledger {
         .bind(ms(new.issued_at))
         .bind(ms(new.expires_at))
         .bind(ms(now))
-        .fetch_one(&self.pool)
+        .bind(state.as_str())
+        .bind(version)
+        .bind(&lease.account)
+        .bind(&lease.holder)
+        .bind(lease.token)
+        .fetch_optional(&self.pool)
         .await?;
-        self.get(id).await
+        match id {
+            Some(id) => self.get(id).await,
+            None => Err(LedgerError::Fenced {
+                account: lease.account.clone(),
+                token: lease.token,
+            }),
+        }
     }
 
     /// Reads one credential by id.
@@ -260,19 +472,21 @@ impl Ledger {
     }
 
     /// Moves a credential from `from` to `to`; fails with `StateConflict` if it is
-    /// no longer in `from`.
+    /// no longer in `from`, `Fenced` if the lease moved on.
     pub async fn advance(
         &self,
         cred: &Credential,
         from: CredState,
         to: CredState,
         now: DateTime<Utc>,
+        lease: &Lease,
     ) -> Result<(), LedgerError> {
-        self.transition(cred, from, to, now, None).await
+        self.transition(cred, from, to, now, None, lease).await
     }
 
     /// [`Ledger::advance`] and an event-log entry, in one transaction (one
     /// durable write instead of two). `detail` must never carry a secret.
+    #[allow(clippy::too_many_arguments)]
     pub async fn advance_noting(
         &self,
         cred: &Credential,
@@ -281,9 +495,38 @@ impl Ledger {
         now: DateTime<Utc>,
         kind: &str,
         detail: &str,
+        lease: &Lease,
     ) -> Result<(), LedgerError> {
-        self.transition(cred, from, to, now, Some((kind, detail)))
+        self.transition(cred, from, to, now, Some((kind, detail)), lease)
             .await
+    }
+
+    /// Why a fenced update changed no row: the lease moved on, or the row was
+    /// not in the expected state.
+    async fn refused(
+        &self,
+        cred: &Credential,
+        expected: CredState,
+        lease: &Lease,
+    ) -> Result<LedgerError, LedgerError> {
+        let token: Option<(String, i64)> =
+            sqlx::query_as("SELECT holder, token FROM leases WHERE account = ?1")
+                .bind(&lease.account)
+                .fetch_optional(&self.pool)
+                .await?;
+        if token.as_ref() != Some(&(lease.holder.clone(), lease.token)) {
+            return Ok(LedgerError::Fenced {
+                account: lease.account.clone(),
+                token: lease.token,
+            });
+        }
+        let actual = self.get(cred.id).await?.state;
+        Ok(LedgerError::StateConflict {
+            account: cred.account.clone(),
+            version: cred.version,
+            expected,
+            actual: actual.to_string(),
+        })
     }
 
     async fn transition(
@@ -293,114 +536,110 @@ impl Ledger {
         to: CredState,
         now: DateTime<Utc>,
         note: Option<(&str, &str)>,
+        lease: &Lease,
     ) -> Result<(), LedgerError> {
         // The first statement writes, so the transaction takes SQLite's write
         // lock at once (and waits for it) instead of upgrading later.
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE credentials SET state = ?1, updated_at = ?2 WHERE id = ?3 AND state = ?4",
-        )
+        let done = sqlx::query(&format!(
+            "UPDATE credentials SET state = ?1, updated_at = ?2 WHERE id = ?3 AND state = ?4 AND {}",
+            fence(5)
+        ))
         .bind(to.as_str())
         .bind(ms(now))
         .bind(cred.id)
         .bind(from.as_str())
+        .bind(&lease.account)
+        .bind(&lease.holder)
+        .bind(lease.token)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
             tx.rollback().await?;
-            let actual = self.get(cred.id).await?.state;
-            return Err(LedgerError::StateConflict {
-                account: cred.account.clone(),
-                version: cred.version,
-                expected: from,
-                actual: actual.to_string(),
-            });
+            return Err(self.refused(cred, from, lease).await?);
         }
         if let Some((kind, detail)) = note {
-            sqlx::query(
-                "INSERT INTO events (at, account, version, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .bind(ms(now))
-            .bind(&cred.account)
-            .bind(cred.version)
-            .bind(kind)
-            .bind(detail)
-            .execute(&mut *tx)
-            .await?;
+            insert_event(&mut tx, now, &cred.account, Some(cred.version), kind, detail).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Promotes `new` (published) to current and moves the previous current, if
-    /// any, to retiring until `retire_at`, in one transaction.
+    /// Promotes `new` (published) to current, moves the previous current, if
+    /// any, to retiring until `retire_at`, records the successful rotation and
+    /// the next one, and queues the consumer notification, all in one
+    /// transaction: a crash right after promotion loses none of it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn promote(
         &self,
         new: &Credential,
         previous: Option<&Credential>,
         retire_at: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<(), LedgerError> {
-        self.promote_noting(new, previous, retire_at, now, None)
-            .await
-    }
-
-    /// [`Ledger::promote`] with an event-log entry (kind `current`) in the same
-    /// transaction. `detail` must never carry a secret.
-    pub async fn promote_noting(
-        &self,
-        new: &Credential,
-        previous: Option<&Credential>,
-        retire_at: DateTime<Utc>,
+        next_rotation: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
         detail: Option<&str>,
+        lease: &Lease,
     ) -> Result<(), LedgerError> {
         let mut tx = self.pool.begin().await?;
         if let Some(prev) = previous {
-            let done = sqlx::query(
-                "UPDATE credentials SET state = 'retiring', retire_at = ?1, updated_at = ?2 WHERE id = ?3 AND state = 'current'",
-            )
+            let done = sqlx::query(&format!(
+                "UPDATE credentials SET state = 'retiring', retire_at = ?1, updated_at = ?2 WHERE id = ?3 AND state = 'current' AND {}",
+                fence(4)
+            ))
             .bind(ms(retire_at))
             .bind(ms(now))
             .bind(prev.id)
+            .bind(&lease.account)
+            .bind(&lease.holder)
+            .bind(lease.token)
             .execute(&mut *tx)
             .await?;
             // The predecessor must still be current: otherwise someone else moved
             // it and promoting would leave two current credentials.
             if done.rows_affected() != 1 {
-                return Err(LedgerError::StateConflict {
-                    account: prev.account.clone(),
-                    version: prev.version,
-                    expected: CredState::Current,
-                    actual: "changed concurrently".into(),
-                });
+                tx.rollback().await?;
+                return Err(self.refused(prev, CredState::Current, lease).await?);
             }
         }
-        let done = sqlx::query(
-            "UPDATE credentials SET state = 'current', updated_at = ?1 WHERE id = ?2 AND state = 'published'",
-        )
+        let done = sqlx::query(&format!(
+            "UPDATE credentials SET state = 'current', updated_at = ?1 WHERE id = ?2 AND state = 'published' AND {}",
+            fence(3)
+        ))
         .bind(ms(now))
         .bind(new.id)
+        .bind(&lease.account)
+        .bind(&lease.holder)
+        .bind(lease.token)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
-            return Err(LedgerError::StateConflict {
-                account: new.account.clone(),
-                version: new.version,
-                expected: CredState::Published,
-                actual: "changed concurrently".into(),
-            });
+            tx.rollback().await?;
+            return Err(self.refused(new, CredState::Published, lease).await?);
         }
-        if let Some(detail) = detail {
-            sqlx::query(
-                "INSERT INTO events (at, account, version, kind, detail) VALUES (?1, ?2, ?3, 'current', ?4)",
-            )
-            .bind(ms(now))
+        sqlx::query("INSERT INTO accounts (account) VALUES (?1) ON CONFLICT(account) DO NOTHING")
             .bind(&new.account)
-            .bind(new.version)
-            .bind(detail)
             .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "UPDATE accounts SET last_result = 'ok', last_error = NULL, last_attempt_at = ?1, failures = 0,
+             retry_at = NULL, next_rotation_at = ?2, extended_until = NULL, extended_reason = NULL
+             WHERE account = ?3",
+        )
+        .bind(ms(now))
+        .bind(next_rotation.map(ms))
+        .bind(&new.account)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO outbox (account, version, kind, retry_at) VALUES (?1, ?2, 'notify', ?3)",
+        )
+        .bind(&new.account)
+        .bind(new.version)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        if let Some(detail) = detail {
+            insert_event(&mut tx, now, &new.account, Some(new.version), "current", detail).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -412,13 +651,23 @@ impl Ledger {
         cred: &Credential,
         at: DateTime<Utc>,
         now: DateTime<Utc>,
+        lease: &Lease,
     ) -> Result<(), LedgerError> {
-        sqlx::query("UPDATE credentials SET expires_at = ?1, updated_at = ?2 WHERE id = ?3")
-            .bind(ms(at))
-            .bind(ms(now))
-            .bind(cred.id)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(&format!(
+            "UPDATE credentials SET expires_at = ?1, updated_at = ?2 WHERE id = ?3 AND {}",
+            fence(4)
+        ))
+        .bind(ms(at))
+        .bind(ms(now))
+        .bind(cred.id)
+        .bind(&lease.account)
+        .bind(&lease.holder)
+        .bind(lease.token)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(self.refused(cred, cred.state, lease).await?);
+        }
         Ok(())
     }
 
@@ -428,14 +677,24 @@ impl Ledger {
         cred: &Credential,
         stores: &[String],
         now: DateTime<Utc>,
+        lease: &Lease,
     ) -> Result<(), LedgerError> {
         let json = serde_json::to_string(stores).unwrap_or_else(|_| "[]".into());
-        sqlx::query("UPDATE credentials SET stores = ?1, updated_at = ?2 WHERE id = ?3")
-            .bind(json)
-            .bind(ms(now))
-            .bind(cred.id)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(&format!(
+            "UPDATE credentials SET stores = ?1, updated_at = ?2 WHERE id = ?3 AND {}",
+            fence(4)
+        ))
+        .bind(json)
+        .bind(ms(now))
+        .bind(cred.id)
+        .bind(&lease.account)
+        .bind(&lease.holder)
+        .bind(lease.token)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(self.refused(cred, cred.state, lease).await?);
+        }
         Ok(())
     }
 
@@ -557,7 +816,7 @@ impl Ledger {
         self.ensure_account(account).await?;
         sqlx::query(
             "UPDATE accounts SET last_result = 'ok', last_error = NULL, last_attempt_at = ?1, failures = 0,
-             retry_at = NULL, suspended = 0, next_rotation_at = ?2 WHERE account = ?3",
+             retry_at = NULL, next_rotation_at = ?2 WHERE account = ?3",
         )
         .bind(ms(now))
         .bind(next.map(ms))
@@ -600,36 +859,46 @@ impl Ledger {
         Ok(())
     }
 
-    /// A fresh lease holder id for one saga: `host:pid:nonce`. Every call gets its
-    /// own, so two sagas in one process exclude each other like two processes do.
+    /// A fresh lease holder id for one saga: `instance:nonce`. Every call gets
+    /// its own, so two sagas in one process exclude each other like two
+    /// processes do.
     pub fn new_holder(&self) -> String {
-        holder_id()
+        format!("{}:{:016x}", self.instance.id, rand::random::<u64>())
     }
 
     /// Takes (or, for the same holder, extends) the account's lease for `ttl`.
-    /// Returns false if another live holder has it. A lease whose holder process
-    /// on this host is gone is taken over.
+    /// Returns the lease with its fencing token, or `None` if another live holder
+    /// has it. A lease whose holder is gone (its instance file is unlocked) is
+    /// taken over; a new holder always gets a higher token.
     pub async fn acquire(
         &self,
         account: &str,
         holder: &str,
         ttl: Duration,
         now: DateTime<Utc>,
-    ) -> Result<bool, LedgerError> {
+    ) -> Result<Option<Lease>, LedgerError> {
         let until = now + crate::schedule::to_chrono(ttl);
-        let done = sqlx::query(
-            "INSERT INTO leases (account, holder, expires_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT(account) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-             WHERE leases.holder = excluded.holder OR leases.expires_at < ?4",
+        let token: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO leases (account, holder, expires_at, token) VALUES (?1, ?2, ?3, 1)
+             ON CONFLICT(account) DO UPDATE SET
+               token = CASE WHEN leases.holder = excluded.holder THEN leases.token ELSE leases.token + 1 END,
+               holder = excluded.holder, expires_at = excluded.expires_at
+             WHERE leases.holder = excluded.holder OR leases.expires_at < ?4
+             RETURNING token",
         )
         .bind(account)
         .bind(holder)
         .bind(ms(until))
         .bind(ms(now))
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        if done.rows_affected() == 1 {
-            return Ok(true);
+        let lease = |token| Lease {
+            account: account.to_owned(),
+            holder: holder.to_owned(),
+            token,
+        };
+        if let Some(token) = token {
+            return Ok(Some(lease(token)));
         }
         let other: Option<String> =
             sqlx::query_scalar("SELECT holder FROM leases WHERE account = ?1")
@@ -637,27 +906,186 @@ impl Ledger {
                 .fetch_optional(&self.pool)
                 .await?;
         match other {
-            Some(other) if holder_is_dead(&other) => {
-                let done = sqlx::query(
-                    "UPDATE leases SET holder = ?1, expires_at = ?2 WHERE account = ?3 AND holder = ?4",
+            Some(other) if self.instance.is_dead(&other) => {
+                let token: Option<i64> = sqlx::query_scalar(
+                    "UPDATE leases SET holder = ?1, expires_at = ?2, token = token + 1
+                     WHERE account = ?3 AND holder = ?4 RETURNING token",
                 )
                 .bind(holder)
                 .bind(ms(until))
                 .bind(account)
                 .bind(&other)
-                .execute(&self.pool)
+                .fetch_optional(&self.pool)
                 .await?;
-                Ok(done.rows_affected() == 1)
+                Ok(token.map(lease))
             }
-            _ => Ok(false),
+            _ => Ok(None),
         }
     }
 
-    /// Gives the lease back.
-    pub async fn release(&self, account: &str, holder: &str) -> Result<(), LedgerError> {
-        sqlx::query("DELETE FROM leases WHERE account = ?1 AND holder = ?2")
+    /// Gives the lease back. The row stays (expired) so that the next holder's
+    /// token is higher than this one's.
+    pub async fn release(&self, lease: &Lease) -> Result<(), LedgerError> {
+        sqlx::query("UPDATE leases SET expires_at = 0 WHERE account = ?1 AND holder = ?2")
+            .bind(&lease.account)
+            .bind(&lease.holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Gives back every lease this process holds (after abandoning its sagas at
+    /// shutdown), so that the next saga does not wait for them to expire.
+    pub async fn release_all_mine(&self) -> Result<(), LedgerError> {
+        sqlx::query("UPDATE leases SET expires_at = 0 WHERE substr(holder, 1, ?1) = ?2")
+            .bind(self.instance.id.len() as i64 + 1)
+            .bind(format!("{}:", self.instance.id))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records (or updates) a stuck housekeeping item and when to retry it.
+    /// `subject` and `error` must never carry a secret.
+    pub async fn stuck(
+        &self,
+        account: &str,
+        kind: &str,
+        subject: &str,
+        error: &str,
+        now: DateTime<Utc>,
+        retry_at: DateTime<Utc>,
+    ) -> Result<i64, LedgerError> {
+        let attempts: i64 = sqlx::query_scalar(
+            "INSERT INTO stuck (account, kind, subject, error, first_at, last_at, retry_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)
+             ON CONFLICT(account, kind, subject) DO UPDATE SET
+               error = excluded.error, last_at = excluded.last_at, retry_at = excluded.retry_at,
+               attempts = stuck.attempts + 1
+             RETURNING attempts",
+        )
+        .bind(account)
+        .bind(kind)
+        .bind(subject)
+        .bind(error)
+        .bind(ms(now))
+        .bind(ms(retry_at))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(attempts)
+    }
+
+    /// Clears a stuck item (it succeeded, or no longer applies).
+    pub async fn unstuck(&self, account: &str, kind: &str, subject: &str) -> Result<(), LedgerError> {
+        sqlx::query("DELETE FROM stuck WHERE account = ?1 AND kind = ?2 AND subject = ?3")
             .bind(account)
-            .bind(holder)
+            .bind(kind)
+            .bind(subject)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Stuck items, of one account or of all, oldest first.
+    pub async fn stuck_items(&self, account: Option<&str>) -> Result<Vec<StuckItem>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT * FROM stuck WHERE ?1 IS NULL OR account = ?1 ORDER BY account, first_at, id",
+        )
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StuckItem {
+                account: r.get("account"),
+                kind: r.get("kind"),
+                subject: r.get("subject"),
+                error: r.get("error"),
+                first_at: from_ms(r.get("first_at")),
+                attempts: r.get("attempts"),
+                retry_at: from_ms(r.get("retry_at")),
+            })
+            .collect())
+    }
+
+    /// Outbox items of an account that are due at `now`.
+    pub async fn outbox_due(
+        &self,
+        account: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxItem>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT * FROM outbox WHERE account = ?1 AND retry_at <= ?2 ORDER BY id",
+        )
+        .bind(account)
+        .bind(ms(now))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(outbox_item).collect())
+    }
+
+    /// Every outbox item (for the scheduler's wake-up times and `status`).
+    pub async fn outbox(&self) -> Result<Vec<OutboxItem>, LedgerError> {
+        let rows = sqlx::query("SELECT * FROM outbox ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(outbox_item).collect())
+    }
+
+    /// Marks an outbox item done.
+    pub async fn outbox_done(&self, id: i64) -> Result<(), LedgerError> {
+        sqlx::query("DELETE FROM outbox WHERE id = ?1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Reschedules a failed outbox item. `error` must never carry a secret.
+    pub async fn outbox_retry(
+        &self,
+        id: i64,
+        retry_at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, retry_at = ?1, last_error = ?2 WHERE id = ?3",
+        )
+        .bind(ms(retry_at))
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records that the expiry guard extended the account's current credential.
+    pub async fn set_extended(
+        &self,
+        account: &str,
+        until: Option<DateTime<Utc>>,
+        reason: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        self.ensure_account(account).await?;
+        sqlx::query("UPDATE accounts SET extended_until = ?1, extended_reason = ?2 WHERE account = ?3")
+            .bind(until.map(ms))
+            .bind(reason)
+            .bind(account)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records (or clears) that another ledger owns the account.
+    pub async fn set_foreign_owner(
+        &self,
+        account: &str,
+        owner: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        self.ensure_account(account).await?;
+        sqlx::query("UPDATE accounts SET foreign_owner = ?1 WHERE account = ?2")
+            .bind(owner)
+            .bind(account)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -684,7 +1112,42 @@ fn account_state(r: &sqlx::sqlite::SqliteRow) -> AccountState {
         failures: r.get("failures"),
         retry_at: r.get::<Option<i64>, _>("retry_at").map(from_ms),
         suspended: r.get::<i64, _>("suspended") != 0,
+        extended_until: r.get::<Option<i64>, _>("extended_until").map(from_ms),
+        extended_reason: r.get("extended_reason"),
+        foreign_owner: r.get("foreign_owner"),
     }
+}
+
+fn outbox_item(r: &sqlx::sqlite::SqliteRow) -> OutboxItem {
+    OutboxItem {
+        id: r.get("id"),
+        account: r.get("account"),
+        version: r.get("version"),
+        kind: r.get("kind"),
+        attempts: r.get("attempts"),
+        retry_at: from_ms(r.get("retry_at")),
+    }
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    at: DateTime<Utc>,
+    account: &str,
+    version: Option<i64>,
+    kind: &str,
+    detail: &str,
+) -> Result<(), LedgerError> {
+    sqlx::query(
+        "INSERT INTO events (at, account, version, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .bind(ms(at))
+    .bind(account)
+    .bind(version)
+    .bind(kind)
+    .bind(detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn credential(r: &sqlx::sqlite::SqliteRow) -> Result<Credential, LedgerError> {
@@ -703,34 +1166,6 @@ fn credential(r: &sqlx::sqlite::SqliteRow) -> Result<Credential, LedgerError> {
         stores: serde_json::from_str(&stores).unwrap_or_default(),
         updated_at: from_ms(r.get("updated_at")),
     })
-}
-
-fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
-}
-
-fn holder_id() -> String {
-    let nonce: u64 = rand::random();
-    format!("{}:{}:{nonce:016x}", hostname(), std::process::id())
-}
-
-/// True when `holder` names a process on this host that no longer exists.
-fn holder_is_dead(holder: &str) -> bool {
-    let mut parts = holder.rsplitn(3, ':');
-    let (_nonce, pid, host) = (parts.next(), parts.next(), parts.next());
-    let (Some(pid), Some(host)) = (pid.and_then(|p| p.parse::<i32>().ok()), host) else {
-        return false;
-    };
-    if host != hostname() {
-        return false;
-    }
-    matches!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-        Err(nix::errno::Errno::ESRCH)
-    )
 }
 
 #[cfg(test)]
@@ -755,19 +1190,27 @@ mod tests {
         }
     }
 
+    async fn lease(l: &Ledger, account: &str) -> Lease {
+        l.acquire(account, &l.new_holder(), Duration::from_secs(60), Utc::now())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn versions_increase_per_account_and_transitions_are_guarded() {
         let (_d, l) = ledger().await;
         let now = Utc::now();
-        let a1 = l.plan(new("a", "a_1"), now).await.unwrap();
-        let a2 = l.plan(new("a", "a_2"), now).await.unwrap();
-        let b1 = l.plan(new("b", "b_1"), now).await.unwrap();
+        let (la, lb) = (lease(&l, "a").await, lease(&l, "b").await);
+        let a1 = l.plan(new("a", "a_1"), now, &la).await.unwrap();
+        let a2 = l.plan(new("a", "a_2"), now, &la).await.unwrap();
+        let b1 = l.plan(new("b", "b_1"), now, &lb).await.unwrap();
         assert_eq!((a1.version, a2.version, b1.version), (1, 2, 1));
-        l.advance(&a1, CredState::Planned, CredState::Created, now)
+        l.advance(&a1, CredState::Planned, CredState::Created, now, &la)
             .await
             .unwrap();
         let err = l
-            .advance(&a1, CredState::Planned, CredState::Created, now)
+            .advance(&a1, CredState::Planned, CredState::Created, now, &la)
             .await
             .unwrap_err();
         assert!(matches!(err, LedgerError::StateConflict { .. }), "{err}");
@@ -775,28 +1218,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn promote_retires_previous_in_one_step() {
+    async fn promote_retires_previous_records_success_and_queues_notification() {
         let (_d, l) = ledger().await;
         let now = Utc::now();
-        let a1 = l.plan(new("a", "a_1"), now).await.unwrap();
-        for (f, t) in [
-            (CredState::Planned, CredState::Created),
-            (CredState::Created, CredState::Verified),
-            (CredState::Verified, CredState::Published),
-        ] {
-            l.advance(&a1, f, t, now).await.unwrap();
-        }
-        l.promote(&a1, None, now, now).await.unwrap();
-        let a2 = l.plan(new("a", "a_2"), now).await.unwrap();
-        for (f, t) in [
-            (CredState::Planned, CredState::Created),
-            (CredState::Created, CredState::Verified),
-            (CredState::Verified, CredState::Published),
-        ] {
-            l.advance(&a2, f, t, now).await.unwrap();
-        }
+        let la = lease(&l, "a").await;
+        let publish = |c: Credential| {
+            let (l, la) = (l.clone(), la.clone());
+            async move {
+                for (f, t) in [
+                    (CredState::Planned, CredState::Created),
+                    (CredState::Created, CredState::Verified),
+                    (CredState::Verified, CredState::Published),
+                ] {
+                    l.advance(&c, f, t, now, &la).await.unwrap();
+                }
+                c
+            }
+        };
+        let a1 = publish(l.plan(new("a", "a_1"), now, &la).await.unwrap()).await;
+        l.promote(&a1, None, now, None, now, None, &la)
+            .await
+            .unwrap();
+        l.record_failure("a", now, "boom", now).await.unwrap();
+        let a2 = publish(l.plan(new("a", "a_2"), now, &la).await.unwrap()).await;
         let until = now + chrono::Duration::minutes(5);
-        l.promote(&a2, Some(&a1), until, now).await.unwrap();
+        let next = now + chrono::Duration::hours(1);
+        l.promote(&a2, Some(&a1), until, Some(next), now, Some("d"), &la)
+            .await
+            .unwrap();
         let a1 = l.get(a1.id).await.unwrap();
         assert_eq!(a1.state, CredState::Retiring);
         assert_eq!(
@@ -804,54 +1253,122 @@ mod tests {
             until.timestamp_millis()
         );
         assert_eq!(l.get(a2.id).await.unwrap().state, CredState::Current);
+        // The success is recorded with the promotion: a crash right after it
+        // cannot leave the earlier failure on record (an early retry).
+        let st = l.account("a").await.unwrap();
+        assert_eq!(st.failures, 0);
+        assert_eq!(st.last_result.as_deref(), Some("ok"));
+        assert_eq!(
+            st.next_rotation_at.map(|t| t.timestamp_millis()),
+            Some(next.timestamp_millis())
+        );
+        let outbox = l.outbox().await.unwrap();
+        assert_eq!(
+            outbox.iter().map(|o| o.version).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
     }
 
     #[tokio::test]
-    async fn leases_exclude_other_holders_until_expiry() {
+    async fn leases_exclude_other_holders_until_expiry_and_tokens_fence_writes() {
         let (dir, l1) = ledger().await;
         let url = format!("sqlite://{}", dir.path().join("state.db").display());
         let l2 = Ledger::open(&url).await.unwrap();
         let (h1, h2, h3) = (l1.new_holder(), l2.new_holder(), l1.new_holder());
         let ttl = Duration::from_secs(60);
         let now = Utc::now();
-        assert!(l1.acquire("a", &h1, ttl, now).await.unwrap());
+        let first = l1.acquire("a", &h1, ttl, now).await.unwrap().unwrap();
+        let again = l1.acquire("a", &h1, ttl, now).await.unwrap().unwrap();
+        assert_eq!(first, again, "the same holder extends its lease");
         assert!(
-            l1.acquire("a", &h1, ttl, now).await.unwrap(),
-            "the same holder extends its lease"
-        );
-        assert!(
-            !l2.acquire("a", &h2, ttl, now).await.unwrap(),
+            l2.acquire("a", &h2, ttl, now).await.unwrap().is_none(),
             "another process is refused"
         );
         assert!(
-            !l1.acquire("a", &h3, ttl, now).await.unwrap(),
+            l1.acquire("a", &h3, ttl, now).await.unwrap().is_none(),
             "another saga in the same process is refused"
         );
-        assert!(l2.acquire("b", &h2, ttl, now).await.unwrap());
+        assert!(l2.acquire("b", &h2, ttl, now).await.unwrap().is_some());
         let later = now + chrono::Duration::seconds(61);
-        assert!(
-            l2.acquire("a", &h2, ttl, later).await.unwrap(),
-            "expired lease is taken over"
-        );
-        l2.release("a", &h2).await.unwrap();
-        assert!(l1.acquire("a", &h1, ttl, later).await.unwrap());
+        let taken = l2.acquire("a", &h2, ttl, later).await.unwrap().unwrap();
+        assert!(taken.token > first.token, "a new holder gets a higher token");
+        // The paused first holder's writes are refused by the fence.
+        let err = l1.plan(new("a", "a_1"), later, &first).await.unwrap_err();
+        assert!(matches!(err, LedgerError::Fenced { .. }), "{err}");
+        let cred = l2.plan(new("a", "a_1"), later, &taken).await.unwrap();
+        let err = l1
+            .advance(&cred, CredState::Planned, CredState::Created, later, &first)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LedgerError::Fenced { .. }), "{err}");
+        l2.release(&taken).await.unwrap();
+        let back = l1.acquire("a", &h1, ttl, later).await.unwrap().unwrap();
+        assert!(back.token > taken.token, "tokens never go back after a release");
     }
 
     #[tokio::test]
-    async fn lease_of_a_dead_local_process_is_taken_over() {
+    async fn lease_of_a_gone_instance_is_taken_over_whatever_its_pid() {
+        let (dir, l) = ledger().await;
+        let url = format!("sqlite://{}", dir.path().join("state.db").display());
+        let now = Utc::now();
+        // Another "process" (its own instance file) takes the lease and goes away
+        // without releasing it, as kill -9 would.
+        let other = Ledger::open(&url).await.unwrap();
+        let held = other
+            .acquire("a", &other.new_holder(), Duration::from_secs(3600), now)
+            .await
+            .unwrap()
+            .unwrap();
+        let mine = l.new_holder();
+        assert!(
+            l.acquire("a", &mine, Duration::from_secs(60), now)
+                .await
+                .unwrap()
+                .is_none(),
+            "a live instance keeps its lease"
+        );
+        other.close().await;
+        drop(other);
+        let taken = l
+            .acquire("a", &mine, Duration::from_secs(60), now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(taken.token > held.token);
+    }
+
+    #[tokio::test]
+    async fn stuck_items_count_attempts_and_clear() {
         let (_d, l) = ledger().await;
         let now = Utc::now();
-        // A pid far above pid_max never exists.
-        let dead = format!("{}:{}:{:016x}", hostname(), 99_999_999, 1u64);
-        sqlx::query("INSERT INTO leases (account, holder, expires_at) VALUES ('a', ?1, ?2)")
-            .bind(&dead)
-            .bind(ms(now + chrono::Duration::hours(1)))
-            .execute(l.pool())
-            .await
-            .unwrap();
-        assert!(l
-            .acquire("a", &l.new_holder(), Duration::from_secs(60), now)
-            .await
-            .unwrap());
+        let later = now + chrono::Duration::seconds(10);
+        assert_eq!(
+            l.stuck("a", "drop-login", "a_1", "boom", now, later)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            l.stuck("a", "drop-login", "a_1", "boom again", now, later)
+                .await
+                .unwrap(),
+            2
+        );
+        let items = l.stuck_items(Some("a")).await.unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].error, "boom again");
+        l.unstuck("a", "drop-login", "a_1").await.unwrap();
+        assert!(l.stuck_items(None).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_ledger_id_survives_reopening() {
+        let (dir, l) = ledger().await;
+        let url = format!("sqlite://{}", dir.path().join("state.db").display());
+        let again = Ledger::open(&url).await.unwrap();
+        assert_eq!(l.id(), again.id());
+        assert_eq!(l.id().len(), 32);
+        let (_d2, other) = ledger().await;
+        assert_ne!(l.id(), other.id());
     }
 }

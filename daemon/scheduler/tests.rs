@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, ManualClock, SharedClock};
-use crate::engine::{Change, Endpoint, Engine, EngineError, Engines, Login, LoginInfo};
+use crate::engine::{Endpoint, Engine, EngineError, Engines, Login, LoginInfo};
 use crate::inventory::Inventory;
 use crate::ledger::Ledger;
 use crate::secret::Secret;
@@ -79,6 +79,10 @@ struct MemEngine {
     fail_create: AtomicUsize,
     fail_set_password: AtomicUsize,
     fail_verify: AtomicUsize,
+    /// `drop_login` calls that fail (a login that owns objects elsewhere).
+    fail_drop: AtomicUsize,
+    /// `create_login` calls that panic (a value the code did not expect).
+    panic_create: AtomicUsize,
     /// While set, `create_login` waits for a permit of this semaphore after the
     /// role exists (as if the server had not answered yet). Closing it opens the
     /// gate for good.
@@ -124,6 +128,8 @@ impl MemEngine {
             fail_create: AtomicUsize::new(0),
             fail_set_password: AtomicUsize::new(0),
             fail_verify: AtomicUsize::new(0),
+            fail_drop: AtomicUsize::new(0),
+            panic_create: AtomicUsize::new(0),
             gate: Mutex::new(None),
         }
     }
@@ -230,8 +236,8 @@ impl Engine for MemEngine {
         &self,
         _account: &Account,
         _apply: bool,
-    ) -> Result<Vec<Change>, EngineError> {
-        Ok(Vec::new())
+    ) -> Result<crate::engine::Reconciled, EngineError> {
+        Ok(crate::engine::Reconciled::default())
     }
 
     async fn create_login(&self, account: &Account, login: &Login<'_>) -> Result<(), EngineError> {
@@ -239,6 +245,9 @@ impl Engine for MemEngine {
         self.lock()
             .attempts
             .push((login.username.to_owned(), login.password.clone()));
+        if take_failure(&self.panic_create) {
+            panic!("injected panic in create_login");
+        }
         if take_failure(&self.fail_create) {
             return Err(injected("create login"));
         }
@@ -336,7 +345,17 @@ impl Engine for MemEngine {
     }
 
     async fn drop_login(&self, _account: &Account, username: &str) -> Result<(), EngineError> {
+        if take_failure(&self.fail_drop) {
+            return Err(injected("drop login (objects in another database depend on it)"));
+        }
         self.lock().logins.remove(username);
+        Ok(())
+    }
+
+    async fn extend_login(&self, username: &str, until: DateTime<Utc>) -> Result<(), EngineError> {
+        if let Some(l) = self.lock().logins.get_mut(username) {
+            l.valid_until = Some(until);
+        }
         Ok(())
     }
 
@@ -425,6 +444,8 @@ impl Store for MemStore {
             version: publication.version,
             previous,
             written: None,
+            created_secret: false,
+            unchanged: false,
         })
     }
 
@@ -439,6 +460,19 @@ impl Store for MemStore {
 
     async fn current_version(&self, account: &str, _path: &str) -> Result<Option<i64>, StoreError> {
         Ok(self.held(account).map(|h| h.version))
+    }
+
+    async fn fetch(
+        &self,
+        account: &str,
+        _path: &str,
+        version: Option<i64>,
+    ) -> Result<Option<crate::store::Held>, StoreError> {
+        let docs = self.docs.lock().unwrap();
+        Ok(docs
+            .get(account)
+            .and_then(|doc| crate::store::Held::from_payload(doc, account))
+            .filter(|h| version.is_none_or(|v| v == h.version)))
     }
 
     async fn check(&self) -> Result<(), StoreError> {
@@ -536,6 +570,7 @@ impl Harness {
             stores,
             ledger,
             clock: shared,
+            take_over: false,
             crash_after: None,
         });
         Harness {
@@ -1061,10 +1096,13 @@ async fn shutdown_past_its_grace_leaves_only_state_that_recovery_resolves() {
 
     // The gate never opens. The grace is measured on tokio's clock, so pause it
     // to make the 30 s pass at once; nothing else waits on a timer meanwhile.
+    // Only the grace itself passes on the paused clock: the ledger work that
+    // follows it (releasing the abandoned sagas' leases) runs on real time.
     tokio::time::pause();
     running.signal_stop();
-    let joined = tokio::time::timeout(SHUTDOWN_GRACE * 4, running.handle).await;
+    tokio::time::sleep(SHUTDOWN_GRACE + Duration::from_secs(1)).await;
     tokio::time::resume();
+    let joined = tokio::time::timeout(Duration::from_secs(10), running.handle).await;
     joined
         .expect("run returns once the grace is over")
         .expect("run does not panic")
@@ -1129,7 +1167,7 @@ fn rotations(items: &[Due]) -> Vec<DateTime<Utc>> {
         .iter()
         .filter_map(|d| match d {
             Due::Rotate { at, .. } => Some(*at),
-            Due::Retire { .. } => None,
+            _ => None,
         })
         .collect()
 }
@@ -1250,4 +1288,204 @@ fn due_without_a_current_credential_after_a_failure_waits_for_retry_at() {
         at(0, 0, 30),
     );
     assert_eq!(rotations(&items), vec![retry], "{items:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Never lock anyone out (issue 7).
+
+/// A saga that panics (a catalog value nobody expected) records a failure and
+/// frees its account: the next attempt runs after the backoff.
+#[tokio::test]
+async fn a_panicking_saga_frees_its_account_and_records_a_failure() {
+    let h = Harness::new(&["alpha"], "{ retry_initial: 5s, retry_max: 1m }").await;
+    h.engine.panic_create.store(1, Ordering::SeqCst);
+    let running = h.start();
+    h.wait_failures("alpha", 1).await;
+    let state = h.state("alpha").await;
+    assert!(
+        state
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("injected panic")),
+        "{state:?}"
+    );
+    // The lease was released and the account is not stuck as busy.
+    h.clock.set(state.retry_at.unwrap());
+    h.wait_current("alpha", 2).await;
+    h.check_invariants("alpha").await;
+    running.stop().await;
+}
+
+/// A retired login that cannot be dropped is refused and recorded as stuck;
+/// it never blocks the next issue.
+#[tokio::test]
+async fn a_login_that_cannot_be_dropped_is_stuck_not_a_lockout() {
+    let h = Harness::new(&["alpha"], "{ retry_initial: 5s, retry_max: 1m }").await;
+    let running = h.start();
+    h.wait_current("alpha", 1).await;
+    let v1 = h.cred("alpha", 1).await;
+    h.engine.fail_drop.store(1000, Ordering::SeqCst);
+    h.clock.set(at(0, 1, 0));
+    h.wait_current("alpha", 2).await;
+    // The overlap ends: v1 is refused, its drop fails and is recorded as stuck.
+    h.clock.set(at(0, 1, 20));
+    eventually("v1 revoked", || async {
+        h.cred("alpha", 1).await.state == CredState::Revoked
+    })
+    .await;
+    let pw1 = h.engine.lock().logins[&v1.username].password.clone().unwrap();
+    assert!(!h.engine.accepts(&v1.username, &pw1), "v1 no longer logs in");
+    let stuck = h.ctx.ledger.stuck_items(Some("alpha")).await.unwrap();
+    assert!(
+        stuck
+            .iter()
+            .any(|i| i.kind == "drop-login" && i.subject == v1.username),
+        "{stuck:?}"
+    );
+    let status = crate::api::statuses(&h.ctx.inventory, &h.ctx.ledger, h.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(status[0].stuck.len(), 1, "status shows the stuck item");
+    // The next rotations are issued anyway.
+    h.clock.set(at(0, 2, 0));
+    h.wait_current("alpha", 3).await;
+    h.clock.set(at(0, 3, 0));
+    h.wait_current("alpha", 4).await;
+    let held = h.store.held("alpha").unwrap();
+    assert!(h.engine.accepts(&held.username, &held.password));
+    // Once the drop works again, housekeeping clears the item.
+    h.engine.fail_drop.store(0, Ordering::SeqCst);
+    h.clock.set(at(0, 3, 30));
+    eventually("stuck items cleared", || async {
+        h.ctx.ledger.stuck_items(Some("alpha")).await.unwrap().is_empty()
+    })
+    .await;
+    assert!(!h.engine.lock().logins.contains_key(&v1.username));
+    running.stop().await;
+}
+
+/// While rotations fail, the expiry guard extends the current credential step
+/// by step, never beyond `max_lifetime`; `status` says so.
+#[tokio::test]
+async fn the_expiry_guard_extends_the_current_credential_up_to_max_lifetime() {
+    let h = Harness::new(&["alpha"], "{ retry_initial: 5s, retry_max: 1m }").await;
+    let running = h.start();
+    h.wait_current("alpha", 1).await;
+    let v1 = h.cred("alpha", 1).await;
+    let pw1 = h.store.held("alpha").unwrap().password;
+    // The store refuses every write from now on.
+    h.store.fail_publish.store(1_000_000, Ordering::SeqCst);
+    // Walk the clock forward well past v1's original expiry, letting every
+    // retry run.
+    let mut t = at(0, 1, 0);
+    let end = v1.expires_at + chrono::Duration::hours(3);
+    while t < end {
+        h.clock.set(t);
+        settle().await;
+        t += chrono::Duration::minutes(10);
+    }
+    let extended = h.cred("alpha", 1).await;
+    assert_eq!(extended.state, CredState::Current);
+    assert!(
+        extended.expires_at > end,
+        "v1 was extended past the outage so far: {} vs {end}",
+        extended.expires_at
+    );
+    assert!(
+        h.engine.accepts(&v1.username, &pw1),
+        "the store's credential still logs in"
+    );
+    let state = h.state("alpha").await;
+    assert!(state.extended_until.is_some() && state.extended_reason.is_some());
+    let max = v1.issued_at + to_chrono(h.account("alpha").max_lifetime);
+    assert!(extended.expires_at <= max, "never beyond max_lifetime");
+    // The store comes back: the next retry rotates and clears the extension.
+    h.store.fail_publish.store(0, Ordering::SeqCst);
+    h.clock.set(t + chrono::Duration::minutes(2));
+    eventually("a new credential is current", || async {
+        h.current_version("alpha").await.is_some_and(|v| v > 1)
+    })
+    .await;
+    eventually("extension cleared", || async {
+        h.state("alpha").await.extended_until.is_none()
+    })
+    .await;
+    running.stop().await;
+}
+
+/// Break-glass sticks: a rotate-all (SIGUSR1) and recovery skip a suspended
+/// account; only an explicit rotate lifts the suspension.
+#[tokio::test]
+async fn break_glass_survives_rotate_all_until_an_explicit_rotate() {
+    let h = Harness::new(&["alpha", "beta"], "{}").await;
+    let running = h.start();
+    h.wait_current("alpha", 1).await;
+    h.wait_current("beta", 1).await;
+    let (reply, revoked) = oneshot::channel();
+    running
+        .control
+        .send(Control::Revoke {
+            account: "alpha".into(),
+            previous_only: false,
+            reply,
+        })
+        .await
+        .unwrap();
+    let revoked = revoked.await.unwrap().unwrap();
+    assert_eq!(revoked.len(), 1);
+    assert!(h.state("alpha").await.suspended);
+
+    running.rotate_now(&[]).await;
+    h.wait_current("beta", 2).await;
+    settle().await;
+    assert_eq!(h.current_version("alpha").await, None, "alpha stays revoked");
+    // A scheduled fire does not lift it either.
+    h.clock.set(at(0, 1, 0));
+    h.wait_current("beta", 3).await;
+    settle().await;
+    assert_eq!(h.current_version("alpha").await, None);
+    assert!(h.state("alpha").await.suspended);
+
+    let (reply, result) = oneshot::channel();
+    running
+        .control
+        .send(Control::Rotate {
+            account: "alpha".into(),
+            reply,
+        })
+        .await
+        .unwrap();
+    let r = result.await.unwrap().unwrap();
+    assert_eq!(r.version, 2);
+    assert!(!h.state("alpha").await.suspended);
+    h.check_invariants("alpha").await;
+    running.stop().await;
+}
+
+/// An operator's rotation runs in a task the scheduler owns: dropping the
+/// request (a client that disconnected) does not cancel it.
+#[tokio::test]
+async fn an_explicit_rotation_finishes_when_its_caller_goes_away() {
+    let h = Harness::new(&["alpha"], "{}").await;
+    let running = h.start();
+    h.wait_current("alpha", 1).await;
+    h.engine.close_gate();
+    let (reply, result) = oneshot::channel();
+    running
+        .control
+        .send(Control::Rotate {
+            account: "alpha".into(),
+            reply,
+        })
+        .await
+        .unwrap();
+    eventually("the rotation is in flight", || async {
+        h.engine.in_flight() == 1
+    })
+    .await;
+    drop(result);
+    h.engine.open_gate();
+    h.wait_current("alpha", 2).await;
+    h.check_invariants("alpha").await;
+    running.stop().await;
 }

@@ -5,9 +5,17 @@
 //! every store of the account holds the credential, [`Store::promote`] moves
 //! `AWSCURRENT` to it (AWS then labels the old one `AWSPREVIOUS`) and removes
 //! `AWSPENDING`. A revert or a discard removes `AWSPENDING` (and moves
-//! `AWSCURRENT` back if it had moved), so no pending version dangles. AWS makes
-//! the first version of a new secret `AWSCURRENT` by itself; reverting that
-//! first publish deletes the secret again (without a recovery window).
+//! `AWSCURRENT` back if it had moved), so no pending version dangles.
+//!
+//! AWS makes the first version of a secret `AWSCURRENT` by itself, and
+//! `AWSCURRENT` can only be moved, never removed. A revert deletes the secret
+//! only when this very publish created it and it holds no other version (then
+//! without a recovery window: the secret only ever held the unpromoted
+//! credential, and a recovery window would block the name, and so every later
+//! publish, for at least 7 days). A secret that existed before, created by
+//! anyone, is never deleted: the revert removes the version's staging labels,
+//! and when `AWSCURRENT` has nowhere to go back to it says so with an error (the
+//! store then still serves the version, so its login must stay alive).
 //!
 //! Credentials come from the SDK's default chain (environment, profile, web
 //! identity, instance metadata). The client is built on first use.
@@ -24,12 +32,16 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
-use super::{Publication, Store, StoreError, Undo};
+use super::{Held, Incoming, Publication, Store, StoreError, Undo};
 use crate::inventory::AwsConfig;
 
 const CURRENT: &str = "AWSCURRENT";
 const PENDING: &str = "AWSPENDING";
 const PREVIOUS: &str = "AWSPREVIOUS";
+
+/// How many labelled versions [`Store::fetch`] reads when looking for a
+/// credential version that is not under its own request token.
+const SCAN: usize = 10;
 
 pub struct AwsStore {
     name: String,
@@ -171,7 +183,9 @@ impl AwsStore {
             .map_err(|e| self.remote("move the staging label of", path, e))
     }
 
-    async fn create(&self, account: &str, path: &str) -> Result<(), StoreError> {
+    /// Creates the (empty) secret. `true` if this call created it, `false` if it
+    /// existed already (another replica was first).
+    async fn create(&self, account: &str, path: &str) -> Result<bool, StoreError> {
         let r = self
             .client()
             .await
@@ -184,16 +198,56 @@ impl AwsStore {
             .send()
             .await;
         match r {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             // Another replica created it first.
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_resource_exists_exception()) =>
             {
-                Ok(())
+                Ok(false)
             }
             Err(e) => Err(self.remote("create", path, e)),
         }
+    }
+
+    /// Every version id of the secret, labelled or not.
+    async fn all_versions(&self, path: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let page = self
+                .client()
+                .await
+                .list_secret_version_ids()
+                .secret_id(path)
+                .include_deprecated(true)
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|e| self.remote("list the versions of", path, e))?;
+            out.extend(
+                page.versions()
+                    .iter()
+                    .filter_map(|v| v.version_id().map(str::to_owned)),
+            );
+            match page.next_token() {
+                Some(t) if !t.is_empty() => next = Some(t.to_owned()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Deletes a secret that this very publish created and that holds nothing
+    /// but the unpromoted version `token` (see the module documentation for why
+    /// without a recovery window). `false` (nothing deleted) when it holds any
+    /// other version.
+    async fn delete_created(&self, path: &str, token: &str) -> Result<bool, StoreError> {
+        let versions = self.all_versions(path).await?;
+        if versions.iter().any(|v| v != token) {
+            return Ok(false);
+        }
+        self.delete_fresh(path).await?;
+        Ok(true)
     }
 
     async fn delete_fresh(&self, path: &str) -> Result<(), StoreError> {
@@ -206,6 +260,77 @@ impl AwsStore {
             .await
             .map(|_| ())
             .map_err(|e| self.remote("delete the new secret", path, e))
+    }
+
+    /// Takes version `token` back out of what readers get: moves `AWSCURRENT`
+    /// back to the `AWSPREVIOUS` version if `token` holds it, and removes
+    /// `AWSPENDING` from it. Refuses (error, nothing changed) when `token` holds
+    /// `AWSCURRENT` with no previous version to move it to.
+    async fn unstage(
+        &self,
+        op: &'static str,
+        path: &str,
+        stages: &Stages,
+        token: &str,
+    ) -> Result<(), StoreError> {
+        if has(stages, token, CURRENT) {
+            match holder(stages, PREVIOUS).filter(|p| *p != token) {
+                Some(prev) => {
+                    let prev = prev.to_owned();
+                    self.move_stage(path, CURRENT, Some(&prev), Some(token))
+                        .await?
+                }
+                None => {
+                    return Err(StoreError::Remote {
+                        store: self.name.clone(),
+                        op,
+                        path: path.to_owned(),
+                        reason: "the version is the secret's AWSCURRENT (AWS labels the first \
+                                 version of a secret AWSCURRENT by itself) and no previous \
+                                 version exists to move AWSCURRENT back to; credrotd deletes a \
+                                 secret only when the same publish created it, so the secret is \
+                                 left as it is and still serves this version"
+                            .into(),
+                        source: None,
+                    });
+                }
+            }
+        }
+        self.drop_pending(path, stages, token).await
+    }
+
+    /// Reads one version (by id or staging label); `None` when the secret or
+    /// the version does not exist. Also returns the version's staging labels.
+    async fn read(
+        &self,
+        path: &str,
+        id: Option<&str>,
+        stage: Option<&str>,
+    ) -> Result<Option<(Zeroizing<String>, Vec<String>)>, StoreError> {
+        let r = self
+            .client()
+            .await
+            .get_secret_value()
+            .secret_id(path)
+            .set_version_id(id.map(str::to_owned))
+            .set_version_stage(stage.map(str::to_owned))
+            .send()
+            .await;
+        match r {
+            Ok(mut out) => {
+                // Taken out of the response by move, into a buffer wiped on drop.
+                let text = Zeroizing::new(out.secret_string.take().unwrap_or_default());
+                let stages = out.version_stages.take().unwrap_or_default();
+                Ok(Some((text, stages)))
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(self.remote("read", path, e)),
+        }
     }
 
     /// Removes AWSPENDING from `id` if it carries it.
@@ -230,25 +355,34 @@ impl Store for AwsStore {
     async fn publish(&self, publication: &Publication<'_>) -> Result<Undo, StoreError> {
         let path = publication.path;
         let token = request_token(publication.account, path, publication.version);
-        let undo = Undo {
+        let mut undo = Undo {
             account: publication.account.to_owned(),
             path: path.to_owned(),
             version: publication.version,
             previous: None,
             written: None,
+            created_secret: false,
+            unchanged: false,
         };
         match self.stages(path).await? {
-            // Already promoted (a retried step): staging it again would leave
-            // AWSPENDING on the current version.
-            Some(stages) if has(&stages, &token, CURRENT) => return Ok(undo),
+            // A retried step. Promoted already: staging it again would leave
+            // AWSPENDING on the current version, and a revert must not take
+            // the current credential away. Staged already as the secret's first
+            // version (AWSCURRENT and AWSPENDING): nothing to write, but still
+            // something to revert.
+            Some(stages) if has(&stages, &token, CURRENT) => {
+                undo.unchanged = !has(&stages, &token, PENDING);
+                return Ok(undo);
+            }
             Some(_) => {}
-            None => self.create(publication.account, path).await?,
+            None => undo.created_secret = self.create(publication.account, path).await?,
         }
         let body = publication.to_json();
         let text = Zeroizing::new(String::from_utf8_lossy(&body).into_owned());
         // The SDK takes an owned String for the request; that copy is dropped
         // with the request.
-        self.client()
+        let put = self
+            .client()
             .await
             .put_secret_value()
             .secret_id(path)
@@ -257,7 +391,17 @@ impl Store for AwsStore {
             .version_stages(PENDING)
             .send()
             .await
-            .map_err(|e| self.remote("put a new version into", path, e))?;
+            .map_err(|e| self.remote("put a new version into", path, e));
+        if let Err(e) = put {
+            // Leave no empty secret of ours behind: the next publish would not
+            // know that credrotd created it.
+            if undo.created_secret {
+                if let Err(de) = self.delete_created(path, &token).await {
+                    tracing::warn!(store = %self.name, path, error = %de, "cannot delete the secret created for a publish that failed");
+                }
+            }
+            return Err(e);
+        }
         Ok(undo)
     }
 
@@ -273,36 +417,97 @@ impl Store for AwsStore {
     }
 
     async fn revert(&self, undo: Undo) -> Result<(), StoreError> {
+        if undo.unchanged {
+            // The publish found the version current already: nothing to undo.
+            return Ok(());
+        }
         let token = request_token(&undo.account, &undo.path, undo.version);
+        // A secret this very publish created, holding nothing but this
+        // unpromoted credential, goes again (AWSCURRENT, which AWS put on the
+        // first version by itself, cannot be removed otherwise).
+        if undo.created_secret && self.delete_created(&undo.path, &token).await? {
+            return Ok(());
+        }
         let Some(stages) = self.stages(&undo.path).await? else {
             return Ok(());
         };
-        if has(&stages, &token, CURRENT) {
-            // Promoted already: move AWSCURRENT back to the version AWS kept.
-            match holder(&stages, PREVIOUS) {
-                Some(prev) => {
-                    let prev = prev.to_owned();
-                    self.move_stage(&undo.path, CURRENT, Some(&prev), Some(&token))
-                        .await?
-                }
-                None => {
-                    // AWS makes the first version of a new secret AWSCURRENT on
-                    // its own, and AWSCURRENT cannot be removed, only moved. A
-                    // secret holding nothing but this unpromoted credential was
-                    // created by this publish: delete it.
-                    return self.delete_fresh(&undo.path).await;
-                }
-            }
-        }
-        self.drop_pending(&undo.path, &stages, &token).await
+        // Promoted already, or the first version of a secret that existed:
+        // move AWSCURRENT back, and remove AWSPENDING.
+        self.unstage("revert the new version of", &undo.path, &stages, &token)
+            .await
     }
 
     async fn discard(&self, account: &str, path: &str, version: i64) -> Result<(), StoreError> {
         let token = request_token(account, path, version);
         match self.stages(path).await? {
-            Some(stages) => self.drop_pending(path, &stages, &token).await,
+            Some(stages) => {
+                self.unstage("discard the new version of", path, &stages, &token)
+                    .await
+            }
             None => Ok(()),
         }
+    }
+
+    async fn fetch(
+        &self,
+        account: &str,
+        path: &str,
+        version: Option<i64>,
+    ) -> Result<Option<Held>, StoreError> {
+        let parse = |text: &str| {
+            serde_json::from_str::<Incoming>(text)
+                .ok()?
+                .into_held(account)
+        };
+        let Some(v) = version else {
+            // What readers get. Asks for AWSCURRENT by name: moto's default (no
+            // stage) does not follow UpdateSecretVersionStage, real AWS's does.
+            let Some((text, _)) = self.read(path, None, Some(CURRENT)).await? else {
+                return Ok(None);
+            };
+            let held = parse(&text);
+            if held.is_none() {
+                super::warn_foreign(&self.name, path);
+            }
+            return Ok(held);
+        };
+        // The version credrotd wrote for `v` (one request), as long as it
+        // carries a staging label: one that lost them all (reverted,
+        // discarded, or two rotations old) is not served and may be removed
+        // by AWS at any time.
+        let token = request_token(account, path, v);
+        if let Some((text, stages)) = self.read(path, Some(&token), None).await? {
+            if !stages.is_empty() {
+                match parse(&text) {
+                    Some(h) if h.version == v => return Ok(Some(h)),
+                    Some(_) => {}
+                    None => super::warn_foreign(&self.name, path),
+                }
+            }
+        }
+        // Any other labelled version whose payload says `v` (e.g. written back
+        // by hand or by another tool).
+        let Some(stages) = self.stages(path).await? else {
+            return Ok(None);
+        };
+        let mut ids: Vec<&String> = stages
+            .iter()
+            .filter(|(id, labels)| **id != token && !labels.is_empty())
+            .map(|(id, _)| id)
+            .collect();
+        // AWSCURRENT first, then AWSPENDING, then the rest.
+        ids.sort_by_key(|id| (!has(&stages, id, CURRENT), !has(&stages, id, PENDING)));
+        for id in ids.into_iter().take(SCAN) {
+            if let Some((text, stages)) = self.read(path, Some(id), None).await? {
+                if stages.is_empty() {
+                    continue;
+                }
+                if let Some(h) = parse(&text).filter(|h| h.version == v) {
+                    return Ok(Some(h));
+                }
+            }
+        }
+        Ok(None)
     }
 
     async fn current_version(&self, _account: &str, path: &str) -> Result<Option<i64>, StoreError> {

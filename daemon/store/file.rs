@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{Publication, Store, StoreError, Undo};
+use super::{held_if, Held, Publication, Store, StoreError, Undo};
 
 pub struct FileStore {
     name: String,
@@ -122,6 +122,8 @@ impl Store for FileStore {
             version: publication.version,
             previous,
             written: None,
+            created_secret: false,
+            unchanged: false,
         })
     }
 
@@ -162,6 +164,32 @@ impl Store for FileStore {
         Ok(serde_json::from_slice::<Version>(&text)
             .ok()
             .map(|v| v.version))
+    }
+
+    async fn fetch(
+        &self,
+        account: &str,
+        _path: &str,
+        version: Option<i64>,
+    ) -> Result<Option<Held>, StoreError> {
+        let path = self.file_for(account);
+        let text = match read_nofollow(&path) {
+            Ok(t) => zeroize::Zeroizing::new(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StoreError::Read {
+                    store: self.name.clone(),
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        };
+        let Some(held) = Held::from_payload(&text, account) else {
+            super::warn_foreign(&self.name, &path.display().to_string());
+            return Ok(None);
+        };
+        // The file holds one credential: an older version is gone.
+        Ok(held_if(held, version))
     }
 
     async fn check(&self) -> Result<(), StoreError> {

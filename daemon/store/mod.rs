@@ -2,6 +2,11 @@
 //! per account and can tell which credential version it holds, so that start-up
 //! recovery can tell a half-published rotation from a finished one.
 //!
+//! [`Store::fetch`] reads a credential back ([`Held`]): what readers get now, or
+//! one credential version if the store still has it (also when it is only
+//! staged), so that recovery can finish a half-done publish from a store that
+//! holds the credential and a lost ledger can be rebuilt from the stores.
+//!
 //! Stores are single-phase (file, Vault: a publish is what readers get at once) or
 //! two-phase (AWS Secrets Manager: a publish stages the new version as
 //! `AWSPENDING`, and [`Store::promote`] makes it `AWSCURRENT`). The saga publishes
@@ -16,7 +21,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use zeroize::Zeroizing;
 
 use crate::engine::Endpoint;
@@ -97,6 +102,116 @@ pub struct Payload<'a> {
     pub expires_at: String,
 }
 
+/// A credential read back from a store ([`Store::fetch`]), parsed from the
+/// payload. `Debug` never shows the password; the password is zeroized on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Held {
+    /// credrotd's credential version (the payload's `version`).
+    pub version: i64,
+    pub username: String,
+    pub password: Secret,
+    /// The payload's `issued_at` / `expires_at` (RFC 3339); `None` when absent
+    /// or not a timestamp.
+    pub issued_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held")
+            .field("version", &self.version)
+            .field("username", &self.username)
+            .field("password", &"[redacted]")
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+impl Held {
+    /// Parses a published document (the [`Payload`] keys) of `account`. `None`
+    /// when it is not credrotd's: not JSON, `version`, `username` or `password`
+    /// missing or of another type, or an `account` key naming another account.
+    /// The password goes straight from the parser into a [`Secret`]; nothing
+    /// else keeps a copy (serde_json's scratch buffer is only used for strings
+    /// with escapes, which generated passwords never have).
+    pub fn from_payload(doc: &[u8], account: &str) -> Option<Held> {
+        serde_json::from_slice::<Incoming>(doc)
+            .ok()?
+            .into_held(account)
+    }
+}
+
+/// A payload as read back: only the keys credrotd needs, the password held as a
+/// [`Secret`] from the moment it is parsed (other keys, `url` included, are
+/// skipped without being kept).
+#[derive(Deserialize)]
+pub(crate) struct Incoming {
+    version: i64,
+    username: String,
+    #[serde(deserialize_with = "secret_string")]
+    password: Secret,
+    #[serde(default)]
+    account: Option<String>,
+    #[serde(default)]
+    issued_at: Option<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+impl Incoming {
+    /// `None` when the document names another account.
+    pub(crate) fn into_held(self, account: &str) -> Option<Held> {
+        if self.account.as_deref().is_some_and(|a| a != account) {
+            return None;
+        }
+        let time = |t: Option<String>| {
+            t.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        Some(Held {
+            version: self.version,
+            username: self.username,
+            password: self.password,
+            issued_at: time(self.issued_at),
+            expires_at: time(self.expires_at),
+        })
+    }
+}
+
+/// Deserializes a string straight into a [`Secret`]: an owned string from the
+/// deserializer is moved in, a borrowed one copied once into the secret.
+fn secret_string<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Secret;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+            Ok(Secret::new(v.to_owned()))
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+            Ok(Secret::new(v))
+        }
+    }
+    d.deserialize_string(V)
+}
+
+/// `held` if it is the version asked for (any version when `None`).
+fn held_if(held: Held, version: Option<i64>) -> Option<Held> {
+    version.is_none_or(|v| v == held.version).then_some(held)
+}
+
+/// Logs a document at `path` that is not a credrotd payload (never its content).
+pub(crate) fn warn_foreign(store: &str, path: &str) {
+    tracing::warn!(
+        store = %store,
+        path = %path,
+        "the secret is not a credrotd credential (not JSON, keys missing or another account's); ignoring it"
+    );
+}
+
 /// Everything a store needs to publish one credential.
 pub struct Publication<'a> {
     pub account: &'a str,
@@ -155,6 +270,12 @@ pub struct Undo {
     /// The store-side version the publish created (Vault's KV version), or `None`
     /// when the publish changed nothing or the store does not number versions.
     pub written: Option<u64>,
+    /// The publish created the secret itself (AWS: `CreateSecret` succeeded in
+    /// this very publish). Only then may a revert delete the secret.
+    pub created_secret: bool,
+    /// The publish found the version already in place and changed nothing (a
+    /// retried step after the promote): the revert has nothing to put back.
+    pub unchanged: bool,
 }
 
 impl std::fmt::Debug for Undo {
@@ -166,6 +287,8 @@ impl std::fmt::Debug for Undo {
             .field("version", &self.version)
             .field("previous", &self.previous.as_ref().map(|_| "[redacted]"))
             .field("written", &self.written)
+            .field("created_secret", &self.created_secret)
+            .field("unchanged", &self.unchanged)
             .finish()
     }
 }
@@ -186,6 +309,29 @@ pub trait Store: Send + Sync {
     /// The credential version the store currently holds for the account, if any.
     async fn current_version(&self, account: &str, path: &str) -> Result<Option<i64>, StoreError>;
 
+    /// Reads a credential back.
+    ///
+    /// - `version: None`: what readers get now (file: the file; Vault: the
+    ///   latest KV version, `None` if it is deleted; AWS: `AWSCURRENT`). One
+    ///   request, so `fetch(.., None)?.map(|h| h.version)` answers "which
+    ///   credential does this store serve?".
+    /// - `version: Some(v)`: credential version `v` if the store still has it,
+    ///   even if only staged (file: only if the file holds `v`; Vault: the
+    ///   latest or one of the 10 KV versions before it that is not deleted; AWS:
+    ///   the version whose `ClientRequestToken` was derived for `v`, or another
+    ///   version with a staging label whose payload says `v`; a version that
+    ///   lost all its labels, e.g. after a revert, is not held).
+    ///
+    /// `Ok(None)` when there is no such secret or version, or the document is
+    /// not credrotd's (logged as a warning naming store and path, never the
+    /// content). Errors name the store and the path, never the value.
+    async fn fetch(
+        &self,
+        account: &str,
+        path: &str,
+        version: Option<i64>,
+    ) -> Result<Option<Held>, StoreError>;
+
     /// Checks that the store is reachable and its credentials work (for `plan`).
     async fn check(&self) -> Result<(), StoreError>;
 
@@ -197,7 +343,11 @@ pub trait Store: Send + Sync {
     }
 
     /// Drops a version that was staged but never promoted (recovery of a rotation
-    /// that a crash cut short), so that no `AWSPENDING` dangles. Idempotent.
+    /// that a crash cut short), so that no `AWSPENDING` dangles; if it became
+    /// what readers get, the previous version is made current again. Never
+    /// deletes a secret. Idempotent. An error means the store may still serve
+    /// the version (AWS: it is the secret's only `AWSCURRENT` and there is no
+    /// previous version to move it back to), so its login must stay alive.
     async fn discard(&self, _account: &str, _path: &str, _version: i64) -> Result<(), StoreError> {
         Ok(())
     }
@@ -236,4 +386,73 @@ pub fn build(inventory: &Inventory) -> Stores {
             (s.name.clone(), store)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn doc(account: &str, password: &Secret) -> Zeroizing<Vec<u8>> {
+        let endpoint = Endpoint {
+            engine: "postgres",
+            host: "db".into(),
+            port: 5432,
+            dbname: "orders".into(),
+        };
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        Publication {
+            account,
+            path: "p",
+            version: 9,
+            username: "etl_a",
+            password,
+            endpoint: &endpoint,
+            issued_at: at,
+            expires_at: at + chrono::Duration::hours(1),
+        }
+        .to_json()
+    }
+
+    #[test]
+    fn a_published_document_reads_back_and_debug_redacts() {
+        let pw = Secret::generate();
+        let held = Held::from_payload(&doc("etl", &pw), "etl").expect("ours");
+        assert_eq!(held.version, 9);
+        assert_eq!(held.username, "etl_a");
+        assert_eq!(held.password, pw);
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        assert_eq!(held.issued_at, Some(at));
+        assert_eq!(held.expires_at, Some(at + chrono::Duration::hours(1)));
+        let debug = format!("{held:?}");
+        assert!(!debug.contains(pw.expose()) && debug.contains("[redacted]"));
+        // Another account's document is not ours.
+        assert!(Held::from_payload(&doc("other", &pw), "etl").is_none());
+    }
+
+    #[test]
+    fn foreign_documents_are_none() {
+        for doc in [
+            &b"not json"[..],
+            b"{}",
+            b"[1, 2]",
+            br#"{"username": "u", "password": "p"}"#,
+            br#"{"version": "9", "username": "u", "password": "p"}"#,
+            br#"{"version": 9, "username": "u", "password": 42}"#,
+        ] {
+            assert!(
+                Held::from_payload(doc, "etl").is_none(),
+                "{}",
+                String::from_utf8_lossy(doc)
+            );
+        }
+        // Optional keys may be missing or odd; escapes in the password parse.
+        let h = Held::from_payload(
+            br#"{"version": 1, "username": "u", "password": "a\"b", "issued_at": "soon"}"#,
+            "etl",
+        )
+        .unwrap();
+        assert_eq!(h.password.expose(), "a\"b");
+        assert_eq!((h.issued_at, h.expires_at), (None, None));
+    }
 }

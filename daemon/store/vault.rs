@@ -21,12 +21,16 @@ use vaultrs::client::{Client, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use vaultrs::{auth, kv2, token};
 
-use super::{Publication, Store, StoreError, Undo};
+use super::{Held, Incoming, Publication, Store, StoreError, Undo};
 use crate::inventory::{VaultAuth, VaultConfig};
 use crate::secret::Secret;
 
 /// How long one HTTP request to Vault may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many KV versions before the latest [`Store::fetch`] looks through for
+/// one credential version.
+const HISTORY: u64 = 10;
 
 pub struct VaultStore {
     name: String,
@@ -375,6 +379,8 @@ impl Store for VaultStore {
             version: publication.version,
             previous: None,
             written,
+            created_secret: false,
+            unchanged: written.is_none(),
         };
         if current > 0 {
             if let Some(v) = self.read_version_field(&client, path).await? {
@@ -427,6 +433,42 @@ impl Store for VaultStore {
         self.read_version_field(&client, path).await
     }
 
+    async fn fetch(
+        &self,
+        account: &str,
+        path: &str,
+        version: Option<i64>,
+    ) -> Result<Option<Held>, StoreError> {
+        let client = self.client().await?;
+        // What readers get: the latest version (nothing if it is deleted).
+        let latest = self.read_held(&client, account, path, None).await?;
+        let wanted = match (version, latest) {
+            (None, latest) => return Ok(latest),
+            (Some(v), Some(h)) if h.version == v => return Ok(Some(h)),
+            (Some(v), _) => v,
+        };
+        // An older credential version: look back through the KV history.
+        let Some(meta) = self.read_metadata(&client, path).await? else {
+            return Ok(None);
+        };
+        let newest = meta.current_version;
+        for n in (newest.saturating_sub(HISTORY).max(1)..newest).rev() {
+            let live = meta
+                .versions
+                .get(&n.to_string())
+                .is_some_and(|m| !m.destroyed && m.deletion_time.is_empty());
+            if !live {
+                continue;
+            }
+            if let Some(h) = self.read_held(&client, account, path, Some(n)).await? {
+                if h.version == wanted {
+                    return Ok(Some(h));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     async fn check(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
         token::lookup_self(client.as_ref())
@@ -437,6 +479,51 @@ impl Store for VaultStore {
 }
 
 impl VaultStore {
+    /// The credential in KV version `kv_version` (the latest when `None`);
+    /// `None` when there is no such version, it is deleted, or it is not
+    /// credrotd's (a warning for the latest, never its content).
+    async fn read_held(
+        &self,
+        client: &VaultClient,
+        account: &str,
+        path: &str,
+        kv_version: Option<u64>,
+    ) -> Result<Option<Held>, StoreError> {
+        let mount = &self.config.mount;
+        // vaultrs hands the data over as a JSON value that `Incoming` takes the
+        // password out of by move, into a `Secret`.
+        let r = match kv_version {
+            None => kv2::read::<Incoming>(client, mount, path).await,
+            Some(n) => kv2::read_version::<Incoming>(client, mount, path, n).await,
+        };
+        let foreign = || {
+            if kv_version.is_none() {
+                super::warn_foreign(&self.name, &self.full(path));
+            } else {
+                debug!(store = %self.name, path = %self.full(path), kv_version, "an older KV version is not a credrotd credential");
+            }
+        };
+        match r {
+            Ok(doc) => {
+                let held = doc.into_held(account);
+                if held.is_none() {
+                    foreign();
+                }
+                Ok(held)
+            }
+            Err(e) if is_status(&e, 404) => Ok(None),
+            // The parser's message may quote the document: never shown.
+            Err(ClientError::JsonParseError { .. }) => {
+                foreign();
+                Ok(None)
+            }
+            Err(e) => {
+                self.on_error(&e).await;
+                Err(self.remote("read", path, e))
+            }
+        }
+    }
+
     /// The credrotd `version` in the latest version's data; `None` when there is
     /// no secret, the latest version is deleted, or it is not credrotd's.
     async fn read_version_field(

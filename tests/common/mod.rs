@@ -40,19 +40,52 @@ fn split_password(url: &str) -> (String, String) {
 }
 
 /// One test's own database, role-name prefix and temporary directory.
+///
+/// By default credrotd connects as a per-test **non-superuser** admin,
+/// `<tag>_admin LOGIN CREATEROLE`, a member of `pg_signal_backend`: the kind of
+/// admin managed PostgreSQL (RDS, Cloud SQL, Azure) gives. It can grant what the
+/// cluster's superuser creates in the test database through default privileges
+/// `WITH GRANT OPTION` (as the master user's objects are on RDS), and it is a
+/// member of `<tag>_owner`, a role that may own schemas (as an application's
+/// owner role would), so that it may set default privileges for that owner.
+/// [`TestDb::new_superuser`] connects credrotd as the superuser instead.
+///
+/// The test itself (`exec`, `admin()`, `query_*`) acts as the superuser: the
+/// DBA who creates tables and changes things behind credrotd's back.
 pub struct TestDb {
     pub tag: String,
     pub dbname: String,
-    /// Admin URL of the test database, without password.
+    /// credrotd's admin URL of the test database, without password.
     pub url: String,
+    /// credrotd's admin password.
     pub password_file: PathBuf,
     pub dir: tempfile::TempDir,
+    /// The role credrotd connects as (`<tag>_admin`, or the superuser).
+    pub admin_user: String,
+    /// Whether credrotd connects as the superuser.
+    pub superuser: bool,
+    /// `<tag>_owner`: a NOLOGIN role the non-superuser admin is a member of, to
+    /// own schemas whose future objects credrotd may then cover.
+    pub owner: String,
     admin_password: String,
+    /// The superuser, connected to the test database.
     base: PgConnectOptions,
 }
 
 impl TestDb {
+    /// A test database that credrotd manages as a non-superuser `CREATEROLE` admin.
     pub async fn new() -> TestDb {
+        Self::create(false).await
+    }
+
+    /// A test database that credrotd manages as the cluster's superuser, for the
+    /// tests that need what only a superuser may do (e.g. read `pg_authid` to
+    /// put back a static role's password).
+    pub async fn new_superuser() -> TestDb {
+        Self::create(true).await
+    }
+
+    async fn create(superuser: bool) -> TestDb {
         let (url, pw) = split_password(&pg_url());
         let tag = format!("t{:08x}", rand_u32());
         let dbname = format!("credrotd_{tag}");
@@ -60,6 +93,8 @@ impl TestDb {
             .unwrap()
             .password(&pw)
             .log_statements(log::LevelFilter::Off);
+        let su = base.get_username().to_owned();
+        let owner = format!("{tag}_owner");
         let mut c = base
             .clone()
             .connect()
@@ -68,12 +103,55 @@ impl TestDb {
         c.execute(format!("CREATE DATABASE {dbname}").as_str())
             .await
             .unwrap();
+        c.execute(format!("CREATE ROLE {owner} NOLOGIN").as_str())
+            .await
+            .unwrap();
+        let (admin_user, admin_password) = if superuser {
+            (su.clone(), pw.clone())
+        } else {
+            let admin = format!("{tag}_admin");
+            let admin_pw = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+            // As a SCRAM verifier: the statement log never sees the password.
+            let verifier = postgres_protocol::password::scram_sha_256(admin_pw.as_bytes());
+            c.execute(
+                format!(
+                    "CREATE ROLE {admin} LOGIN CREATEROLE PASSWORD '{verifier}' IN ROLE pg_signal_backend;
+                     GRANT {owner} TO {admin}"
+                )
+                .as_str(),
+            )
+            .await
+            .unwrap();
+            (admin, admin_pw)
+        };
         c.close().await.unwrap();
+        if !superuser {
+            // What the superuser creates in the test database, the admin may grant.
+            let mut c = base.clone().database(&dbname).connect().await.unwrap();
+            let a = &admin_user;
+            c.execute(
+                format!(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {su} GRANT ALL ON TABLES TO {a} WITH GRANT OPTION;
+                     ALTER DEFAULT PRIVILEGES FOR ROLE {su} GRANT ALL ON SEQUENCES TO {a} WITH GRANT OPTION;
+                     ALTER DEFAULT PRIVILEGES FOR ROLE {su} GRANT ALL ON FUNCTIONS TO {a} WITH GRANT OPTION;
+                     ALTER DEFAULT PRIVILEGES FOR ROLE {su} GRANT ALL ON SCHEMAS TO {a} WITH GRANT OPTION;
+                     GRANT ALL ON SCHEMA public TO {a} WITH GRANT OPTION"
+                )
+                .as_str(),
+            )
+            .await
+            .unwrap();
+            c.close().await.unwrap();
+        }
         let dir = tempfile::tempdir().unwrap();
         let password_file = dir.path().join("admin.pw");
-        std::fs::write(&password_file, &pw).unwrap();
-        let db_url = match url.rfind('/') {
-            Some(i) => format!("{}/{dbname}", &url[..i]),
+        std::fs::write(&password_file, &admin_password).unwrap();
+        let db_url = match url.rsplit_once('/') {
+            Some((server, _)) => {
+                let (scheme, rest) = server.split_once("://").unwrap();
+                let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+                format!("{scheme}://{admin_user}@{host}/{dbname}")
+            }
             None => unreachable!(),
         };
         TestDb {
@@ -82,7 +160,10 @@ impl TestDb {
             url: db_url,
             password_file,
             dir,
-            admin_password: pw,
+            admin_user,
+            superuser,
+            owner,
+            admin_password,
             base: base.database(&dbname),
         }
     }
@@ -92,8 +173,50 @@ impl TestDb {
         format!("{}_{suffix}", self.tag)
     }
 
+    /// A superuser connection to the test database (the test's DBA).
     pub async fn admin(&self) -> PgConnection {
         self.base.clone().connect().await.expect("admin connection")
+    }
+
+    /// A connection as the role credrotd connects as.
+    pub async fn daemon_admin(&self) -> PgConnection {
+        self.base
+            .clone()
+            .username(&self.admin_user)
+            .password(&self.admin_password)
+            .connect()
+            .await
+            .expect("connection as credrotd's admin")
+    }
+
+    /// Runs `sql` as the role credrotd connects as.
+    pub async fn exec_as_daemon_admin(&self, sql: &str) {
+        let mut c = self.daemon_admin().await;
+        c.execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.close().await.unwrap();
+    }
+
+    /// Another database of this test (dropped with it), created by the superuser;
+    /// returns its name.
+    pub async fn other_database(&self, suffix: &str) -> String {
+        let name = format!("{}_{suffix}", self.dbname);
+        let mut c = self.base.clone().database("postgres").connect().await.unwrap();
+        c.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+        name
+    }
+
+    /// Runs `sql` as the superuser in database `dbname` of the cluster.
+    pub async fn exec_in(&self, dbname: &str, sql: &str) {
+        let mut c = self.base.clone().database(dbname).connect().await.unwrap();
+        c.execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.close().await.unwrap();
     }
 
     pub async fn exec(&self, sql: &str) {
@@ -192,6 +315,7 @@ impl TestDb {
             inventory: Arc::new(inventory),
             ledger,
             clock,
+            take_over: false,
             crash_after: None,
         }
     }
@@ -209,11 +333,13 @@ impl TestDb {
         }
     }
 
-    /// Roles whose names start with this test's tag.
+    /// Roles whose names start with this test's tag, but for the harness's own
+    /// (`<tag>_admin`, `<tag>_owner`).
     pub async fn roles(&self) -> Vec<String> {
         self.query_strings(&format!(
-            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE '{}%' ORDER BY 1",
-            self.tag
+            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE '{tag}%' \
+             AND rolname NOT IN ('{tag}_admin', '{tag}_owner') ORDER BY 1",
+            tag = self.tag
         ))
         .await
     }
@@ -223,6 +349,7 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         // Runs on success and on panic: drop the database and every role of this
         // test so that the shared cluster stays clean.
+        // The per-test admin goes last: it granted what the database holds.
         let base = self.base.clone().database("postgres");
         let dbname = self.dbname.clone();
         let tag = self.tag.clone();
@@ -230,9 +357,18 @@ impl Drop for TestDb {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
                 let Ok(mut c) = base.connect().await else { return };
-                let _ = c.execute(format!("DROP DATABASE IF EXISTS {dbname} WITH (FORCE)").as_str()).await;
-                let roles: Vec<String> = sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1 ORDER BY length(rolname) DESC")
+                let dbs: Vec<String> = sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE datname = $1 OR datname LIKE $2")
+                    .bind(&dbname)
+                    .bind(format!("{dbname}\\_%"))
+                    .fetch_all(&mut c)
+                    .await
+                    .unwrap_or_default();
+                for db in dbs {
+                    let _ = c.execute(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)").as_str()).await;
+                }
+                let roles: Vec<String> = sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1 ORDER BY rolname = $2, length(rolname) DESC")
                     .bind(format!("{tag}%"))
+                    .bind(format!("{tag}_admin"))
                     .fetch_all(&mut c)
                     .await
                     .unwrap_or_default();

@@ -1,0 +1,461 @@
+//! Fault injection: the real `credrotd run` binary against the real servers (scram
+//! PostgreSQL, OpenBao, moto), broken on purpose — `kill -9` at random moments,
+//! PostgreSQL restarted with `-m immediate` mid-rotation, a Vault store that
+//! refuses writes for longer than a credential lives, the ledger deleted while
+//! the daemon is stopped, two daemons with separate ledgers on one account — and
+//! checked from outside as a consumer would: log in with what every store holds,
+//! count each account's live logins in the catalog, read the ledger after the
+//! final recovery, and search every log for every password.
+//!
+//! Each scenario prints a summary line
+//! `faults: kills=N restarts=N pg_restarts=N lockouts=N orphans=N max_live=N leaked=N ...`
+//! and fails on any violation. Knobs (environment): `CREDROTD_FAULT_KILLS` (100),
+//! `CREDROTD_FAULT_SEED`, `CREDROTD_FAULT_PG_RESTARTS` (5), `CREDROTD_FAULT_OUTAGE`
+//! (20 s), `CREDROTD_FAULT_SETTLE` (15 s), `CREDROTD_FAULT_TOLERANCE` (3 s),
+//! `CREDROTD_FAULT_STATIC_GRACE` (2 s), `CREDROTD_FAULT_LOG` (trace). See
+//! docs/fault-injection.md.
+
+mod common;
+#[path = "faults/harness.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::{
+    delete_ledger, knob, knob_secs, pg_restart_immediate, read_ledger, serial, PgGuard, Spec,
+    Strategy, World,
+};
+use rand::{Rng, SeedableRng};
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+
+fn seeded(scenario: &str) -> rand::rngs::StdRng {
+    let seed = knob("CREDROTD_FAULT_SEED", rand::random::<u32>() as u64);
+    println!("faults[{scenario}]: seed {seed} (CREDROTD_FAULT_SEED={seed} repeats the random waits)");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// 1. kill -9 at random moments, restart, check; repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_soak_never_locks_a_consumer_out() {
+    let _serial = serial();
+    let kills = knob("CREDROTD_FAULT_KILLS", 100);
+    let mut rng = seeded("kill9");
+    let mut w = World::new("kill9").await;
+    let margin = S(5);
+    w.add(Spec {
+        suffix: "eph",
+        strategy: Strategy::Ephemeral,
+        schedule: "*/3 * * * * *",
+        overlap: S(2),
+        expiry_margin: margin,
+        stores: &["local", "vault", "aws"],
+    })
+    .await;
+    w.add(Spec {
+        suffix: "alt",
+        strategy: Strategy::Alternating,
+        schedule: "*/3 * * * * *",
+        overlap: S(2),
+        expiry_margin: margin,
+        stores: &["local", "vault"],
+    })
+    .await;
+    w.add(Spec {
+        suffix: "sta",
+        strategy: Strategy::Static,
+        schedule: "*/5 * * * * *",
+        overlap: S(0),
+        expiry_margin: margin,
+        stores: &["local", "vault"],
+    })
+    .await;
+    w.add(Spec {
+        suffix: "fast",
+        strategy: Strategy::Ephemeral,
+        schedule: "*/2 * * * * *",
+        overlap: S(1),
+        expiry_margin: margin,
+        stores: &["local"],
+    })
+    .await;
+    let ledger = w.db.dir.path().join("state.db");
+    let socket = w.db.dir.path().join("admin.sock");
+    let inv = w.write_inventory("inventory.yaml", &ledger, &socket);
+
+    let started = Instant::now();
+    let mut d = w.start_ready(&inv, &socket, "first").await;
+    w.wait_all_held(&mut d, S(60)).await;
+    let mut must_check = false;
+    let mut ready_times = Vec::new();
+    for i in 1..=kills {
+        // Kill at a random moment 0.2–3 s after the start; a kill that comes
+        // before the daemon is ready interrupts its recovery, and the next round
+        // then waits for readiness and checks before killing again.
+        let kill_at = d.started + Duration::from_millis(rng.gen_range(200..=3000));
+        let mut checked = false;
+        let mut ready = false;
+        loop {
+            w.expect_alive(&mut d);
+            if !ready && d.ready().await {
+                ready = true;
+                ready_times.push(d.started.elapsed());
+            }
+            if ready {
+                w.pass().await;
+                checked = true;
+            } else if d.started.elapsed() > S(90) {
+                let log = w.tail(&d.log, 40);
+                panic!(
+                    "round {i}: not ready after 90 s; log {}:\n{log}",
+                    d.log.display()
+                );
+            }
+            if Instant::now() >= kill_at && (checked || !must_check) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(if ready { 20 } else { 25 })).await;
+        }
+        if !checked {
+            w.stats.early_kills += 1;
+        }
+        must_check = !checked;
+        d.kill9();
+        w.stats.kills += 1;
+        d = w.start(&inv, &socket, &format!("after-kill-{i}"));
+        w.stats.restarts += 1;
+        if i % 10 == 0 {
+            println!(
+                "faults[kill9]: {i}/{kills} kills, {:.0} s, lockouts={} max_live={} violations={}",
+                started.elapsed().as_secs_f64(),
+                w.stats.lockouts,
+                w.stats.max_live,
+                w.violations.len()
+            );
+        }
+    }
+    if let Err(e) = d.wait_ready(S(90)).await {
+        panic!("after the last kill: {e}; log:\n{}", w.tail(&d.log, 40));
+    }
+    w.passes_for(&mut d, S(4)).await;
+    w.stop(d).await;
+    // One more start: its recovery is the final one.
+    let mut d = w.start_ready(&inv, &socket, "final").await;
+    w.stats.restarts += 1;
+    w.pass().await;
+    w.passes_for(&mut d, S(1)).await;
+    w.stop(d).await;
+    w.final_checks(&ledger).await;
+    w.scan_leaks(&[ledger.clone()]);
+    ready_times.sort();
+    if !ready_times.is_empty() {
+        println!(
+            "faults[kill9]: {:.0} s; ready after start: median {:?}, max {:?}",
+            started.elapsed().as_secs_f64(),
+            ready_times[ready_times.len() / 2],
+            ready_times[ready_times.len() - 1]
+        );
+    }
+    w.finish();
+}
+
+/// 2. PostgreSQL restarted with `-m immediate` while the daemon rotates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_mid_rotation_never_locks_a_consumer_out() {
+    let _serial = serial();
+    let _pg = PgGuard;
+    let restarts = knob("CREDROTD_FAULT_PG_RESTARTS", 5);
+    let mut rng = seeded("pg-restart");
+    let mut w = World::new("pg-restart").await;
+    for (suffix, strategy, overlap, stores) in [
+        (
+            "eph",
+            Strategy::Ephemeral,
+            S(1),
+            &["local", "vault", "aws"][..],
+        ),
+        ("alt", Strategy::Alternating, S(1), &["local"][..]),
+        ("sta", Strategy::Static, S(0), &["local"][..]),
+    ] {
+        w.add(Spec {
+            suffix,
+            strategy,
+            schedule: "*/2 * * * * *",
+            overlap,
+            expiry_margin: S(5),
+            stores,
+        })
+        .await;
+    }
+    let ledger = w.db.dir.path().join("state.db");
+    let socket = w.db.dir.path().join("admin.sock");
+    let inv = w.write_inventory("inventory.yaml", &ledger, &socket);
+    let mut d = w.start_ready(&inv, &socket, "run").await;
+    w.wait_all_held(&mut d, S(60)).await;
+    for i in 1..=restarts {
+        let wait = Duration::from_millis(rng.gen_range(1000..=4000));
+        w.passes_for(&mut d, wait).await;
+        let t = Instant::now();
+        tokio::task::spawn_blocking(pg_restart_immediate)
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("restart {i}: {e}"));
+        w.stats.pg_restarts += 1;
+        println!(
+            "faults[pg-restart]: restart {i}/{restarts} took {:?}",
+            t.elapsed()
+        );
+    }
+    // Rotation resumes: every store of every account gets a credential that
+    // none held before the last restart.
+    let mark = w.mark();
+    let stale = w.wait_fresh(&mut d, &mark, S(30)).await;
+    if !stale.is_empty() {
+        w.violation(
+            "resume",
+            format!("no rotation within 30 s of the last PostgreSQL restart for {stale:?}"),
+        );
+    }
+    w.passes_for(&mut d, S(3)).await;
+    w.stop(d).await;
+    let mut d = w.start_ready(&inv, &socket, "final").await;
+    w.stats.restarts += 1;
+    w.passes_for(&mut d, S(1)).await;
+    w.stop(d).await;
+    w.final_checks(&ledger).await;
+    w.scan_leaks(&[ledger.clone()]);
+    w.finish();
+}
+
+/// 3. Vault refuses writes for longer than the credential lives, then comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_longer_than_the_lifetime_keeps_the_credential_alive() {
+    let _serial = serial();
+    let outage = knob_secs("CREDROTD_FAULT_OUTAGE", 20.0);
+    let mut w = World::new("store-outage").await;
+    let a = w
+        .add(Spec {
+            suffix: "eph",
+            strategy: Strategy::Ephemeral,
+            schedule: "*/3 * * * * *",
+            overlap: S(1),
+            expiry_margin: S(2),
+            stores: &["local", "vault"],
+        })
+        .await;
+    let ledger = w.db.dir.path().join("state.db");
+    let socket = w.db.dir.path().join("admin.sock");
+    let inv = w.write_inventory("inventory.yaml", &ledger, &socket);
+    let mut d = w.start_ready(&inv, &socket, "run").await;
+    w.wait_all_held(&mut d, S(60)).await;
+    w.passes_for(&mut d, S(4)).await;
+
+    // The daemon's token may now only read.
+    w.vault_writable(false).await;
+    let held = w.pass().await;
+    let before = held
+        .get(&(a.name.clone(), "vault".to_owned()))
+        .map(|doc| (doc.version, doc.username.clone()));
+    println!(
+        "faults[store-outage]: Vault read-only for {outage:?}; it holds {before:?} (lifetime: next fire + 1 s overlap + 2 s margin)"
+    );
+    w.passes_for(&mut d, outage).await;
+    let after = w
+        .pass()
+        .await
+        .get(&(a.name.clone(), "vault".to_owned()))
+        .map(|doc| (doc.version, doc.username.clone()));
+    println!("faults[store-outage]: at the end of the outage Vault holds {after:?}");
+    if before != after {
+        w.violation(
+            "vault changed",
+            format!("Vault changed during a read-only outage: {before:?} -> {after:?}"),
+        );
+    }
+    let extended = w.log_lines_with("extend").len();
+    println!("faults[store-outage]: daemon log lines mentioning \"extend\": {extended}");
+
+    // Writes allowed again: rotations resume and the new credential logs in.
+    let mark = w.mark();
+    w.vault_writable(true).await;
+    let stale = w.wait_fresh(&mut d, &mark, S(30)).await;
+    if !stale.is_empty() {
+        w.violation(
+            "resume",
+            format!("no new credential within 30 s after Vault came back for {stale:?}"),
+        );
+    }
+    w.passes_for(&mut d, S(2)).await;
+    w.stop(d).await;
+    let mut d = w.start_ready(&inv, &socket, "final").await;
+    w.stats.restarts += 1;
+    w.passes_for(&mut d, S(1)).await;
+    w.stop(d).await;
+    w.final_checks(&ledger).await;
+    w.scan_leaks(&[ledger.clone()]);
+    w.finish();
+}
+
+/// 4. The ledger is deleted while the daemon is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_ledger_never_drops_a_login_a_store_holds() {
+    let _serial = serial();
+    let settle = knob_secs("CREDROTD_FAULT_SETTLE", 15.0);
+    let mut w = World::new("lost-ledger").await;
+    for (suffix, strategy, overlap, stores) in [
+        ("eph", Strategy::Ephemeral, S(2), &["local", "vault"][..]),
+        ("alt", Strategy::Alternating, S(2), &["local"][..]),
+        ("sta", Strategy::Static, S(0), &["local"][..]),
+    ] {
+        w.add(Spec {
+            suffix,
+            strategy,
+            schedule: "*/3 * * * * *",
+            overlap,
+            expiry_margin: S(20),
+            stores,
+        })
+        .await;
+    }
+    let ledger = w.db.dir.path().join("state.db");
+    let socket = w.db.dir.path().join("admin.sock");
+    let inv = w.write_inventory("inventory.yaml", &ledger, &socket);
+    let mut d = w.start_ready(&inv, &socket, "run").await;
+    w.wait_all_held(&mut d, S(60)).await;
+    // At least one rotation after the first issue, so a predecessor exists.
+    let first = w.mark();
+    let stale = w.wait_fresh(&mut d, &first, S(20)).await;
+    assert!(stale.is_empty(), "no second credential for {stale:?}");
+    w.stop(d).await;
+
+    let held = w.pass().await;
+    let mut names: Vec<String> = held
+        .iter()
+        .map(|((a, s), doc)| format!("{a}@{s}={}", doc.username))
+        .collect();
+    names.sort();
+    println!("faults[lost-ledger]: stopped; the stores hold {names:?}; deleting the ledger");
+    delete_ledger(&ledger);
+    let mark = w.mark();
+
+    // Check continuously from the moment it starts, not only once it is ready:
+    // whatever it does at start-up must leave the stores' logins working.
+    let mut d = w.start(&inv, &socket, "after-loss");
+    w.stats.restarts += 1;
+    let until = Instant::now() + settle;
+    let mut ready_at = None;
+    while Instant::now() < until {
+        w.expect_alive(&mut d);
+        w.pass().await;
+        if ready_at.is_none() && d.ready().await {
+            ready_at = Some(d.started.elapsed());
+        }
+    }
+    println!("faults[lost-ledger]: ready after {ready_at:?}");
+    if ready_at.is_none() {
+        w.violation(
+            "not ready",
+            format!("not ready {settle:?} after a start without a ledger"),
+        );
+    }
+    let stale = w.wait_fresh(&mut d, &mark, S(15)).await;
+    if !stale.is_empty() {
+        w.violation(
+            "resume",
+            format!("rotation did not resume after the ledger was lost for {stale:?}"),
+        );
+    }
+    w.passes_for(&mut d, S(4)).await;
+    w.stop(d).await;
+    let mut d = w.start_ready(&inv, &socket, "final").await;
+    w.stats.restarts += 1;
+    w.passes_for(&mut d, S(1)).await;
+    w.stop(d).await;
+    w.final_checks(&ledger).await;
+    w.scan_leaks(&[ledger.clone()]);
+    w.finish();
+}
+
+/// 5. Two daemons with separate ledgers pointed at one account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ledger_refuses_an_account_another_owns() {
+    let _serial = serial();
+    let settle = knob_secs("CREDROTD_FAULT_SETTLE", 15.0);
+    let mut w = World::new("two-ledgers").await;
+    let a = w
+        .add(Spec {
+            suffix: "eph",
+            strategy: Strategy::Ephemeral,
+            schedule: "*/3 * * * * *",
+            overlap: S(2),
+            expiry_margin: S(10),
+            stores: &["local", "vault"],
+        })
+        .await;
+    let ledger_a = w.db.dir.path().join("state-a.db");
+    let socket_a = w.db.dir.path().join("admin-a.sock");
+    let inv_a = w.write_inventory("inventory-a.yaml", &ledger_a, &socket_a);
+    let ledger_b = w.db.dir.path().join("state-b.db");
+    let socket_b = w.db.dir.path().join("admin-b.sock");
+    let inv_b = w.write_inventory("inventory-b.yaml", &ledger_b, &socket_b);
+
+    let mut da = w.start_ready(&inv_a, &socket_a, "owner").await;
+    w.wait_all_held(&mut da, S(60)).await;
+    w.passes_for(&mut da, S(2)).await;
+    let mut db = w.start(&inv_b, &socket_b, "second");
+    let until = Instant::now() + settle;
+    let mut second_exit = None;
+    while Instant::now() < until {
+        w.expect_alive(&mut da);
+        if second_exit.is_none() {
+            second_exit = db.exited();
+        }
+        w.pass().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second_log = db.log.clone();
+    match second_exit {
+        Some(s) => println!("faults[two-ledgers]: the second daemon exited by itself: {s}"),
+        None => w.stop(db).await,
+    }
+    w.stop(da).await;
+
+    // The second daemon says why it leaves the account alone.
+    let text = String::from_utf8_lossy(&std::fs::read(&second_log).unwrap_or_default()).to_lowercase();
+    let refused = ["owned by", "take over", "take-over", "take_over"]
+        .iter()
+        .any(|n| text.contains(n));
+    if !refused {
+        w.violation(
+            "no refusal",
+            format!(
+                "the second daemon's log {} says nothing of the account being owned by another ledger (\"owned by\" / \"take over\")",
+                second_log.display()
+            ),
+        );
+    }
+    // ... and its ledger manages nothing of it.
+    match read_ledger(&ledger_b).await {
+        Ok(rows) => {
+            let managed: Vec<String> = rows
+                .iter()
+                .filter(|r| r.account == a.name && !matches!(r.state.as_str(), "aborted"))
+                .map(|r| format!("v{} {} {}", r.version, r.username, r.state))
+                .collect();
+            if !managed.is_empty() {
+                w.violation(
+                    "second manages",
+                    format!("the second ledger manages the owned account: {managed:?}"),
+                );
+            }
+        }
+        Err(e) => println!("faults[two-ledgers]: the second ledger cannot be read ({e}); it holds nothing"),
+    }
+    let mut da = w.start_ready(&inv_a, &socket_a, "final").await;
+    w.stats.restarts += 1;
+    w.passes_for(&mut da, S(1)).await;
+    w.stop(da).await;
+    w.final_checks(&ledger_a).await;
+    w.scan_leaks(&[ledger_a.clone(), ledger_b.clone()]);
+    w.finish();
+}
