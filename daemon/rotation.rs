@@ -922,9 +922,12 @@ impl Saga<'_> {
         }
         if !forced {
             let live = self.ctx.ledger.live(self.name()).await?;
-            let has_successor = live
-                .iter()
-                .any(|c| c.state == CredState::Current && c.version > cred.version);
+            // A login adopted from the catalog (unknown to a lost ledger) got a
+            // version when it was found; any current credential succeeds it.
+            let adopted = cred.strategy.starts_with("unknown");
+            let has_successor = live.iter().any(|c| {
+                c.state == CredState::Current && (c.version > cred.version || adopted)
+            });
             if !has_successor {
                 return Err(RotationError::NotRetiring {
                     account: self.name().to_owned(),
@@ -973,7 +976,7 @@ impl Saga<'_> {
             match store.fetch(self.name(), &self.account.path, None).await {
                 Ok(Some(held)) => {
                     let same = held.username == cred.username
-                        && (held.version == cred.version || cred.strategy == "unknown");
+                        && (held.version == cred.version || cred.strategy.starts_with("unknown"));
                     if same {
                         return Some(store.name().to_owned());
                     }
@@ -1279,7 +1282,7 @@ impl Saga<'_> {
             let usable = info.can_login && info.valid_until.is_none_or(|v| v > now);
             let fixed = matches!(self.account.strategy, Strategy::Alternating);
             if usable {
-                let strategy = if fixed { "alternating" } else { "unknown" };
+                let strategy = if fixed { "unknown-fixed" } else { "unknown" };
                 let cred = self
                     .ctx
                     .ledger

@@ -31,7 +31,9 @@ const S: fn(u64) -> Duration = Duration::from_secs;
 
 fn seeded(scenario: &str) -> rand::rngs::StdRng {
     let seed = knob("CREDROTD_FAULT_SEED", rand::random::<u32>() as u64);
-    println!("faults[{scenario}]: seed {seed} (CREDROTD_FAULT_SEED={seed} repeats the random waits)");
+    println!(
+        "faults[{scenario}]: seed {seed} (CREDROTD_FAULT_SEED={seed} repeats the random waits)"
+    );
     rand::rngs::StdRng::seed_from_u64(seed)
 }
 
@@ -120,8 +122,7 @@ async fn kill9_soak_never_locks_a_consumer_out() {
             w.stats.early_kills += 1;
         }
         must_check = !checked;
-        d.kill9();
-        w.stats.kills += 1;
+        w.kill9(d);
         d = w.start(&inv, &socket, &format!("after-kill-{i}"));
         w.stats.restarts += 1;
         if i % 10 == 0 {
@@ -252,19 +253,23 @@ async fn a_store_outage_longer_than_the_lifetime_keeps_the_credential_alive() {
 
     // The daemon's token may now only read.
     w.vault_writable(false).await;
-    let held = w.pass().await;
-    let before = held
-        .get(&(a.name.clone(), "vault".to_owned()))
-        .map(|doc| (doc.version, doc.username.clone()));
+    w.pass().await;
+    let vault = a.stores.iter().find(|s| s.name == "vault").unwrap().clone();
+    let before = w
+        .fetch(&a, &vault)
+        .await
+        .unwrap()
+        .map(|doc| (doc.version, doc.username));
     println!(
         "faults[store-outage]: Vault read-only for {outage:?}; it holds {before:?} (lifetime: next fire + 1 s overlap + 2 s margin)"
     );
     w.passes_for(&mut d, outage).await;
+    w.pass().await;
     let after = w
-        .pass()
+        .fetch(&a, &vault)
         .await
-        .get(&(a.name.clone(), "vault".to_owned()))
-        .map(|doc| (doc.version, doc.username.clone()));
+        .unwrap()
+        .map(|doc| (doc.version, doc.username));
     println!("faults[store-outage]: at the end of the outage Vault holds {after:?}");
     if before != after {
         w.violation(
@@ -415,13 +420,17 @@ async fn a_second_ledger_refuses_an_account_another_owns() {
     }
     let second_log = db.log.clone();
     match second_exit {
-        Some(s) => println!("faults[two-ledgers]: the second daemon exited by itself: {s}"),
+        Some(s) => {
+            println!("faults[two-ledgers]: the second daemon exited by itself: {s}");
+            let _ = w.stop_status(db).await;
+        }
         None => w.stop(db).await,
     }
     w.stop(da).await;
 
     // The second daemon says why it leaves the account alone.
-    let text = String::from_utf8_lossy(&std::fs::read(&second_log).unwrap_or_default()).to_lowercase();
+    let text =
+        String::from_utf8_lossy(&std::fs::read(&second_log).unwrap_or_default()).to_lowercase();
     let refused = ["owned by", "take over", "take-over", "take_over"]
         .iter()
         .any(|n| text.contains(n));
@@ -449,7 +458,9 @@ async fn a_second_ledger_refuses_an_account_another_owns() {
                 );
             }
         }
-        Err(e) => println!("faults[two-ledgers]: the second ledger cannot be read ({e}); it holds nothing"),
+        Err(e) => println!(
+            "faults[two-ledgers]: the second ledger cannot be read ({e}); it holds nothing"
+        ),
     }
     let mut da = w.start_ready(&inv_a, &socket_a, "final").await;
     w.stats.restarts += 1;

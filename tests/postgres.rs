@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use common::{assert_no_secret, TestDb};
 use credrotd::clock::{Clock, ManualClock, SharedClock, SystemClock};
-use credrotd::engine::{Change, Reconciled};
+use credrotd::engine::{Change, Owner, Reconciled};
 use credrotd::ledger::CredState;
 use credrotd::rotation::{self, RotationError};
 use sqlx::{Connection, Executor};
@@ -201,7 +201,12 @@ async fn alternating_uses_two_fixed_roles_in_turn_with_an_overlap() {
         .login(&first.username, first.password.expose())
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("not permitted to log in"), "{err}");
+    // Revoked: NOLOGIN and expired, so the server refuses the password before
+    // it would say the role may not log in.
+    assert!(
+        err.to_string().contains("password authentication failed"),
+        "{err}"
+    );
     db.login(&second.username, second.password.expose())
         .await
         .expect("current still works");
@@ -435,10 +440,11 @@ async fn revocation_ends_live_sessions_and_keeps_owned_objects() {
     rotation::rotate(&ctx, &account).await.unwrap();
     let v1 = db.published(&name);
 
-    // A live session that owns an object of its own (after RESET ROLE the login
-    // role itself is the owner).
+    // A live session that owns an object of its own (after SET ROLE NONE the
+    // login role itself is the owner; RESET ROLE would go back to the scoped
+    // role, the login's default).
     let mut session = db.login(&v1.username, v1.password.expose()).await.unwrap();
-    session.execute("RESET ROLE").await.unwrap();
+    session.execute("SET ROLE NONE").await.unwrap();
     session
         .execute("CREATE TABLE analytics.made_by_login (id int)")
         .await
@@ -494,6 +500,7 @@ async fn reconciliation_undoes_changes_made_behind_its_back() {
     let name = db.name("drift");
     let group = db.name("tenant_reader");
     db.exec(&format!("CREATE ROLE {group} NOLOGIN")).await;
+    db.grant_parameter("app.tenant_id").await;
     let extra = format!("    member_of: [{group}]\n    settings: {{ app.tenant_id: \"42\" }}\n    connection_limit: 3\n");
     let ctx = db.context(&etl(&name, "ephemeral", &extra), system()).await;
     let account = ctx.account(&name).unwrap().clone();
@@ -549,7 +556,12 @@ async fn reconciliation_undoes_changes_made_behind_its_back() {
     }
     // Plan changed nothing.
     assert_eq!(
-        engine.reconcile(&account, false).await.unwrap().changes.len(),
+        engine
+            .reconcile(&account, false)
+            .await
+            .unwrap()
+            .changes
+            .len(),
         plan.len()
     );
     let applied = engine.reconcile(&account, true).await.unwrap();
@@ -587,10 +599,12 @@ async fn reconciliation_undoes_changes_made_behind_its_back() {
             && r.stuck[0].error.contains("granted by credrotd_admin"),
         "{r:#?}"
     );
-    assert!(db.query_bool(&format!(
-        "SELECT has_table_privilege('{name}', 'public.orders', 'SELECT')"
-    ))
-    .await);
+    assert!(
+        db.query_bool(&format!(
+            "SELECT has_table_privilege('{name}', 'public.orders', 'SELECT')"
+        ))
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -714,9 +728,35 @@ async fn recovery_drops_login_roles_the_ledger_does_not_know() {
          COMMENT ON ROLE {orphan} IS 'credrotd:login account={name}'"
     ))
     .await;
+    // A login the ledger does not know but that can log in may be in use (a
+    // lost ledger): it is recorded as retiring, not dropped on sight.
     let report = rotation::recover_account(&ctx, &account).await.unwrap();
-    assert_eq!(report.orphans_dropped, vec![orphan.clone()]);
+    assert_eq!(report.adopted, vec![orphan.clone()]);
+    assert!(db.roles().await.contains(&orphan));
+    let adopted = ctx
+        .ledger
+        .live(&name)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.username == orphan)
+        .expect("the orphan is in the ledger");
+    assert_eq!(adopted.state, credrotd::ledger::CredState::Retiring);
+    // At the end of its overlap it is revoked and dropped like any predecessor.
+    assert!(rotation::retire(&ctx, &account, &adopted, false)
+        .await
+        .unwrap());
     assert!(!db.roles().await.contains(&orphan));
+    // A login of the account that cannot log in is dropped at once.
+    let dead = format!("{name}_20000101000001");
+    db.exec(&format!(
+        "CREATE ROLE {dead} NOLOGIN IN ROLE {name};
+         COMMENT ON ROLE {dead} IS 'credrotd:login account={name}'"
+    ))
+    .await;
+    let report = rotation::recover_account(&ctx, &account).await.unwrap();
+    assert_eq!(report.orphans_dropped, vec![dead.clone()]);
+    assert!(!db.roles().await.contains(&dead));
     let p = db.published(&name);
     db.login(&p.username, p.password.expose())
         .await
@@ -805,8 +845,20 @@ async fn recovery_disables_an_alternating_login_the_ledger_does_not_know() {
         .await
         .expect("the stray login works before recovery");
     let report = rotation::recover_account(&ctx, &account).await.unwrap();
-    assert_eq!(report.orphans_dropped, vec![b.clone()]);
+    assert_eq!(report.adopted, vec![b.clone()]);
+    let adopted = ctx
+        .ledger
+        .live(&name)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.username == b)
+        .expect("the stray login is in the ledger");
+    assert!(rotation::retire(&ctx, &account, &adopted, false)
+        .await
+        .unwrap());
     assert!(db.login(&b, "unknown-password-123456").await.is_err());
+    assert!(db.roles().await.contains(&b), "a fixed role is kept, only refused");
     let p = db.published(&name);
     db.login(&p.username, p.password.expose())
         .await
@@ -851,7 +903,10 @@ async fn function_and_sequence_grants_are_exact() {
     }
     c.close().await.unwrap();
     assert_eq!(
-        ctx.engines["main"].reconcile(&account, false).await.unwrap(),
+        ctx.engines["main"]
+            .reconcile(&account, false)
+            .await
+            .unwrap(),
         Reconciled::default()
     );
 }
@@ -899,7 +954,8 @@ async fn two_sagas_for_one_account_in_one_process_exclude_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_static_rotation_puts_the_old_password_back() {
-    let db = TestDb::new().await;
+    // Needs a superuser: only a superuser may read the old verifier (pg_authid).
+    let db = TestDb::new_superuser().await;
     setup(&db).await;
     let name = db.name("st");
     let role = db.name("st_svc");
@@ -947,9 +1003,19 @@ async fn all_routines_of_a_schema_include_procedures() {
         .await
         .expect("procedures are granted too");
     c.close().await.unwrap();
-    assert_eq!(
-        ctx.engines["main"].reconcile(&account, false).await.unwrap(),
-        Reconciled::default()
+    // `ops` belongs to the superuser, whose default privileges the
+    // non-superuser admin may not change: functions created later are granted
+    // at the next rotation, and reconciliation says so instead of failing.
+    let r = ctx.engines["main"]
+        .reconcile(&account, false)
+        .await
+        .unwrap();
+    assert!(r.changes.is_empty(), "{r:#?}");
+    assert_eq!(r.stuck.len(), 1, "{r:#?}");
+    assert!(
+        r.stuck[0].what.starts_with("ALTER DEFAULT PRIVILEGES FOR ROLE \"credrotd_admin\" IN SCHEMA \"ops\" GRANT EXECUTE ON FUNCTIONS")
+            && r.stuck[0].error.contains("permission denied to change default privileges"),
+        "{r:#?}"
     );
 }
 
@@ -985,4 +1051,611 @@ async fn a_late_promotion_extends_the_predecessor_to_the_end_of_its_overlap() {
         retire_at.timestamp(),
         "and the ledger says so"
     );
+}
+
+// ---- Issue 7: infinity, a CREATEROLE admin, stuck items, owner marker, plan ----
+
+/// A static account on `role`, granting what `etl()` grants.
+fn static_account(name: &str, role: &str) -> String {
+    etl(
+        name,
+        "static",
+        &format!("    role: {role}\n    overlap: 0\n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_until_infinity_and_minus_infinity_never_panic_and_rotate() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let (inf, neg, far) = (db.name("inf_svc"), db.name("neg_svc"), db.name("far_svc"));
+    db.exec(&format!(
+        "CREATE ROLE {inf} LOGIN PASSWORD 'Infinity-Password-123456' VALID UNTIL 'infinity';
+         CREATE ROLE {neg} LOGIN PASSWORD 'MinusInfinity-Password-1234' VALID UNTIL '-infinity';
+         CREATE ROLE {far} LOGIN VALID UNTIL '290000-01-01';
+         COMMENT ON ROLE {far} IS 'credrotd:scoped account=x owner=NOT-VALID seen=zz'"
+    ))
+    .await;
+    let (a_inf, a_neg) = (db.name("inf"), db.name("neg"));
+    let ctx = db
+        .context(
+            &format!(
+                "{}{}",
+                static_account(&a_inf, &inf),
+                static_account(&a_neg, &neg)
+            ),
+            system(),
+        )
+        .await;
+    let engine = ctx.engines["main"].clone();
+
+    // What the catalog says, decoded without a panic.
+    let info = engine.login_info(&inf).await.unwrap().unwrap();
+    assert_eq!(
+        info,
+        credrotd::engine::LoginInfo {
+            can_login: true,
+            valid_until: None
+        },
+        "infinity never expires"
+    );
+    let info = engine.login_info(&neg).await.unwrap().unwrap();
+    assert_eq!(info.valid_until, Some(chrono::DateTime::<Utc>::MIN_UTC));
+    let info = engine.login_info(&far).await.unwrap().unwrap();
+    assert_eq!(info.valid_until, None, "beyond chrono's range is never");
+    // A non-superuser cannot read verifiers: no saved password, no error.
+    assert!(engine.saved_password(&inf).await.unwrap().is_none());
+
+    // Both rotate, and the new credential logs in with a real expiry.
+    for (account, role) in [(&a_inf, &inf), (&a_neg, &neg)] {
+        let acc = ctx.account(account).unwrap().clone();
+        let r = rotation::rotate(&ctx, &acc).await.unwrap();
+        let p = db.published(account);
+        assert_eq!(&p.username, role);
+        db.login(role, p.password.expose())
+            .await
+            .unwrap_or_else(|e| panic!("{role}: {e}"));
+        let info = engine.login_info(role).await.unwrap().unwrap();
+        assert_eq!(
+            info.valid_until.map(|t| t.timestamp()),
+            Some(r.expires_at.timestamp())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_password_puts_back_infinity_and_minus_infinity() {
+    // Needs a superuser: only a superuser may read verifiers from pg_authid.
+    let db = TestDb::new_superuser().await;
+    let name = db.name("sv");
+    let ctx = db
+        .context(
+            &format!("  {name}:\n    database: main\n    grants: []\n"),
+            system(),
+        )
+        .await;
+    let engine = ctx.engines["main"].clone();
+    for (until, want) in [
+        ("'infinity'", None),
+        ("'-infinity'", Some(chrono::DateTime::<Utc>::MIN_UTC)),
+    ] {
+        let role = db.name("sv_svc");
+        db.exec(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'Saved-Password-123456789' VALID UNTIL {until}"
+        ))
+        .await;
+        let saved = engine.saved_password(&role).await.unwrap().unwrap();
+        assert_eq!(saved.valid_until, want, "{until}");
+        assert!(saved.verifier.expose().starts_with("SCRAM-SHA-256$"));
+        db.exec(&format!(
+            "ALTER ROLE {role} PASSWORD 'Another-Password-123456789' VALID UNTIL '2001-01-01'"
+        ))
+        .await;
+        engine.restore_password(&role, &saved).await.unwrap();
+        assert!(
+            db.query_bool(&format!(
+                "SELECT rolvaliduntil = {until}::timestamptz FROM pg_roles WHERE rolname = '{role}'"
+            ))
+            .await,
+            "{until} is restored as {until}"
+        );
+        if want.is_none() {
+            db.login(&role, "Saved-Password-123456789")
+                .await
+                .expect("the restored password logs in");
+        }
+    }
+}
+
+/// An ephemeral account with `overlap: 0` that may create tables in `analytics`.
+fn ddl_account(name: &str) -> String {
+    let mut a = etl(name, "ephemeral", "    overlap: 0\n    allow_ddl: true\n");
+    a.push_str("      - { schema: analytics, privileges: [CREATE] }\n");
+    a
+}
+
+/// Whether `member` is a direct member of `role`.
+async fn is_member(db: &TestDb, member: &str, role: &str) -> bool {
+    db.query_bool(&format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = '{member}'::regrole AND m.roleid = '{role}'::regrole)"
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_createrole_admin_drops_every_retired_login_even_one_owning_objects() {
+    let db = TestDb::new().await;
+    assert!(!db.superuser);
+    setup(&db).await;
+    let name = db.name("cr");
+    let ctx = db.context(&ddl_account(&name), system()).await;
+    let account = ctx.account(&name).unwrap().clone();
+    let mut seen = Vec::new();
+    for i in 0..3 {
+        rotation::rotate(&ctx, &account)
+            .await
+            .unwrap_or_else(|e| panic!("rotation {i}: {e}"));
+        let p = db.published(&name);
+        seen.push(p.username.clone());
+        // The login makes a table of its own (as itself, not the scoped role):
+        // dropping it needs REASSIGN OWNED, which a CREATEROLE admin may run only
+        // once it is a member of both roles.
+        let mut c = db.login(&p.username, p.password.expose()).await.unwrap();
+        c.execute(format!("SET ROLE NONE; CREATE TABLE analytics.by_login_{i} (id int)").as_str())
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+        // overlap 0: the predecessor is retired and dropped, not only disabled.
+        let logins: Vec<String> = db
+            .roles()
+            .await
+            .into_iter()
+            .filter(|r| r.starts_with(&format!("{name}_")))
+            .collect();
+        assert_eq!(logins, vec![p.username.clone()], "rotation {i}");
+    }
+    // What the dropped logins owned now belongs to the scoped role.
+    let owners = db
+        .query_strings(
+            "SELECT tableowner::text FROM pg_tables WHERE schemaname = 'analytics' AND tablename LIKE 'by_login_%' ORDER BY tablename",
+        )
+        .await;
+    assert_eq!(owners, vec![name.clone(), name.clone(), seen[2].clone()]);
+    // The admin holds no membership in the scoped role (it had the login's,
+    // which goes with the login).
+    assert!(!is_member(&db, &db.admin_user, &name).await);
+    // Reconciliation leaves what the account owns alone: its owner holds every
+    // privilege, and the admin could not grant on it anyway.
+    let plan = ctx.engines["main"]
+        .reconcile(&account, false)
+        .await
+        .unwrap();
+    for t in ["by_login_0", "by_login_1"] {
+        assert!(
+            !plan.changes.iter().any(|c| c.0.contains(t))
+                && !plan.stuck.iter().any(|s| s.what.contains(t)),
+            "{t}: {plan:#?}"
+        );
+    }
+    let creds = ctx.ledger.credentials(&name).await.unwrap();
+    assert_eq!(creds.len(), 3);
+    assert!(
+        creds.iter().all(|c| c.state != CredState::Aborted),
+        "{creds:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_owning_objects_in_another_database_is_disabled_and_named() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let name = db.name("xdb");
+    let ctx = db
+        .context(&etl(&name, "ephemeral", "    overlap: 0\n"), system())
+        .await;
+    let account = ctx.account(&name).unwrap().clone();
+    rotation::rotate(&ctx, &account).await.unwrap();
+    let first = db.published(&name);
+    let other = db.other_database("other").await;
+    db.exec_in(
+        &other,
+        &format!(
+            "CREATE TABLE stranded (id int); ALTER TABLE stranded OWNER TO \"{}\"",
+            first.username
+        ),
+    )
+    .await;
+
+    let engine = ctx.engines["main"].clone();
+    let err = engine
+        .drop_login(&account, &first.username)
+        .await
+        .expect_err("objects in another database keep the role");
+    match &err {
+        credrotd::engine::EngineError::Dependents {
+            role, databases, ..
+        } => {
+            assert_eq!(role, &first.username);
+            assert_eq!(databases, &vec![other.clone()]);
+        }
+        e => panic!("expected Dependents, got {e}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&other) && msg.contains("cannot be dropped"),
+        "{msg}"
+    );
+    // Not dropped, but refused and expired.
+    let info = engine.login_info(&first.username).await.unwrap().unwrap();
+    assert!(!info.can_login);
+    assert!(
+        info.valid_until.is_some_and(|t| t <= Utc::now()),
+        "{info:?}"
+    );
+    assert!(db
+        .login(&first.username, first.password.expose())
+        .await
+        .is_err());
+
+    // Once the other database is cleaned up, the drop goes through.
+    db.exec_in(
+        &other,
+        &format!("REASSIGN OWNED BY \"{}\" TO \"{name}\"", first.username),
+    )
+    .await;
+    engine.drop_login(&account, &first.username).await.unwrap();
+    assert!(!db.roles().await.contains(&first.username));
+    // Dropping what is gone is not an error.
+    engine.drop_login(&account, &first.username).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_login_refuses_logins_and_expires_the_password() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let name = db.name("dis");
+    let ctx = db.context(&etl(&name, "ephemeral", ""), system()).await;
+    let account = ctx.account(&name).unwrap().clone();
+    rotation::rotate(&ctx, &account).await.unwrap();
+    let p = db.published(&name);
+    let engine = ctx.engines["main"].clone();
+    let before = Utc::now() - chrono::Duration::seconds(5);
+    engine.disable_login(&p.username).await.unwrap();
+    let info = engine.login_info(&p.username).await.unwrap().unwrap();
+    assert!(!info.can_login);
+    let until = info.valid_until.expect("expired");
+    assert!(until >= before && until <= Utc::now(), "{until}");
+    // LOGIN given back by hand does not revive the password.
+    db.exec(&format!("ALTER ROLE \"{}\" LOGIN", p.username))
+        .await;
+    assert!(db.login(&p.username, p.password.expose()).await.is_err());
+    // Twice is fine, and keeps the first expiry; a missing role is fine too.
+    engine.disable_login(&p.username).await.unwrap();
+    let again = engine.login_info(&p.username).await.unwrap().unwrap();
+    assert_eq!(again.valid_until, Some(until));
+    engine.disable_login(&db.name("nobody")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_reports_vanished_objects_and_refused_grants_as_stuck() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    db.exec("CREATE TABLE public.ledger_lines (id int); CREATE TABLE public.notes (id int)")
+        .await;
+    let name = db.name("stk");
+    let group = db.name("stk_group");
+    db.exec(&format!("CREATE ROLE {group} NOLOGIN")).await;
+    let accounts = format!(
+        "  {name}:\n    database: main\n    member_of: [{group}]\n    grants:\n\
+         \x20     - {{ schema: public, privileges: [USAGE] }}\n\
+         \x20     - {{ schema: public, tables: [orders, customers, ledger_lines, notes], privileges: [SELECT] }}\n\
+         \x20     - {{ schema: reporting, privileges: [USAGE] }}\n"
+    );
+    db.exec("CREATE SCHEMA reporting").await;
+    let ctx = db.context(&accounts, system()).await;
+    let account = ctx.account(&name).unwrap().clone();
+    rotation::rotate(&ctx, &account).await.unwrap();
+    let engine = ctx.engines["main"].clone();
+    assert_eq!(
+        engine.reconcile(&account, false).await.unwrap(),
+        Reconciled::default()
+    );
+
+    // A migration drops a table and a schema, someone drops the group; the
+    // admin loses its rights on one table and its grant option on another.
+    // (CASCADE takes the admin's own grants to the scoped role with it.)
+    db.exec(&format!(
+        "DROP TABLE public.customers; DROP SCHEMA reporting; DROP ROLE {group};
+         REVOKE ALL ON public.ledger_lines FROM {admin} CASCADE;
+         REVOKE GRANT OPTION FOR SELECT ON public.notes FROM {admin} CASCADE",
+        admin = db.admin_user
+    ))
+    .await;
+    db.exec_as_daemon_admin(&format!("REVOKE SELECT ON public.orders FROM {name}"))
+        .await;
+    let missing = [
+        format!("table public.customers (granted to account {name})"),
+        format!("schema reporting (granted to account {name})"),
+        format!("role {group} (member_of of account {name})"),
+    ];
+    let plan = engine.reconcile(&account, false).await.unwrap();
+    for m in &missing {
+        assert!(
+            plan.stuck
+                .iter()
+                .any(|s| &s.what == m && s.error == "does not exist"),
+            "plan lacks {m}: {plan:#?}"
+        );
+    }
+    let r = engine.reconcile(&account, true).await.unwrap();
+    for m in &missing {
+        assert!(r.stuck.iter().any(|s| &s.what == m), "{m}: {r:#?}");
+    }
+    let q = |t: &str| format!("GRANT SELECT ON TABLE \"public\".\"{t}\" TO \"{name}\"");
+    // A hard refusal (no privilege at all) is undone to its savepoint...
+    let refused = r
+        .stuck
+        .iter()
+        .find(|s| s.what == q("ledger_lines"))
+        .expect("ledger_lines stuck");
+    assert!(refused.error.contains("permission denied"), "{refused:?}");
+    // ... a grant without grant option only warns, and is found to have no effect.
+    let no_effect = r
+        .stuck
+        .iter()
+        .find(|s| s.what == q("notes"))
+        .expect("notes stuck");
+    assert!(
+        no_effect.error.starts_with("had no effect"),
+        "{no_effect:?}"
+    );
+    // ... and the rest applied.
+    assert_eq!(r.changes, vec![Change(q("orders"))], "{r:#?}");
+    assert_eq!(r.stuck.len(), 5, "{r:#?}");
+    assert!(
+        db.query_bool(&format!(
+            "SELECT has_table_privilege('{name}', 'public.orders', 'SELECT')"
+        ))
+        .await
+    );
+
+    // Issuing goes on: a rotation succeeds and its login works.
+    rotation::rotate(&ctx, &account).await.unwrap();
+    let p = db.published(&name);
+    let mut c = db.login(&p.username, p.password.expose()).await.unwrap();
+    c.execute("SELECT count(*) FROM public.orders")
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_marker_is_claimed_read_and_never_mistaken() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let name = db.name("own");
+    let ctx = db.context(&etl(&name, "ephemeral", ""), system()).await;
+    let account = ctx.account(&name).unwrap().clone();
+    let engine = ctx.engines["main"].clone();
+    let sql = format!(
+        "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = '{name}'"
+    );
+    let comment = || db.query_strings(&sql);
+
+    assert_eq!(engine.owner(&account).await.unwrap(), None, "no role yet");
+    let err = engine
+        .claim(&account, "ledger-a", Utc::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, credrotd::engine::EngineError::Missing { .. }),
+        "{err}"
+    );
+    engine.reconcile(&account, true).await.unwrap();
+    assert_eq!(
+        comment().await,
+        vec![format!("credrotd:scoped account={name}")]
+    );
+    assert_eq!(
+        engine.owner(&account).await.unwrap(),
+        Some(Owner::default()),
+        "a new role is managed and unowned until claimed"
+    );
+
+    let t = chrono::DateTime::from_timestamp(1_900_000_000, 0).unwrap();
+    engine.claim(&account, "ledger-a", t).await.unwrap();
+    assert_eq!(
+        comment().await,
+        vec![format!(
+            "credrotd:scoped account={name} owner=ledger-a seen=1900000000"
+        )]
+    );
+    assert_eq!(
+        engine.owner(&account).await.unwrap(),
+        Some(Owner {
+            ledger: Some("ledger-a".into()),
+            seen: Some(t)
+        })
+    );
+    // Reconcile accepts any owner and leaves the marker alone; so does a rotation.
+    engine.reconcile(&account, true).await.unwrap();
+    engine.claim(&account, "ledger-b", t).await.unwrap();
+    assert_eq!(
+        engine
+            .owner(&account)
+            .await
+            .unwrap()
+            .unwrap()
+            .ledger
+            .as_deref(),
+        Some("ledger-b")
+    );
+    for bad in ["", "Ledger", "a_b", "a b", "x' OR '1", &"x".repeat(65)] {
+        let err = engine.claim(&account, bad, t).await.unwrap_err();
+        assert!(
+            matches!(err, credrotd::engine::EngineError::Invalid { .. }),
+            "{bad:?}: {err}"
+        );
+    }
+    assert!(
+        comment().await[0].contains("owner=ledger-b"),
+        "refused ids change nothing"
+    );
+
+    // A comment that is not a marker, or not this account's, or odd: not managed.
+    for odd in [
+        "hand-made".to_owned(),
+        format!("credrotd:scoped account={name}x"),
+        format!("credrotd:scoped account={name} owner=BAD"),
+        format!("credrotd:scoped account={name} owner=a seen=soon"),
+    ] {
+        db.exec(&format!("COMMENT ON ROLE {name} IS '{odd}'")).await;
+        for e in [
+            engine.owner(&account).await.unwrap_err(),
+            engine.claim(&account, "ledger-a", t).await.unwrap_err(),
+            engine.reconcile(&account, false).await.unwrap_err(),
+        ] {
+            assert!(
+                matches!(e, credrotd::engine::EngineError::NotManaged { .. }),
+                "{odd}: {e}"
+            );
+        }
+    }
+    db.exec(&format!("COMMENT ON ROLE {name} IS NULL")).await;
+    assert!(matches!(
+        engine.owner(&account).await.unwrap_err(),
+        credrotd::engine::EngineError::NotManaged { .. }
+    ));
+    // The old form is managed and unowned.
+    db.exec(&format!(
+        "COMMENT ON ROLE {name} IS 'credrotd:scoped account={name}'"
+    ))
+    .await;
+    assert_eq!(
+        engine.owner(&account).await.unwrap(),
+        Some(Owner::default())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_admin_names_what_a_createrole_admin_lacks() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let name = db.name("chk");
+    let fname = db.name("chk_fn");
+    let accounts = format!(
+        "{}  {fname}:\n    database: main\n    settings: {{ app.region: \"eu\" }}\n    grants:\n\
+         \x20     - {{ schema: ops, privileges: [USAGE] }}\n\
+         \x20     - {{ schema: ops, functions: \"*\", privileges: [EXECUTE] }}\n",
+        etl(&name, "ephemeral", "")
+    );
+    let ctx = db.context(&accounts, system()).await;
+    let engine = ctx.engines["main"].clone();
+    let etl_account = ctx.account(&name).unwrap().clone();
+    let fn_account = ctx.account(&fname).unwrap().clone();
+    let admin = &db.admin_user;
+
+    // Grant options on public, membership in analytics' owner: nothing lacks.
+    assert_eq!(engine.check_admin(&[&etl_account]).await.unwrap(), vec![]);
+
+    // One grant option less.
+    db.exec(&format!(
+        "REVOKE GRANT OPTION FOR SELECT ON public.orders FROM {admin}"
+    ))
+    .await;
+    let gaps = engine.check_admin(&[&etl_account]).await.unwrap();
+    assert_eq!(gaps.len(), 1, "{gaps:#?}");
+    assert_eq!(
+        gaps[0].missing,
+        format!("{admin} cannot grant SELECT on table public.orders (no grant option)")
+    );
+    assert_eq!(
+        gaps[0].fix.as_deref(),
+        Some(
+            format!("GRANT SELECT ON TABLE \"public\".\"orders\" TO \"{admin}\" WITH GRANT OPTION")
+                .as_str()
+        )
+    );
+
+    // ops belongs to the superuser: default privileges cannot be set for it;
+    // a placeholder setting needs SET on the parameter.
+    let gaps = engine.check_admin(&[&fn_account]).await.unwrap();
+    let text: Vec<String> = gaps.iter().map(|g| g.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|g| g
+                .contains("cannot set default privileges for role credrotd_admin in schema ops")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|g| g.contains("may not set parameter app.region")
+                && g.ends_with(&format!(
+                    "GRANT SET ON PARAMETER \"app\".\"region\" TO \"{admin}\""
+                ))),
+        "{text:#?}"
+    );
+    db.grant_parameter("app.region").await;
+    let gaps = engine.check_admin(&[&fn_account]).await.unwrap();
+    assert_eq!(gaps.len(), 1, "{gaps:#?}");
+
+    // Without pg_signal_backend, sessions of revoked logins cannot be ended.
+    db.exec(&format!("REVOKE pg_signal_backend FROM {admin}"))
+        .await;
+    let gaps = engine.check_admin(&[&etl_account]).await.unwrap();
+    assert!(
+        gaps.iter()
+            .any(|g| g.missing.contains("not a member of pg_signal_backend")
+                && g.fix.as_deref()
+                    == Some(format!("GRANT pg_signal_backend TO \"{admin}\"").as_str())),
+        "{gaps:#?}"
+    );
+
+    // A superuser lacks nothing.
+    let su = TestDb::new_superuser().await;
+    let sctx = su
+        .context(&accounts.replace(&db.tag, &su.tag), system())
+        .await;
+    let sacc = sctx.account(&su.name("chk_fn")).unwrap().clone();
+    assert_eq!(
+        sctx.engines["main"].check_admin(&[&sacc]).await.unwrap(),
+        vec![]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_names_a_missing_grant_option_and_still_exits_0() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let name = db.name("pl");
+    let path = db.write_inventory(&etl(&name, "ephemeral", ""));
+    let plan = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_credrotd"))
+            .env_remove("CREDROTD_CONFIG")
+            .arg("-c")
+            .arg(&path)
+            .arg("plan")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = plan();
+    assert!(out.contains("admin privileges on main: ok"), "{out}");
+
+    db.exec(&format!(
+        "REVOKE GRANT OPTION FOR SELECT ON public.orders FROM {}",
+        db.admin_user
+    ))
+    .await;
+    let out = plan();
+    assert!(out.contains("admin privileges on main: 1 missing"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "  missing: {} cannot grant SELECT on table public.orders (no grant option)\n    fix: GRANT SELECT ON TABLE \"public\".\"orders\" TO \"{}\" WITH GRANT OPTION",
+            db.admin_user, db.admin_user
+        )),
+        "{out}"
+    );
+    assert!(db.roles().await.is_empty(), "plan is read-only");
 }

@@ -339,3 +339,18 @@ fn build_one(db: &Database) -> Result<Arc<dyn Engine>, EngineError> {
         EngineKind::Postgres => Ok(Arc::new(postgres::Postgres::new(db)?)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::valid_ledger_id;
+
+    #[test]
+    fn ledger_ids_are_short_lowercase_digits_and_dashes() {
+        for ok in ["a", "0", "prod-eu-1", &"x".repeat(64)] {
+            assert!(valid_ledger_id(ok), "{ok}");
+        }
+        for bad in ["", "A", "a_b", "a b", "a=b", "é", &"x".repeat(65), "a\n"] {
+            assert!(!valid_ledger_id(bad), "{bad:?}");
+        }
+    }
+}

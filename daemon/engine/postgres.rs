@@ -49,7 +49,12 @@ struct ScopedMarker {
 fn parse_scoped(comment: &str) -> Option<ScopedMarker> {
     let mut parts = comment.strip_prefix("credrotd:scoped ")?.split(' ');
     let account = parts.next()?.strip_prefix("account=")?;
-    if account.is_empty() {
+    // Account names are `[a-z][a-z0-9_]{0,39}`; be no more lenient here.
+    if account.is_empty()
+        || !account
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
         return None;
     }
     let mut owner = Owner::default();
@@ -508,57 +513,93 @@ impl Postgres {
     /// The objects each grant covers now, by kind: `(schema, name, identity
     /// arguments)` (arguments empty for tables, sequences and schemas). Names the
     /// grant lists that do not exist are reported as stuck and left out; a grant
-    /// on a schema that does not exist covers nothing.
+    /// on a schema that does not exist covers nothing. Objects the scoped role
+    /// owns itself (made by the account's logins) are left out: their owner
+    /// holds every privilege, and only its own members could grant on them.
     async fn grant_objects(
         &self,
         tx: &mut Transaction<'_, Pg>,
         account: &Account,
         grant: &crate::inventory::Grant,
+        owners: &BTreeMap<String, String>,
         plan: &mut Plan,
     ) -> Result<Vec<Obj>, EngineError> {
         let g = grant;
+        let scoped = account.scoped_role();
         Ok(match (&g.kind, &g.objects) {
-            (ObjectKind::Schema, _) | (_, None) => vec![Obj::Schema(g.schema.clone())],
+            (ObjectKind::Schema, _) | (_, None) => {
+                if owners.get(&g.schema).map(String::as_str) == Some(scoped) {
+                    Vec::new()
+                } else {
+                    vec![Obj::Schema(g.schema.clone())]
+                }
+            }
             (ObjectKind::Table | ObjectKind::Sequence, Some(sel)) => {
                 let kinds = if g.kind == ObjectKind::Table {
                     "rvmfp"
                 } else {
                     "S"
                 };
-                let rows: Vec<String> = sqlx::query_scalar(
-                    "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                let rows: Vec<(String, bool)> = sqlx::query_as(
+                    "SELECT c.relname::text, pg_get_userbyid(c.relowner) = $3
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                      WHERE n.nspname = $1 AND strpos($2, c.relkind::text) > 0 ORDER BY 1",
                 )
                 .bind(&g.schema)
                 .bind(kinds)
+                .bind(scoped)
                 .fetch_all(&mut **tx)
                 .await
-                .map_err(self.sql(format!("list {} in schema {}", g.kind.as_str(), g.schema)))?;
-                select(sel, rows, |n| n.clone(), account, g.kind, &g.schema, plan)
-                    .into_iter()
-                    .map(|n| {
-                        if g.kind == ObjectKind::Table {
-                            Obj::Table(g.schema.clone(), n)
-                        } else {
-                            Obj::Sequence(g.schema.clone(), n)
-                        }
-                    })
-                    .collect()
+                .map_err(self.sql(format!(
+                    "list {} in schema {}",
+                    g.kind.as_str(),
+                    g.schema
+                )))?;
+                select(
+                    sel,
+                    rows,
+                    |(n, _)| n.clone(),
+                    account,
+                    g.kind,
+                    &g.schema,
+                    plan,
+                )
+                .into_iter()
+                .filter(|(_, own)| !own)
+                .map(|(n, _)| {
+                    if g.kind == ObjectKind::Table {
+                        Obj::Table(g.schema.clone(), n)
+                    } else {
+                        Obj::Sequence(g.schema.clone(), n)
+                    }
+                })
+                .collect()
             }
             (ObjectKind::Function, Some(sel)) => {
-                let rows: Vec<(String, String)> = sqlx::query_as(
-                    "SELECT p.proname::text, pg_get_function_identity_arguments(p.oid)
+                let rows: Vec<(String, String, bool)> = sqlx::query_as(
+                    "SELECT p.proname::text, pg_get_function_identity_arguments(p.oid),
+                            pg_get_userbyid(p.proowner) = $2
                      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                      WHERE n.nspname = $1 AND p.prokind IN ('f', 'p') ORDER BY 1, 2",
                 )
                 .bind(&g.schema)
+                .bind(scoped)
                 .fetch_all(&mut **tx)
                 .await
                 .map_err(self.sql(format!("list functions in schema {}", g.schema)))?;
-                select(sel, rows, |(n, _)| n.clone(), account, g.kind, &g.schema, plan)
-                    .into_iter()
-                    .map(|(n, args)| Obj::Function(g.schema.clone(), n, args))
-                    .collect()
+                select(
+                    sel,
+                    rows,
+                    |(n, _, _)| n.clone(),
+                    account,
+                    g.kind,
+                    &g.schema,
+                    plan,
+                )
+                .into_iter()
+                .filter(|(_, _, own)| !own)
+                .map(|(n, args, _)| Obj::Function(g.schema.clone(), n, args))
+                .collect()
             }
         })
     }
@@ -575,7 +616,7 @@ impl Postgres {
             if !owners.contains_key(&g.schema) {
                 continue; // reported by schema_owners
             }
-            for obj in self.grant_objects(tx, account, g, plan).await? {
+            for obj in self.grant_objects(tx, account, g, owners, plan).await? {
                 for p in &g.privileges {
                     out.insert((obj.clone(), (*p).to_owned()));
                 }
@@ -595,7 +636,7 @@ impl Postgres {
         let schemas: Vec<(String, String, String)> = sqlx::query_as(
             "SELECT n.nspname::text, a.privilege_type, pg_get_userbyid(a.grantor)::text
              FROM pg_namespace n, aclexplode(n.nspacl) a
-             WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)",
+             WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1) AND n.nspowner <> a.grantee",
         )
         .bind(role)
         .fetch_all(&mut **tx)
@@ -608,7 +649,7 @@ impl Postgres {
             "SELECT n.nspname::text, c.relname::text, c.relkind::text, a.privilege_type,
                     pg_get_userbyid(a.grantor)::text
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a
-             WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)",
+             WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1) AND c.relowner <> a.grantee",
         )
         .bind(role)
         .fetch_all(&mut **tx)
@@ -626,7 +667,7 @@ impl Postgres {
             "SELECT n.nspname::text, p.proname::text, pg_get_function_identity_arguments(p.oid),
                     a.privilege_type, pg_get_userbyid(a.grantor)::text
              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace, aclexplode(p.proacl) a
-             WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)",
+             WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1) AND p.proowner <> a.grantee",
         )
         .bind(role)
         .fetch_all(&mut **tx)
@@ -1011,6 +1052,19 @@ impl Postgres {
             }
         }
 
+        // pg_authid is a superuser's: the old verifier of a static role cannot be
+        // saved, so a static rotation that fails after setting the password
+        // cannot put the old one back (the next rotation sets a fresh one).
+        if let Strategy::Static { role, .. } = &account.strategy {
+            gaps.add(
+                format!(
+                    "{admin} cannot read pg_authid (superuser only): if a rotation of static account {} fails after setting the password of {role}, the previous password cannot be put back",
+                    account.name
+                ),
+                None,
+            );
+        }
+
         // Memberships to hand out: CREATEROLE suffices before 16.
         if pg16 {
             for group in &account.member_of {
@@ -1094,10 +1148,12 @@ impl Postgres {
         let lacking: Vec<Obj> = match (&g.kind, &g.objects) {
             (ObjectKind::Schema, _) | (_, None) => {
                 let ok: bool = sqlx::query_scalar(
-                    "SELECT has_schema_privilege(oid, $2) FROM pg_namespace WHERE nspname = $1",
+                    "SELECT pg_get_userbyid(nspowner) = $3 OR has_schema_privilege(oid, $2)
+                     FROM pg_namespace WHERE nspname = $1",
                 )
                 .bind(&g.schema)
                 .bind(&with)
+                .bind(account.scoped_role())
                 .fetch_one(&mut **tx)
                 .await
                 .map_err(self.sql(action()))?;
@@ -1115,12 +1171,14 @@ impl Postgres {
                 };
                 let names: Vec<String> = sqlx::query_scalar(&format!(
                     "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                     WHERE n.nspname = $1 AND strpos($2, c.relkind::text) > 0 AND NOT {check}(c.oid, $3)
+                     WHERE n.nspname = $1 AND pg_get_userbyid(c.relowner) <> $4
+                       AND CASE WHEN strpos($2, c.relkind::text) > 0 THEN NOT {check}(c.oid, $3) END
                      ORDER BY 1"
                 ))
                 .bind(&g.schema)
                 .bind(kinds)
                 .bind(&with)
+                .bind(account.scoped_role())
                 .fetch_all(&mut **tx)
                 .await
                 .map_err(self.sql(action()))?;
@@ -1140,11 +1198,13 @@ impl Postgres {
                 let rows: Vec<(String, String)> = sqlx::query_as(
                     "SELECT p.proname::text, pg_get_function_identity_arguments(p.oid)
                      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                     WHERE n.nspname = $1 AND p.prokind IN ('f', 'p') AND NOT has_function_privilege(p.oid, $2)
+                     WHERE n.nspname = $1 AND p.prokind IN ('f', 'p') AND pg_get_userbyid(p.proowner) <> $3
+                       AND NOT has_function_privilege(p.oid, $2)
                      ORDER BY 1, 2",
                 )
                 .bind(&g.schema)
                 .bind(&with)
+                .bind(account.scoped_role())
                 .fetch_all(&mut **tx)
                 .await
                 .map_err(self.sql(action()))?;
@@ -1882,5 +1942,117 @@ impl Engine for Postgres {
         let gaps = self.admin_gaps(&mut tx, accounts).await?;
         tx.rollback().await.map_err(self.sql("end transaction"))?;
         Ok(gaps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(ledger: Option<&str>, seen: Option<i64>) -> Owner {
+        Owner {
+            ledger: ledger.map(str::to_owned),
+            seen: seen.map(|s| DateTime::from_timestamp(s, 0).unwrap()),
+        }
+    }
+
+    #[test]
+    fn scoped_markers_parse_with_and_without_an_owner() {
+        let m = parse_scoped("credrotd:scoped account=etl").unwrap();
+        assert_eq!(m.account, "etl");
+        assert_eq!(
+            m.owner,
+            Owner::default(),
+            "the old form is managed and unowned"
+        );
+        let m =
+            parse_scoped("credrotd:scoped account=etl owner=ledger-1a seen=1700000000").unwrap();
+        assert_eq!(m.owner, owner(Some("ledger-1a"), Some(1_700_000_000)));
+        let m = parse_scoped("credrotd:scoped account=etl owner=abc").unwrap();
+        assert_eq!(m.owner, owner(Some("abc"), None));
+        let t = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let m = parse_scoped(&owned_scoped_comment("etl", "prod-1", t)).unwrap();
+        assert_eq!(
+            (m.account.as_str(), m.owner),
+            ("etl", owner(Some("prod-1"), Some(1_800_000_000)))
+        );
+        assert_eq!(
+            parse_scoped(&scoped_comment("etl")).unwrap().owner,
+            Owner::default()
+        );
+    }
+
+    #[test]
+    fn odd_comments_are_not_markers_and_never_panic() {
+        let long = format!("credrotd:scoped account=a owner={}", "x".repeat(65));
+        for c in [
+            "",
+            "credrotd:scoped",
+            "credrotd:scoped ",
+            "credrotd:scoped account=",
+            "credrotd:scoped account=etl ",
+            "credrotd:scoped  account=etl",
+            "credrotd:scoped account=etl owner=",
+            "credrotd:scoped account=etl owner=UPPER",
+            "credrotd:scoped account=etl owner=under_score",
+            long.as_str(),
+            "credrotd:scoped account=etl owner=a seen=",
+            "credrotd:scoped account=etl owner=a seen=-1",
+            "credrotd:scoped account=etl owner=a seen=12x",
+            "credrotd:scoped account=etl owner=a seen=999999999999999",
+            "credrotd:scoped account=etl owner=a seen=99999999999999999999999",
+            "credrotd:scoped account=etl seen=1",
+            "credrotd:scoped account=etl owner=a seen=1 extra=1",
+            "credrotd:scoped account=etl owner=a owner=b",
+            "credrotd:scoped account=etl\nowner=a",
+            "credrotd:login account=etl",
+            "CREDROTD:SCOPED ACCOUNT=ETL",
+            "credrotd:scoped account=étl owner=ä",
+            "\u{0}credrotd:scoped account=etl",
+        ] {
+            let parsed = parse_scoped(c);
+            assert!(parsed.is_none(), "{c:?} parsed as {parsed:?}");
+        }
+        // Other accounts' markers and missing comments are not this account's.
+        assert!(!is_scoped_of(Some("credrotd:scoped account=etl2"), "etl"));
+        assert!(!is_scoped_of(None, "etl"));
+        assert!(is_scoped_of(
+            Some("credrotd:scoped account=etl owner=x seen=1"),
+            "etl"
+        ));
+    }
+
+    #[test]
+    fn valid_until_literals_cover_both_infinities() {
+        assert_eq!(valid_until(DateTime::<Utc>::MIN_UTC), "'-infinity'");
+        assert_eq!(valid_until(DateTime::<Utc>::MAX_UTC), "'infinity'");
+        let t = DateTime::from_timestamp(1_700_000_000, 500_000_000).unwrap();
+        assert_eq!(valid_until(t), "'2023-11-14T22:13:20Z'");
+        let ancient = DateTime::parse_from_rfc3339("0000-06-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(valid_until(ancient), "'-infinity'");
+    }
+
+    #[test]
+    fn only_attributes_that_are_on_are_turned_off() {
+        let r = RoleRow {
+            can_login: true,
+            dangerous: vec!["CREATEDB"],
+            valid_until: None,
+            comment: None,
+        };
+        assert_eq!(
+            r.unsafe_attributes(true).as_deref(),
+            Some("NOLOGIN NOCREATEDB")
+        );
+        assert_eq!(r.unsafe_attributes(false).as_deref(), Some("NOCREATEDB"));
+        let ok = RoleRow {
+            can_login: false,
+            dangerous: vec![],
+            valid_until: None,
+            comment: None,
+        };
+        assert_eq!(ok.unsafe_attributes(true), None);
     }
 }

@@ -3,8 +3,18 @@
 # benchmarks. The machine's own server trusts loopback, so a login there proves
 # nothing.
 
+# The server programs to use: CREDROTD_TEST_PG_VERSION=16 picks
+# /usr/lib/postgresql/16/bin (to run the suite against another installed major
+# version, e.g. for CREATEROLE's behaviour from 16 on); otherwise initdb on PATH,
+# else the newest installed version.
 pg_bin_dir() {
     local initdb
+    if [ -n "${CREDROTD_TEST_PG_VERSION:-}" ]; then
+        initdb=/usr/lib/postgresql/$CREDROTD_TEST_PG_VERSION/bin/initdb
+        if [ -x "$initdb" ]; then dirname "$initdb"; return 0; fi
+        echo "PostgreSQL $CREDROTD_TEST_PG_VERSION is not installed ($initdb)" >&2
+        return 1
+    fi
     initdb=$(command -v initdb 2>/dev/null || true)
     if [ -z "$initdb" ]; then
         initdb=$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1 || true)
@@ -15,6 +25,7 @@ pg_bin_dir() {
 # Installs the PostgreSQL server programs if they are missing (Debian/Ubuntu).
 ensure_pg_server() {
     if [ -n "$(pg_bin_dir)" ]; then return 0; fi
+    if [ -n "${CREDROTD_TEST_PG_VERSION:-}" ]; then return 1; fi
     echo "PostgreSQL server programs not found; installing them" >&2
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
@@ -34,13 +45,15 @@ _pg_as() {
 }
 
 # start_test_pg: starts the cluster and exports
-#   CREDROTD_TEST_PG_URL  admin URL (superuser credrotd_admin, with password)
+#   CREDROTD_TEST_PG_URL  admin URL (superuser credrotd_admin, with password;
+#                         the tests connect credrotd as a per-test non-superuser
+#                         CREATEROLE admin they create with it)
 #   CREDROTD_TEST_PG_LOG  the server log, with log_statement=all
 #   CREDROTD_TEST_PG_DIR  the cluster's directory
 start_test_pg() {
     ensure_pg_server
     local bin dir pw port
-    bin=$(pg_bin_dir)
+    bin=$(pg_bin_dir) || return 1
     dir=$(mktemp -d /tmp/credrotd-pg.XXXXXX)
     chmod 0755 "$dir"
     pw=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')

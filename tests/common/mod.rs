@@ -110,7 +110,11 @@ impl TestDb {
             (su.clone(), pw.clone())
         } else {
             let admin = format!("{tag}_admin");
-            let admin_pw = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+            let admin_pw = format!(
+                "{:016x}{:016x}",
+                rand::random::<u64>(),
+                rand::random::<u64>()
+            );
             // As a SCRAM verifier: the statement log never sees the password.
             let verifier = postgres_protocol::password::scram_sha_256(admin_pw.as_bytes());
             c.execute(
@@ -198,11 +202,30 @@ impl TestDb {
         c.close().await.unwrap();
     }
 
+    /// Lets credrotd's admin set a placeholder parameter such as `app.tenant_id`
+    /// on roles (`GRANT SET ON PARAMETER`, which a non-superuser needs for
+    /// account `settings:`). Undone by the clean-up's `DROP OWNED`.
+    pub async fn grant_parameter(&self, name: &str) {
+        if !self.superuser {
+            self.exec(&format!(
+                "GRANT SET ON PARAMETER {name} TO {}",
+                self.admin_user
+            ))
+            .await;
+        }
+    }
+
     /// Another database of this test (dropped with it), created by the superuser;
     /// returns its name.
     pub async fn other_database(&self, suffix: &str) -> String {
         let name = format!("{}_{suffix}", self.dbname);
-        let mut c = self.base.clone().database("postgres").connect().await.unwrap();
+        let mut c = self
+            .base
+            .clone()
+            .database("postgres")
+            .connect()
+            .await
+            .unwrap();
         c.execute(format!("CREATE DATABASE {name}").as_str())
             .await
             .unwrap();
@@ -373,6 +396,9 @@ impl Drop for TestDb {
                     .await
                     .unwrap_or_default();
                 for r in roles {
+                    // DROP OWNED here also revokes grants on shared objects
+                    // (parameters, databases) that would keep the role.
+                    let _ = c.execute(format!("DROP OWNED BY \"{r}\"").as_str()).await;
                     let _ = c.execute(format!("DROP ROLE IF EXISTS \"{r}\"").as_str()).await;
                 }
                 let _ = c.close().await;

@@ -220,6 +220,10 @@ pub struct World {
     lockout_keys: HashSet<String>,
     violation_keys: HashSet<String>,
     suspects: HashMap<String, (String, Instant)>,
+    /// The daemons running now (pid, start), to judge overlaps only while one
+    /// runs: a stopped daemon cannot retire anything, and only `VALID UNTIL`
+    /// (overlap + margin) bounds a predecessor then.
+    running: Vec<(u32, Instant)>,
     pg_log_start: u64,
     log_seq: u32,
     remote: Remote,
@@ -329,6 +333,7 @@ impl World {
             lockout_keys: HashSet::new(),
             violation_keys: HashSet::new(),
             suspects: HashMap::new(),
+            running: Vec::new(),
             pg_log_start,
             log_seq: 0,
             remote,
@@ -431,7 +436,21 @@ impl World {
         let log = self
             .logs_dir
             .join(format!("{:04}-{label}.log", self.log_seq));
-        Daemon::start(inventory, socket, log)
+        let d = Daemon::start(inventory, socket, log);
+        self.running.push((d.child.id(), d.started));
+        d
+    }
+
+    fn forget(&mut self, d: &Daemon) {
+        let pid = d.child.id();
+        self.running.retain(|(p, _)| *p != pid);
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self, d: Daemon) {
+        self.forget(&d);
+        d.kill9();
+        self.stats.kills += 1;
     }
 
     /// Sets the daemon's Vault policy to read-write or read-only.
@@ -442,10 +461,14 @@ impl World {
             .expect("change the Vault policy");
     }
 
-    pub fn violation(&mut self, key: &str, message: String) {
+    /// Records a violation once per key; true when it is new.
+    pub fn violation(&mut self, key: &str, message: String) -> bool {
         if self.violation_keys.insert(key.to_owned()) {
             println!("faults[{}]: VIOLATION {message}", self.scenario);
             self.violations.push(message);
+            true
+        } else {
+            false
         }
     }
 
@@ -453,7 +476,7 @@ impl World {
         let key = format!("{}/{}/{held}", acct.name, store.name);
         if self.lockout_keys.insert(key.clone()) {
             self.stats.lockouts += 1;
-            self.violation(
+            let _ = self.violation(
                 &format!("lockout {key}"),
                 format!(
                     "lockout: account {} ({:?}) store {}: holds {held}: {why}",
@@ -627,8 +650,7 @@ impl World {
                         }
                     }
                     Some(_) => {
-                        if acct.strategy == Strategy::Static
-                            && start.elapsed() < self.static_grace
+                        if acct.strategy == Strategy::Static && start.elapsed() < self.static_grace
                         {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
@@ -732,32 +754,46 @@ impl World {
             self.stats.max_live = self.stats.max_live.max(live.len() as u64);
             let names = live.iter().cloned().collect::<Vec<_>>().join(",");
             if live.len() > 2 {
-                self.violation(
+                let _ = self.violation(
                     &format!("live {} {names}", a.name),
-                    format!("account {}: {} live logins at once: {names}", a.name, live.len()),
+                    format!(
+                        "account {}: {} live logins at once: {names}",
+                        a.name,
+                        live.len()
+                    ),
                 );
             }
             // Two live logins: the older may live only until the newer's overlap
             // ends. The newest credential any store holds is the current one (or
             // one being published); its issued_at is no later than its promotion.
+            // Judged only while a daemon runs, which gets `tolerance` after its
+            // start to retire what became due while none ran; a rotation in
+            // flight also shows two logins, so the same pair must be seen again
+            // a second later.
             let newest = a
                 .stores
                 .iter()
                 .filter_map(|s| held.get(&(a.name.clone(), s.name.clone())))
                 .max_by_key(|d| (d.version, d.issued_at));
-            match (live.len(), newest.and_then(|d| d.issued_at.map(|t| (d, t)))) {
-                (2, Some((cur, issued)))
-                    if now
-                        > issued
-                            + chrono::Duration::from_std(a.overlap + self.tolerance).unwrap() =>
-                {
+            let running_since = self.running.iter().map(|(_, t)| *t).min();
+            let due = match (newest.and_then(|d| d.issued_at), running_since) {
+                (Some(issued), Some(since)) => {
+                    let since =
+                        now - chrono::Duration::from_std(since.elapsed()).unwrap_or_default();
+                    let end = (issued + chrono::Duration::from_std(a.overlap).unwrap()).max(since);
+                    now > end + chrono::Duration::from_std(self.tolerance).unwrap()
+                }
+                _ => false,
+            };
+            match (live.len(), newest) {
+                (2, Some(cur)) if due => {
                     let key = format!("{names} {}", cur.label());
                     let label = cur.label();
+                    let issued = cur.issued_at.unwrap_or(now);
                     match self.suspects.get(&a.name) {
                         Some((k, since)) if *k == key => {
-                            if since.elapsed() >= self.tolerance {
-                                self.stats.overdue += 1;
-                                self.violation(
+                            if since.elapsed() >= Duration::from_secs(1)
+                                && self.violation(
                                     &format!("overdue {} {key}", a.name),
                                     format!(
                                         "account {}: two live logins ({names}) {:.1} s after {label} was issued, overlap {}",
@@ -765,7 +801,9 @@ impl World {
                                         (now - issued).num_milliseconds() as f64 / 1000.0,
                                         humantime::format_duration(a.overlap)
                                     ),
-                                );
+                                )
+                            {
+                                self.stats.overdue += 1;
                             }
                         }
                         _ => {
@@ -891,22 +929,35 @@ impl World {
         d
     }
 
+    /// SIGTERM; returns the exit status (None: it did not stop within 60 s).
+    pub async fn stop_status(&mut self, d: Daemon) -> Option<ExitStatus> {
+        self.forget(&d);
+        d.stop(Duration::from_secs(60)).await
+    }
+
     /// SIGTERM; the daemon must exit 0.
     pub async fn stop(&mut self, d: Daemon) {
         let log = d.log.clone();
-        match d.stop(Duration::from_secs(60)).await {
+        match self.stop_status(d).await {
             Some(s) if s.success() => {}
-            Some(s) => self.violation(
-                &format!("exit {}", log.display()),
-                format!("the daemon exited with {s} on SIGTERM (log {})", log.display()),
-            ),
-            None => self.violation(
-                &format!("exit {}", log.display()),
-                format!(
-                    "the daemon did not stop within 60 s of SIGTERM (log {})",
-                    log.display()
-                ),
-            ),
+            Some(s) => {
+                self.violation(
+                    &format!("exit {}", log.display()),
+                    format!(
+                        "the daemon exited with {s} on SIGTERM (log {})",
+                        log.display()
+                    ),
+                );
+            }
+            None => {
+                self.violation(
+                    &format!("exit {}", log.display()),
+                    format!(
+                        "the daemon did not stop within 60 s of SIGTERM (log {})",
+                        log.display()
+                    ),
+                );
+            }
         }
     }
 
@@ -967,7 +1018,10 @@ impl World {
         let accounts = self.accounts.clone();
         for r in &rows {
             if accounts.iter().any(|a| a.name == r.account)
-                && matches!(r.state.as_str(), "planned" | "created" | "verified" | "published")
+                && matches!(
+                    r.state.as_str(),
+                    "planned" | "created" | "verified" | "published"
+                )
             {
                 self.stats.middle += 1;
                 self.violation(
@@ -983,7 +1037,9 @@ impl World {
         for a in &accounts {
             let known: HashSet<&str> = rows
                 .iter()
-                .filter(|r| r.account == a.name && !matches!(r.state.as_str(), "revoked" | "aborted"))
+                .filter(|r| {
+                    r.account == a.name && !matches!(r.state.as_str(), "revoked" | "aborted")
+                })
                 .map(|r| r.username.as_str())
                 .collect();
             for r in roles.iter().filter(|r| Self::belongs(a, r) && r.canlogin) {
@@ -1080,9 +1136,39 @@ impl World {
         )
     }
 
+    /// Copies the daemon logs, inventories and ledgers out of the test's
+    /// temporary directory (which is removed with the test database) so that a
+    /// failure can be read afterwards. Returns where they went.
+    pub fn keep(&self) -> Option<PathBuf> {
+        let base = std::env::var_os("CREDROTD_FAULT_KEEP_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let dest = base.join(format!("credrotd-faults-{}-{}", self.scenario, self.db.tag));
+        std::fs::create_dir_all(dest.join("logs")).ok()?;
+        for f in self.log_files() {
+            let _ = std::fs::copy(&f, dest.join("logs").join(f.file_name()?));
+        }
+        for e in std::fs::read_dir(self.db.dir.path()).ok()?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".yaml") || name.contains(".db") {
+                let _ = std::fs::copy(e.path(), dest.join(&name));
+            }
+        }
+        Some(dest)
+    }
+
     /// Prints the summary line, then fails the test on any violation.
     pub fn finish(&self) {
         println!("{}", self.summary());
+        if !self.violations.is_empty() || std::env::var_os("CREDROTD_FAULT_KEEP").is_some() {
+            if let Some(dest) = self.keep() {
+                println!(
+                    "faults[{}]: logs, inventories and ledgers kept in {}",
+                    self.scenario,
+                    dest.display()
+                );
+            }
+        }
         let s = &self.stats;
         assert!(
             self.violations.is_empty()
@@ -1222,7 +1308,10 @@ impl Daemon {
             .arg("-c")
             .arg(inventory)
             .args(["--log-format", "json", "run"])
-            .env("RUST_LOG", std::env::var("CREDROTD_FAULT_LOG").unwrap_or_else(|_| "trace".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("CREDROTD_FAULT_LOG").unwrap_or_else(|_| "trace".into()),
+            )
             .env_remove("CREDROTD_CONFIG")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("CREDENTIALS_DIRECTORY")
@@ -1315,7 +1404,8 @@ pub async fn admin_get(socket: &Path, path: &str) -> (u16, String) {
     let fut = async {
         let mut s = tokio::net::UnixStream::connect(socket).await.ok()?;
         s.write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: credrotd\r\nconnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nhost: credrotd\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await
         .ok()?;
