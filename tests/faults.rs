@@ -40,7 +40,7 @@ fn seeded(scenario: &str) -> rand::rngs::StdRng {
 /// 1. kill -9 at random moments, restart, check; repeat.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_soak_never_locks_a_consumer_out() {
-    let _serial = serial();
+    let _serial = serial().await;
     let kills = knob("CREDROTD_FAULT_KILLS", 100);
     let mut rng = seeded("kill9");
     let mut w = World::new("kill9").await;
@@ -147,7 +147,7 @@ async fn kill9_soak_never_locks_a_consumer_out() {
     w.passes_for(&mut d, S(1)).await;
     w.stop(d).await;
     w.final_checks(&ledger).await;
-    w.scan_leaks(&[ledger.clone()]);
+    w.scan_leaks(&[&ledger]);
     ready_times.sort();
     if !ready_times.is_empty() {
         println!(
@@ -163,7 +163,7 @@ async fn kill9_soak_never_locks_a_consumer_out() {
 /// 2. PostgreSQL restarted with `-m immediate` while the daemon rotates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_mid_rotation_never_locks_a_consumer_out() {
-    let _serial = serial();
+    let _serial = serial().await;
     let _pg = PgGuard;
     let restarts = knob("CREDROTD_FAULT_PG_RESTARTS", 5);
     let mut rng = seeded("pg-restart");
@@ -224,14 +224,14 @@ async fn postgres_restarted_mid_rotation_never_locks_a_consumer_out() {
     w.passes_for(&mut d, S(1)).await;
     w.stop(d).await;
     w.final_checks(&ledger).await;
-    w.scan_leaks(&[ledger.clone()]);
+    w.scan_leaks(&[&ledger]);
     w.finish();
 }
 
 /// 3. Vault refuses writes for longer than the credential lives, then comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_longer_than_the_lifetime_keeps_the_credential_alive() {
-    let _serial = serial();
+    let _serial = serial().await;
     let outage = knob_secs("CREDROTD_FAULT_OUTAGE", 20.0);
     let mut w = World::new("store-outage").await;
     let a = w
@@ -297,14 +297,14 @@ async fn a_store_outage_longer_than_the_lifetime_keeps_the_credential_alive() {
     w.passes_for(&mut d, S(1)).await;
     w.stop(d).await;
     w.final_checks(&ledger).await;
-    w.scan_leaks(&[ledger.clone()]);
+    w.scan_leaks(&[&ledger]);
     w.finish();
 }
 
 /// 4. The ledger is deleted while the daemon is stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_ledger_never_drops_a_login_a_store_holds() {
-    let _serial = serial();
+    let _serial = serial().await;
     let settle = knob_secs("CREDROTD_FAULT_SETTLE", 15.0);
     let mut w = World::new("lost-ledger").await;
     for (suffix, strategy, overlap, stores) in [
@@ -377,14 +377,14 @@ async fn a_lost_ledger_never_drops_a_login_a_store_holds() {
     w.passes_for(&mut d, S(1)).await;
     w.stop(d).await;
     w.final_checks(&ledger).await;
-    w.scan_leaks(&[ledger.clone()]);
+    w.scan_leaks(&[&ledger]);
     w.finish();
 }
 
 /// 5. Two daemons with separate ledgers pointed at one account.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_ledger_refuses_an_account_another_owns() {
-    let _serial = serial();
+    let _serial = serial().await;
     let settle = knob_secs("CREDROTD_FAULT_SETTLE", 15.0);
     let mut w = World::new("two-ledgers").await;
     let a = w
@@ -467,6 +467,90 @@ async fn a_second_ledger_refuses_an_account_another_owns() {
     w.passes_for(&mut da, S(1)).await;
     w.stop(da).await;
     w.final_checks(&ledger_a).await;
-    w.scan_leaks(&[ledger_a.clone(), ledger_b.clone()]);
+    w.scan_leaks(&[&ledger_a, &ledger_b]);
     w.finish();
+}
+
+/// The checks themselves: each one fails on a planted fault (a check that
+/// cannot fail proves nothing). No daemon runs here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outside_checks_catch_planted_faults() {
+    let _serial = serial().await;
+    let mut w = World::new("self-check").await;
+    let a = w
+        .add(Spec {
+            suffix: "eph",
+            strategy: Strategy::Ephemeral,
+            schedule: "0 0 3 * * *",
+            overlap: S(2),
+            expiry_margin: S(5),
+            stores: &["local"],
+        })
+        .await;
+    // Three valid login roles of the account, one of them unknown to the ledger.
+    for stamp in ["20990101000001", "20990101000002", "20990101000003"] {
+        w.db.exec(&format!(
+            "CREATE ROLE \"{n}_{stamp}\" LOGIN; COMMENT ON ROLE \"{n}_{stamp}\" IS 'credrotd:login account={n}'",
+            n = a.name
+        ))
+        .await;
+    }
+    // The store holds a credential that cannot log in (the role has no password).
+    let password = format!(
+        "{:016x}{:016x}{:08x}",
+        rand::random::<u64>(),
+        rand::random::<u64>(),
+        rand::random::<u32>()
+    );
+    std::fs::create_dir_all(w.db.secrets_dir()).unwrap();
+    std::fs::write(
+        w.db.secrets_dir().join(format!("{}.json", a.name)),
+        serde_json::json!({
+            "username": format!("{}_20990101000003", a.name),
+            "password": password,
+            "version": 3,
+            "issued_at": chrono::Utc::now().to_rfc3339(),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    w.pass().await;
+    assert_eq!(w.stats.lockouts, 1, "{:?}", w.violations);
+    assert_eq!(w.stats.max_live, 3, "{:?}", w.violations);
+    // A ledger that knows two of the three, one of them in a middle state.
+    let ledger = w.db.dir.path().join("planted.db");
+    {
+        use sqlx::{ConnectOptions, Connection, Executor};
+        let mut c = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&ledger)
+            .create_if_missing(true)
+            .connect()
+            .await
+            .unwrap();
+        c.execute(
+            format!(
+                "CREATE TABLE credentials (id INTEGER PRIMARY KEY, account TEXT, version INTEGER, username TEXT, state TEXT);
+                 INSERT INTO credentials (account, version, username, state) VALUES
+                   ('{n}', 1, '{n}_20990101000001', 'current'),
+                   ('{n}', 2, '{n}_20990101000002', 'verified')",
+                n = a.name
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+        c.close().await.unwrap();
+    }
+    w.final_checks(&ledger).await;
+    assert_eq!(w.stats.middle, 1, "{:?}", w.violations);
+    assert_eq!(w.stats.orphans, 1, "{:?}", w.violations);
+    // A password in a daemon log.
+    std::fs::write(
+        w.logs_dir.join("0001-planted.log"),
+        format!("{{\"fields\":{{\"message\":\"oops {password}\"}}}}\n"),
+    )
+    .unwrap();
+    w.scan_leaks(&[&ledger]);
+    assert_eq!(w.stats.leaked, 1, "{:?}", w.violations);
+    println!("{}", w.summary());
 }

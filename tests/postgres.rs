@@ -858,7 +858,10 @@ async fn recovery_disables_an_alternating_login_the_ledger_does_not_know() {
         .await
         .unwrap());
     assert!(db.login(&b, "unknown-password-123456").await.is_err());
-    assert!(db.roles().await.contains(&b), "a fixed role is kept, only refused");
+    assert!(
+        db.roles().await.contains(&b),
+        "a fixed role is kept, only refused"
+    );
     let p = db.published(&name);
     db.login(&p.username, p.password.expose())
         .await
@@ -1610,6 +1613,15 @@ async fn check_admin_names_what_a_createrole_admin_lacks() {
                     == Some(format!("GRANT pg_signal_backend TO \"{admin}\"").as_str())),
         "{gaps:#?}"
     );
+
+    // ... and the error says why when it tries. (The missing grant option does
+    // not keep the account from being issued a credential.)
+    rotation::rotate(&ctx, &etl_account).await.unwrap();
+    let p = db.published(&name);
+    let session = db.login(&p.username, p.password.expose()).await.unwrap();
+    let err = engine.terminate_sessions(&p.username).await.unwrap_err();
+    assert!(err.to_string().contains("pg_signal_backend"), "{err}");
+    session.close().await.unwrap();
 
     // A superuser lacks nothing.
     let su = TestDb::new_superuser().await;

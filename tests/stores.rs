@@ -840,6 +840,103 @@ impl Store for HangOnPromote {
     }
 }
 
+/// A store whose publish never answers (a crash in the middle of it).
+struct HangOnPublish(Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl Store for HangOnPublish {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn two_phase(&self) -> bool {
+        self.0.two_phase()
+    }
+    async fn publish(&self, _p: &Publication<'_>) -> Result<credrotd::store::Undo, StoreError> {
+        std::future::pending().await
+    }
+    async fn revert(&self, undo: credrotd::store::Undo) -> Result<(), StoreError> {
+        self.0.revert(undo).await
+    }
+    async fn current_version(&self, account: &str, path: &str) -> Result<Option<i64>, StoreError> {
+        self.0.current_version(account, path).await
+    }
+    async fn fetch(
+        &self,
+        account: &str,
+        path: &str,
+        version: Option<i64>,
+    ) -> Result<Option<credrotd::store::Held>, StoreError> {
+        self.0.fetch(account, path, version).await
+    }
+    async fn check(&self) -> Result<(), StoreError> {
+        self.0.check().await
+    }
+}
+
+/// "Current means every store": a crash between two stores' publishes leaves a
+/// credential only AWS holds (staged). Recovery reads it back from AWS, checks
+/// that it logs in, publishes it to Vault and promotes it everywhere, instead of
+/// promoting it while Vault still serves the predecessor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_two_stores_publishes_is_finished_in_every_store() {
+    let db = TestDb::new().await;
+    let root = root();
+    let sm = sm().await;
+    let account = db.name("half");
+    let path = format!("credrotd/{}/half", db.tag);
+    let token_file = db.dir.path().join("vault-token");
+    std::fs::write(&token_file, scoped_token(&root, "credrotd").await).unwrap();
+    let yaml = inventory(&db, &token_file, &aws_endpoint(), &account, &path);
+    let ctx = context(&db, &yaml).await;
+    let acc = ctx.account(&account).unwrap().clone();
+    let first = rotation::rotate(&ctx, &acc).await.unwrap();
+
+    let mut crashing = context(&db, &yaml).await;
+    let vault = crashing.stores["vault"].clone();
+    crashing
+        .stores
+        .insert("vault".into(), Arc::new(HangOnPublish(vault)));
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(8),
+        rotation::rotate(&crashing, &acc),
+    )
+    .await;
+    assert!(r.is_err(), "the saga hangs in Vault's publish");
+    drop(crashing);
+    let live = ctx.ledger.live(&account).await.unwrap();
+    let mid = live
+        .iter()
+        .find(|c| c.state == CredState::Verified)
+        .expect("left verified")
+        .clone();
+    assert_eq!(mid.stores, ["aws"], "only AWS holds it");
+    let (_, _, vv) = creds(&from_vault(&root, &path).await);
+    assert_eq!(vv, first.version, "Vault still serves the predecessor");
+
+    let report = rotation::recover_account(&ctx, &acc).await.unwrap();
+    assert_eq!(report.promoted.len(), 1, "{report:?}");
+    let (au, ap, av) = creds(&from_aws(&sm, &path).await);
+    let (vu, vp, vv) = creds(&from_vault(&root, &path).await);
+    assert_eq!((av, vv), (mid.version, mid.version), "every store holds it");
+    assert_eq!(au, vu);
+    db.login(&au, ap.expose()).await.expect("AWS's credential logs in");
+    db.login(&vu, vp.expose())
+        .await
+        .expect("Vault's credential logs in");
+    let live = ctx.ledger.live(&account).await.unwrap();
+    let cur = live.iter().find(|c| c.state == CredState::Current).unwrap();
+    assert_eq!(cur.version, mid.version);
+    let prev = live.iter().find(|c| c.version == first.version).unwrap();
+    assert_eq!(
+        prev.state,
+        CredState::Retiring,
+        "the predecessor gets its full overlap"
+    );
+
+    vault_cleanup(&root, &path).await;
+    aws_cleanup(&sm, &path).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_publish_and_promote_is_finished_on_restart() {
     let db = TestDb::new().await;

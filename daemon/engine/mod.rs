@@ -201,14 +201,17 @@ pub trait Engine: Send + Sync {
     /// longer exists is skipped, and a single GRANT, REVOKE or ALTER DEFAULT
     /// PRIVILEGES the admin may not run (or that has no effect) is undone and
     /// skipped; both are reported in [`Reconciled::stuck`] while the rest applies.
-    /// (A plan reports missing objects as stuck, and cannot know which statements
-    /// would be refused: [`Engine::check_admin`] says that.) `Err` only when the
-    /// scoped role itself cannot be made usable: the database does not answer,
-    /// the role cannot be created or made safe, it is not credrotd's
-    /// ([`EngineError::NotManaged`]; a managed role is accepted whatever ledger
-    /// owns it), a `member_of` role has dangerous attributes, or a static
-    /// account's role is missing. A new scoped role gets the marker without an
-    /// owner: the caller [`claim`](Engine::claim)s it.
+    /// Objects the scoped role owns itself are left alone. (A plan reports
+    /// missing objects, and default privileges the admin may not change, as
+    /// stuck; which GRANT would be refused it cannot know:
+    /// [`Engine::check_admin`] says that.) `Err` only when the scoped role itself
+    /// cannot be made usable: the database does not answer, the role cannot be
+    /// created or made safe, it is not credrotd's ([`EngineError::NotManaged`]; a
+    /// managed role is accepted whatever ledger owns it), a `member_of` role has
+    /// dangerous attributes, a setting cannot be set (a row-level security policy
+    /// may read it), or a static account's role is missing or cannot be made a
+    /// member. A new scoped role gets the marker without an owner: the caller
+    /// [`claim`](Engine::claim)s it.
     async fn reconcile(&self, account: &Account, apply: bool) -> Result<Reconciled, EngineError>;
 
     /// Creates a new login role that is a member of the scoped role (ephemeral).

@@ -4,6 +4,12 @@
 //! (`postgres-protocol`), so the plaintext never appears in the server's memory or
 //! statement log. Identifiers and literals are quoted with `postgres-protocol`'s
 //! implementation of PostgreSQL's own rules.
+//!
+//! The admin needs no superuser: everything here works for a `LOGIN CREATEROLE`
+//! role that holds what it hands out `WITH GRANT OPTION` (PostgreSQL 15, and 16+
+//! with its per-role `ADMIN OPTION`); what such an admin may not do is reported
+//! (stuck items, [`Engine::check_admin`]) rather than failing issuance. README:
+//! "The admin role".
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
@@ -1737,7 +1743,18 @@ impl Engine for Postgres {
         .bind(username)
         .fetch_one(&self.pool)
         .await
-        .map_err(self.sql(format!("terminate sessions of {username}")))?;
+        .map_err(|source| {
+            let denied = matches!(&source, sqlx::Error::Database(e) if e.code().as_deref() == Some("42501"));
+            EngineError::Sql {
+                database: self.name.clone(),
+                action: if denied {
+                    format!("terminate sessions of {username} (the admin needs membership in pg_signal_backend)")
+                } else {
+                    format!("terminate sessions of {username}")
+                },
+                source,
+            }
+        })?;
         Ok(n.max(0) as u64)
     }
 

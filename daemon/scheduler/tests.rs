@@ -1489,3 +1489,47 @@ async fn an_explicit_rotation_finishes_when_its_caller_goes_away() {
     h.check_invariants("alpha").await;
     running.stop().await;
 }
+
+/// Steps after promotion are recorded with it: a crash right after the
+/// promotion leaves the success on record (no early second rotation) and the
+/// consumer notification queued; recovery sends it.
+#[tokio::test]
+async fn a_crash_right_after_promotion_neither_rotates_early_nor_loses_the_notification() {
+    let h = Harness::new(&["alpha"], "{ retry_initial: 5s, retry_max: 1m }").await;
+    let account = h.account("alpha").clone();
+    // Earlier failures are on record.
+    h.ctx
+        .ledger
+        .record_failure("alpha", t0(), "boom", t0())
+        .await
+        .unwrap();
+    let crashing = Context {
+        inventory: h.ctx.inventory.clone(),
+        engines: h.ctx.engines.clone(),
+        stores: h.ctx.stores.clone(),
+        ledger: h.ctx.ledger.clone(),
+        clock: h.ctx.clock.clone(),
+        take_over: false,
+        crash_after: Some(CredState::Current),
+    };
+    let err = rotation::rotate(&crashing, &account).await.unwrap_err();
+    assert!(matches!(err, RotationError::Crash(CredState::Current)), "{err}");
+    assert_eq!(h.current_version("alpha").await, Some(1));
+    let state = h.state("alpha").await;
+    assert_eq!(state.failures, 0, "the success is recorded with the promotion");
+    let live = h.ctx.ledger.live("alpha").await.unwrap();
+    let refs: Vec<&Credential> = live.iter().collect();
+    assert_eq!(
+        rotations(&due(&account, &state, &refs, t0())),
+        vec![at(0, 1, 0)],
+        "the next rotation is the scheduled one, not a retry"
+    );
+    let outbox = h.ctx.ledger.outbox().await.unwrap();
+    assert_eq!(outbox.len(), 1, "the notification is queued");
+    assert_eq!(outbox[0].version, 1);
+    rotation::recover_account(&h.ctx, &account).await.unwrap();
+    assert!(
+        h.ctx.ledger.outbox().await.unwrap().is_empty(),
+        "recovery sent the notification"
+    );
+}

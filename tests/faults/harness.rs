@@ -13,7 +13,6 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::str::FromStr;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -63,10 +62,10 @@ pub fn knob_secs(var: &str, default: f64) -> Duration {
 /// scenario stops the cluster that all of them use, and the others must not see
 /// that as a fault of the daemon. It also keeps the 2-core CI machine from
 /// running several daemons of different scenarios at once.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 // ---- accounts and stores -------------------------------------------------------
@@ -1062,7 +1061,7 @@ impl World {
     /// Searches every daemon log of this world, the PostgreSQL server log written
     /// since the world began, and `extra` files (ledgers) for every password any
     /// store ever held.
-    pub fn scan_leaks(&mut self, extra: &[PathBuf]) {
+    pub fn scan_leaks(&mut self, extra: &[&Path]) {
         let mut files = self.log_files();
         for e in extra {
             for suffix in ["", "-wal", "-shm"] {
