@@ -187,6 +187,11 @@ pub struct Stats {
     /// A refused login that resolved because the store had moved on meanwhile
     /// (or, for static accounts, within the static grace): races, not lockouts.
     pub transient: u64,
+    /// Informational: a credential that a store held less than its overlap ago
+    /// (so a consumer may still be using it) was refused. The design lets a
+    /// rotation cut a predecessor's overlap short, and a rollback takes back a
+    /// credential one store already showed; each case is printed.
+    pub cut_short: u64,
     /// Kills that came before the daemon was ready (recovery interrupted).
     pub early_kills: u64,
     pub passes: u64,
@@ -216,6 +221,9 @@ pub struct World {
     vault: VaultClient,
     sm: aws_sdk_secretsmanager::Client,
     ever_held: HashSet<(String, String)>,
+    /// Per account: credentials a store held, with the last time one did.
+    last_held: HashMap<String, Vec<(Doc, Instant)>>,
+    cut_keys: HashSet<String>,
     lockout_keys: HashSet<String>,
     violation_keys: HashSet<String>,
     suspects: HashMap<String, (String, Instant)>,
@@ -329,6 +337,8 @@ impl World {
             vault,
             sm,
             ever_held: HashSet::new(),
+            last_held: HashMap::new(),
+            cut_keys: HashSet::new(),
             lockout_keys: HashSet::new(),
             violation_keys: HashSet::new(),
             suspects: HashMap::new(),
@@ -610,6 +620,11 @@ impl World {
             match result {
                 Login::Ok => {
                     ok.insert(cred);
+                    let held = self.last_held.entry(acct.name.clone()).or_default();
+                    match held.iter_mut().find(|(d, _)| d.same(&doc)) {
+                        Some(entry) => entry.1 = Instant::now(),
+                        None => held.push((doc.clone(), Instant::now())),
+                    }
                     if let Some(r) = &refused {
                         self.stats.transient += 1;
                         println!(
@@ -742,6 +757,7 @@ impl World {
                 }
             }
         }
+        self.overlap_promise(&accounts, &held).await;
         let roles = self.catalog().await;
         let now = Utc::now();
         for a in &accounts {
@@ -816,6 +832,47 @@ impl World {
             }
         }
         held
+    }
+
+    /// A consumer that read a credential keeps using it for up to the overlap:
+    /// every credential a store held less than `overlap` - 0.5 s ago and holds
+    /// no more is tried again. Refusals are counted as `cut_short` (reported,
+    /// not asserted: see [`Stats::cut_short`]).
+    async fn overlap_promise(&mut self, accounts: &[Acct], held: &HashMap<(String, String), Doc>) {
+        for a in accounts {
+            if a.strategy == Strategy::Static || a.overlap < Duration::from_secs(1) {
+                continue;
+            }
+            let window = a.overlap - Duration::from_millis(500);
+            let entries = self.last_held.remove(&a.name).unwrap_or_default();
+            let mut keep = Vec::new();
+            for (doc, last) in entries {
+                if last.elapsed() >= window {
+                    continue;
+                }
+                let still_held = a.stores.iter().any(|s| {
+                    held.get(&(a.name.clone(), s.name.clone()))
+                        .is_some_and(|d| d.same(&doc))
+                });
+                let key = format!("{} {}", a.name, doc.label());
+                if !still_held && !self.cut_keys.contains(&key) {
+                    if let Login::Refused(msg) = self.try_login(&doc).await {
+                        self.cut_keys.insert(key);
+                        self.stats.cut_short += 1;
+                        println!(
+                            "faults[{}]: cut short: account {} {} refused {} ms after a store last held it (overlap {}): {msg}",
+                            self.scenario,
+                            a.name,
+                            doc.label(),
+                            last.elapsed().as_millis(),
+                            humantime::format_duration(a.overlap)
+                        );
+                    }
+                }
+                keep.push((doc, last));
+            }
+            self.last_held.insert(a.name.clone(), keep);
+        }
     }
 
     /// Runs passes for `d` while the daemon stays alive.
@@ -1116,7 +1173,7 @@ impl World {
         let s = &self.stats;
         format!(
             "faults: kills={} restarts={} pg_restarts={} lockouts={} orphans={} max_live={} leaked={} \
-             overdue={} middle={} transient={} early_kills={} passes={} logins={} passwords={} scenario={}",
+             overdue={} middle={} transient={} cut_short={} early_kills={} passes={} logins={} passwords={} scenario={}",
             s.kills,
             s.restarts,
             s.pg_restarts,
@@ -1127,6 +1184,7 @@ impl World {
             s.overdue,
             s.middle,
             s.transient,
+            s.cut_short,
             s.early_kills,
             s.passes,
             s.logins,
