@@ -1533,3 +1533,61 @@ async fn a_crash_right_after_promotion_neither_rotates_early_nor_loses_the_notif
         "recovery sent the notification"
     );
 }
+
+/// A reload that moves an account to another database retires its old
+/// credentials in the database they were issued in, not in the new one.
+#[tokio::test]
+async fn a_credential_is_retired_in_the_database_it_was_issued_in() {
+    let two_dbs = |db: &str| {
+        let yaml = format!(
+            r#"version: 1
+environment: development
+defaults: {{ schedule: "0 * * * * *", overlap: 20s, strategy: ephemeral, store: local }}
+databases:
+  main: {{ engine: postgres, url: "postgres://credrotd_admin@127.0.0.1:1/main" }}
+  other: {{ engine: postgres, url: "postgres://credrotd_admin@127.0.0.1:1/other" }}
+stores:
+  local: {{ kind: file, dir: /nonexistent/credrotd-test }}
+accounts:
+  alpha: {{ database: {db} }}
+"#
+        );
+        Arc::new(
+            crate::inventory::parse(Path::new("t.yaml"), &yaml)
+                .unwrap()
+                .inventory,
+        )
+    };
+    let h = Harness::new(&["alpha"], "{}").await;
+    let other = Arc::new(MemEngine::new(h.ctx.clock.clone()));
+    let mut engines = h.ctx.engines.clone();
+    engines.insert("other".into(), other.clone() as Arc<dyn Engine>);
+    let ctx = |inventory| Context {
+        inventory,
+        engines: engines.clone(),
+        stores: h.ctx.stores.clone(),
+        ledger: h.ctx.ledger.clone(),
+        clock: h.ctx.clock.clone(),
+        take_over: false,
+        crash_after: None,
+    };
+    let before = ctx(two_dbs("main"));
+    let acc = before.inventory.accounts["alpha"].clone();
+    rotation::rotate(&before, &acc).await.unwrap();
+    let v1 = h.cred("alpha", 1).await;
+    assert_eq!(h.engine.names_of("alpha"), vec![v1.username.clone()]);
+
+    // The reload moves alpha to `other`; its next rotation issues there.
+    let after = ctx(two_dbs("other"));
+    let moved = after.inventory.accounts["alpha"].clone();
+    rotation::rotate(&after, &moved).await.unwrap();
+    let v1 = h.cred("alpha", 1).await;
+    assert_eq!(v1.state, CredState::Retiring);
+    assert_eq!(other.names_of("alpha").len(), 1, "v2 lives in `other`");
+    assert!(rotation::retire(&after, &moved, &v1, false).await.unwrap());
+    assert!(
+        h.engine.names_of("alpha").is_empty(),
+        "v1 was dropped in `main`, where it was issued"
+    );
+    assert_eq!(other.names_of("alpha").len(), 1, "v2 is untouched");
+}
