@@ -246,11 +246,7 @@ fn check(path: &std::path::Path) -> Result<ExitCode> {
 }
 
 /// Builds the saga context for an inventory.
-pub async fn context(
-    inventory: Inventory,
-    clock: SharedClock,
-    take_over: bool,
-) -> Result<Context> {
+pub async fn context(inventory: Inventory, clock: SharedClock, take_over: bool) -> Result<Context> {
     let state = inventory.state.clone();
     crate::service::context(inventory, clock, None, take_over)
         .await
@@ -494,8 +490,9 @@ async fn rotate(path: &std::path::Path, args: RotateArgs) -> Result<ExitCode> {
                     let ctx = &ctx;
                     async move {
                         let started = std::time::Instant::now();
-                        let res = scheduler::rotate_account(ctx, &name, trigger, Duration::from_secs(60))
-                            .await;
+                        let res =
+                            scheduler::rotate_account(ctx, &name, trigger, Duration::from_secs(60))
+                                .await;
                         // What `status` shows is what happened here too.
                         scheduler::observe_rotation(ctx, &name, &res, started.elapsed()).await;
                         (name, res)
@@ -592,7 +589,11 @@ async fn rebuild(path: &std::path::Path, args: RebuildArgs) -> Result<ExitCode> 
                 r.promoted,
                 r.rolled_back,
                 r.orphans_dropped,
-                if r.rotate_now { "; rotates at the next start" } else { "" }
+                if r.rotate_now {
+                    "; rotates at the next start"
+                } else {
+                    ""
+                }
             ),
             Err(e) => {
                 failed += 1;

@@ -640,7 +640,10 @@ impl Saga<'_> {
         let mut published: Vec<(Arc<dyn Store>, crate::store::Undo)> = Vec::new();
         let mut names: Vec<String> = already.to_vec();
         let mut failure: Option<StoreError> = None;
-        for store in stores.iter().filter(|s| !already.iter().any(|a| a == s.name())) {
+        for store in stores
+            .iter()
+            .filter(|s| !already.iter().any(|a| a == s.name()))
+        {
             match store.publish(publication).await {
                 Ok(undo) => {
                     published.push((store.clone(), undo));
@@ -751,7 +754,9 @@ impl Saga<'_> {
                         warn!(account = %self.name(), previous = %prev.username, error = %e, "cannot extend the previous credential to the end of its overlap")
                     }
                 },
-                Err(e) => warn!(account = %self.name(), error = %e, "cannot extend the previous credential"),
+                Err(e) => {
+                    warn!(account = %self.name(), error = %e, "cannot extend the previous credential")
+                }
             }
         }
         info!(previous = %prev.username, until = %retire_at, "previous credential stays valid during the overlap");
@@ -823,9 +828,10 @@ impl Saga<'_> {
             Strategy::Alternating => {
                 // Never disable the role a live current credential uses.
                 let live = self.ctx.ledger.live(self.name()).await?;
-                if !live.iter().any(|c| {
-                    c.id != cred.id && c.username == cred.username && !c.state.is_middle()
-                }) {
+                if !live
+                    .iter()
+                    .any(|c| c.id != cred.id && c.username == cred.username && !c.state.is_middle())
+                {
                     engine.disable_login(&cred.username).await?;
                 }
             }
@@ -884,8 +890,7 @@ impl Saga<'_> {
                 for offset in 0..120 {
                     let t = now + chrono::Duration::seconds(offset);
                     let name = format!("{}_{}", account.name, t.format("%Y%m%d%H%M%S"));
-                    if !used.contains(&name) && self.engine().login_info(&name).await?.is_none()
-                    {
+                    if !used.contains(&name) && self.engine().login_info(&name).await?.is_none() {
                         return Ok(name);
                     }
                 }
@@ -925,9 +930,9 @@ impl Saga<'_> {
             // A login adopted from the catalog (unknown to a lost ledger) got a
             // version when it was found; any current credential succeeds it.
             let adopted = cred.strategy.starts_with("unknown");
-            let has_successor = live.iter().any(|c| {
-                c.state == CredState::Current && (c.version > cred.version || adopted)
-            });
+            let has_successor = live
+                .iter()
+                .any(|c| c.state == CredState::Current && (c.version > cred.version || adopted));
             if !has_successor {
                 return Err(RotationError::NotRetiring {
                     account: self.name().to_owned(),
@@ -1081,7 +1086,9 @@ impl Saga<'_> {
         let mut held = None;
         for s in &stores {
             let fetched = s.fetch(account, path, Some(cred.version)).await?;
-            let has = fetched.as_ref().is_some_and(|h| h.username == cred.username);
+            let has = fetched
+                .as_ref()
+                .is_some_and(|h| h.username == cred.username);
             if has || cred.stores.iter().any(|n| n == s.name()) {
                 holders.push(s.name().to_owned());
             }
@@ -1120,10 +1127,7 @@ impl Saga<'_> {
                 return Err(RotationError::Unfinished {
                     account: account.to_owned(),
                     version: cred.version,
-                    detail: format!(
-                        "{} hold it but none can give it back",
-                        holders.join(", ")
-                    ),
+                    detail: format!("{} hold it but none can give it back", holders.join(", ")),
                 });
             };
             let engine = self.ctx.engine_of(cred)?;
@@ -1473,9 +1477,7 @@ pub async fn guard_expiry(
     let engine = ctx.engine_of(&cur)?;
     engine.ping().await?;
     engine.extend_login(&cur.username, until).await?;
-    ctx.ledger
-        .set_expires_at(&cur, until, now, lease)
-        .await?;
+    ctx.ledger.set_expires_at(&cur, until, now, lease).await?;
     ctx.ledger
         .set_extended(&account.name, Some(until), Some(reason))
         .await?;
@@ -1656,13 +1658,16 @@ pub async fn recover_leased(
     // back) must be replaced now.
     let live = ctx.ledger.live(&account.name).await?;
     match live.iter().rev().find(|c| c.state == CredState::Current) {
-        Some(cur) if cur.strategy != "adopted" => match saga.engine().login_info(&cur.username).await? {
-            Some(info) if info.can_login && info.valid_until.is_none_or(|v| v > ctx.clock.now()) => {}
-            _ => {
-                warn!(account = %account.name, username = %cur.username, "current credential cannot log in; rotating now");
-                report.rotate_now = true;
+        Some(cur) if cur.strategy != "adopted" => {
+            match saga.engine().login_info(&cur.username).await? {
+                Some(info)
+                    if info.can_login && info.valid_until.is_none_or(|v| v > ctx.clock.now()) => {}
+                _ => {
+                    warn!(account = %account.name, username = %cur.username, "current credential cannot log in; rotating now");
+                    report.rotate_now = true;
+                }
             }
-        },
+        }
         Some(_) => {}
         None => report.rotate_now = true,
     }

@@ -193,7 +193,9 @@ pub async fn run_with(
                     Ok(()) => {
                         forced.remove(&account.name);
                     }
-                    Err(e) => warn!(account = %account.name, error = %e, "cannot adopt static role"),
+                    Err(e) => {
+                        warn!(account = %account.name, error = %e, "cannot adopt static role")
+                    }
                 }
             }
         }
@@ -265,7 +267,8 @@ pub async fn run_with(
             }
             let state = &states[name];
             // A break-glass revoke comes first.
-            if let Some((previous_only, reply)) = revokes.get_mut(name).and_then(|q| q.pop_front()) {
+            if let Some((previous_only, reply)) = revokes.get_mut(name).and_then(|q| q.pop_front())
+            {
                 busy.insert(name.clone());
                 let (ctx, name) = (ctx.clone(), name.clone());
                 tasks.spawn(guarded(name.clone(), async move {
@@ -282,7 +285,12 @@ pub async fn run_with(
                 .iter()
                 .filter(|i| &i.account == name)
                 .map(|i| i.retry_at)
-                .chain(outbox.iter().filter(|o| &o.account == name).map(|o| o.retry_at))
+                .chain(
+                    outbox
+                        .iter()
+                        .filter(|o| &o.account == name)
+                        .map(|o| o.retry_at),
+                )
                 .min();
             if let Some(at) = housekeeping_at {
                 items.push(Due::Housekeep { at });
@@ -343,7 +351,11 @@ pub async fn run_with(
                         let _permit = permits.acquire_owned().await;
                         let started = std::time::Instant::now();
                         info!(account = %name, reason = why, "rotating");
-                        let wait = if reply.is_some() { Duration::from_secs(60) } else { Duration::ZERO };
+                        let wait = if reply.is_some() {
+                            Duration::from_secs(60)
+                        } else {
+                            Duration::ZERO
+                        };
                         let res = rotate_account(&ctx, &name, trigger, wait).await;
                         let took = started.elapsed();
                         let res = match reply {
@@ -659,9 +671,7 @@ pub async fn observe_rotation(
             None
         }
         Err(
-            RotationError::Busy(_)
-            | RotationError::Suspended(_)
-            | RotationError::NotOwner { .. },
+            RotationError::Busy(_) | RotationError::Suspended(_) | RotationError::NotOwner { .. },
         ) => None,
         Err(e) => {
             crate::telemetry::rotation(name, false, took.as_secs_f64());

@@ -268,8 +268,8 @@ impl Service {
             Some(old.ledger.clone()),
             old.take_over,
         )
-            .await
-            .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        .await
+        .map_err(|e| ApiError::Invalid(e.to_string()))?;
         let fresh = Arc::new(fresh);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
         let _ = self.control.send(Control::Reload(fresh)).await;

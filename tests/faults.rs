@@ -164,10 +164,12 @@ async fn kill9_soak_never_locks_a_consumer_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_mid_rotation_never_locks_a_consumer_out() {
     let _serial = serial().await;
-    let _pg = PgGuard;
     let restarts = knob("CREDROTD_FAULT_PG_RESTARTS", 5);
     let mut rng = seeded("pg-restart");
     let mut w = World::new("pg-restart").await;
+    // Declared after the world, so dropped before it: the cluster runs again
+    // before the world's clean-up needs it, also when the test fails.
+    let _pg = PgGuard;
     for (suffix, strategy, overlap, stores) in [
         (
             "eph",
@@ -194,8 +196,13 @@ async fn postgres_restarted_mid_rotation_never_locks_a_consumer_out() {
     let mut d = w.start_ready(&inv, &socket, "run").await;
     w.wait_all_held(&mut d, S(60)).await;
     for i in 1..=restarts {
+        // Aim at a rotation: a random 1-4 s of checks, then the next fire of the
+        // every-2-s schedule plus 0-250 ms (a rotation takes about that long).
         let wait = Duration::from_millis(rng.gen_range(1000..=4000));
         w.passes_for(&mut d, wait).await;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let fire_in = 2000 - now_ms.rem_euclid(2000) + rng.gen_range(0..=250);
+        tokio::time::sleep(Duration::from_millis(fire_in as u64)).await;
         let t = Instant::now();
         tokio::task::spawn_blocking(pg_restart_immediate)
             .await

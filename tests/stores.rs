@@ -919,7 +919,9 @@ async fn a_crash_between_two_stores_publishes_is_finished_in_every_store() {
     let (vu, vp, vv) = creds(&from_vault(&root, &path).await);
     assert_eq!((av, vv), (mid.version, mid.version), "every store holds it");
     assert_eq!(au, vu);
-    db.login(&au, ap.expose()).await.expect("AWS's credential logs in");
+    db.login(&au, ap.expose())
+        .await
+        .expect("AWS's credential logs in");
     db.login(&vu, vp.expose())
         .await
         .expect("Vault's credential logs in");

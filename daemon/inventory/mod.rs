@@ -1484,10 +1484,7 @@ impl Validator {
             Some(l) => self.duration(l, "lifetime").map(Some),
             None => Some(None),
         };
-        let max_lifetime_src = acc
-            .max_lifetime
-            .as_ref()
-            .or(defaults.max_lifetime.as_ref());
+        let max_lifetime_src = acc.max_lifetime.as_ref().or(defaults.max_lifetime.as_ref());
         let max_lifetime = match max_lifetime_src {
             Some(m) => self.duration(m, "max_lifetime"),
             None => Some(PRODUCTION_MAX_LIFETIME),

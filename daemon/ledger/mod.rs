@@ -559,7 +559,15 @@ impl Ledger {
             return Err(self.refused(cred, from, lease).await?);
         }
         if let Some((kind, detail)) = note {
-            insert_event(&mut tx, now, &cred.account, Some(cred.version), kind, detail).await?;
+            insert_event(
+                &mut tx,
+                now,
+                &cred.account,
+                Some(cred.version),
+                kind,
+                detail,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -639,7 +647,15 @@ impl Ledger {
         .execute(&mut *tx)
         .await?;
         if let Some(detail) = detail {
-            insert_event(&mut tx, now, &new.account, Some(new.version), "current", detail).await?;
+            insert_event(
+                &mut tx,
+                now,
+                &new.account,
+                Some(new.version),
+                "current",
+                detail,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -976,7 +992,12 @@ impl Ledger {
     }
 
     /// Clears a stuck item (it succeeded, or no longer applies).
-    pub async fn unstuck(&self, account: &str, kind: &str, subject: &str) -> Result<(), LedgerError> {
+    pub async fn unstuck(
+        &self,
+        account: &str,
+        kind: &str,
+        subject: &str,
+    ) -> Result<(), LedgerError> {
         sqlx::query("DELETE FROM stuck WHERE account = ?1 AND kind = ?2 AND subject = ?3")
             .bind(account)
             .bind(kind)
@@ -1014,13 +1035,12 @@ impl Ledger {
         account: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<OutboxItem>, LedgerError> {
-        let rows = sqlx::query(
-            "SELECT * FROM outbox WHERE account = ?1 AND retry_at <= ?2 ORDER BY id",
-        )
-        .bind(account)
-        .bind(ms(now))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT * FROM outbox WHERE account = ?1 AND retry_at <= ?2 ORDER BY id")
+                .bind(account)
+                .bind(ms(now))
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.iter().map(outbox_item).collect())
     }
 
@@ -1067,12 +1087,14 @@ impl Ledger {
         reason: Option<&str>,
     ) -> Result<(), LedgerError> {
         self.ensure_account(account).await?;
-        sqlx::query("UPDATE accounts SET extended_until = ?1, extended_reason = ?2 WHERE account = ?3")
-            .bind(until.map(ms))
-            .bind(reason)
-            .bind(account)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE accounts SET extended_until = ?1, extended_reason = ?2 WHERE account = ?3",
+        )
+        .bind(until.map(ms))
+        .bind(reason)
+        .bind(account)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -1191,10 +1213,15 @@ mod tests {
     }
 
     async fn lease(l: &Ledger, account: &str) -> Lease {
-        l.acquire(account, &l.new_holder(), Duration::from_secs(60), Utc::now())
-            .await
-            .unwrap()
-            .unwrap()
+        l.acquire(
+            account,
+            &l.new_holder(),
+            Duration::from_secs(60),
+            Utc::now(),
+        )
+        .await
+        .unwrap()
+        .unwrap()
     }
 
     #[tokio::test]
@@ -1291,7 +1318,10 @@ mod tests {
         assert!(l2.acquire("b", &h2, ttl, now).await.unwrap().is_some());
         let later = now + chrono::Duration::seconds(61);
         let taken = l2.acquire("a", &h2, ttl, later).await.unwrap().unwrap();
-        assert!(taken.token > first.token, "a new holder gets a higher token");
+        assert!(
+            taken.token > first.token,
+            "a new holder gets a higher token"
+        );
         // The paused first holder's writes are refused by the fence.
         let err = l1.plan(new("a", "a_1"), later, &first).await.unwrap_err();
         assert!(matches!(err, LedgerError::Fenced { .. }), "{err}");
@@ -1303,7 +1333,10 @@ mod tests {
         assert!(matches!(err, LedgerError::Fenced { .. }), "{err}");
         l2.release(&taken).await.unwrap();
         let back = l1.acquire("a", &h1, ttl, later).await.unwrap().unwrap();
-        assert!(back.token > taken.token, "tokens never go back after a release");
+        assert!(
+            back.token > taken.token,
+            "tokens never go back after a release"
+        );
     }
 
     #[tokio::test]

@@ -346,7 +346,9 @@ impl Engine for MemEngine {
 
     async fn drop_login(&self, _account: &Account, username: &str) -> Result<(), EngineError> {
         if take_failure(&self.fail_drop) {
-            return Err(injected("drop login (objects in another database depend on it)"));
+            return Err(injected(
+                "drop login (objects in another database depend on it)",
+            ));
         }
         self.lock().logins.remove(username);
         Ok(())
@@ -1333,8 +1335,14 @@ async fn a_login_that_cannot_be_dropped_is_stuck_not_a_lockout() {
         h.cred("alpha", 1).await.state == CredState::Revoked
     })
     .await;
-    let pw1 = h.engine.lock().logins[&v1.username].password.clone().unwrap();
-    assert!(!h.engine.accepts(&v1.username, &pw1), "v1 no longer logs in");
+    let pw1 = h.engine.lock().logins[&v1.username]
+        .password
+        .clone()
+        .unwrap();
+    assert!(
+        !h.engine.accepts(&v1.username, &pw1),
+        "v1 no longer logs in"
+    );
     let stuck = h.ctx.ledger.stuck_items(Some("alpha")).await.unwrap();
     assert!(
         stuck
@@ -1357,7 +1365,12 @@ async fn a_login_that_cannot_be_dropped_is_stuck_not_a_lockout() {
     h.engine.fail_drop.store(0, Ordering::SeqCst);
     h.clock.set(at(0, 3, 30));
     eventually("stuck items cleared", || async {
-        h.ctx.ledger.stuck_items(Some("alpha")).await.unwrap().is_empty()
+        h.ctx
+            .ledger
+            .stuck_items(Some("alpha"))
+            .await
+            .unwrap()
+            .is_empty()
     })
     .await;
     assert!(!h.engine.lock().logins.contains_key(&v1.username));
@@ -1438,7 +1451,11 @@ async fn break_glass_survives_rotate_all_until_an_explicit_rotate() {
     running.rotate_now(&[]).await;
     h.wait_current("beta", 2).await;
     settle().await;
-    assert_eq!(h.current_version("alpha").await, None, "alpha stays revoked");
+    assert_eq!(
+        h.current_version("alpha").await,
+        None,
+        "alpha stays revoked"
+    );
     // A scheduled fire does not lift it either.
     h.clock.set(at(0, 1, 0));
     h.wait_current("beta", 3).await;
@@ -1513,10 +1530,16 @@ async fn a_crash_right_after_promotion_neither_rotates_early_nor_loses_the_notif
         crash_after: Some(CredState::Current),
     };
     let err = rotation::rotate(&crashing, &account).await.unwrap_err();
-    assert!(matches!(err, RotationError::Crash(CredState::Current)), "{err}");
+    assert!(
+        matches!(err, RotationError::Crash(CredState::Current)),
+        "{err}"
+    );
     assert_eq!(h.current_version("alpha").await, Some(1));
     let state = h.state("alpha").await;
-    assert_eq!(state.failures, 0, "the success is recorded with the promotion");
+    assert_eq!(
+        state.failures, 0,
+        "the success is recorded with the promotion"
+    );
     let live = h.ctx.ledger.live("alpha").await.unwrap();
     let refs: Vec<&Credential> = live.iter().collect();
     assert_eq!(
