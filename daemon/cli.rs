@@ -574,7 +574,8 @@ async fn rebuild(path: &std::path::Path, args: RebuildArgs) -> Result<ExitCode> 
     let ctx = Arc::new(context(inventory, Arc::new(SystemClock), args.take_over).await?);
     let work = {
         let ctx = ctx.clone();
-        tokio::spawn(async move { rotation::recover(&ctx).await })
+        let only = (!args.accounts.is_empty()).then(|| args.accounts.clone());
+        tokio::spawn(async move { rotation::recover(&ctx, only.as_deref()).await })
     };
     let results = finish_despite_ctrl_c(work).await?;
     let mut failed = 0;

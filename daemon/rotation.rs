@@ -44,7 +44,9 @@ pub struct Context {
     pub ledger: Ledger,
     pub clock: SharedClock,
     /// Take over accounts whose scoped role another ledger owns (`--take-over`).
-    pub take_over: bool,
+    /// The daemon clears it after start-up recovery, so that two daemons
+    /// started with it do not take accounts from each other forever.
+    pub take_over: std::sync::atomic::AtomicBool,
     /// Test hook: stop the saga right after the ledger records this state, as if
     /// the process had been killed there.
     #[doc(hidden)]
@@ -256,6 +258,15 @@ pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
+/// What puts a static role's previous password back.
+enum Restore {
+    Verifier(SavedPassword),
+    Password {
+        password: Secret,
+        valid_until: DateTime<Utc>,
+    },
+}
+
 /// One saga: an account, the context and the lease it holds.
 struct Saga<'a> {
     ctx: &'a Context,
@@ -329,9 +340,34 @@ impl Saga<'_> {
         self.claim().await;
 
         // Finish whatever an earlier saga left, through the same steps.
-        let report = self.resume().await?;
+        let mut report = self.resume().await?;
+        if !report.promoted.is_empty() {
+            // Finishing an earlier publication is this rotation: its predecessor
+            // now gets a full overlap and the consumers their notification.
+            self.drain_outbox().await;
+            let cur = self
+                .ctx
+                .ledger
+                .live(self.name())
+                .await?
+                .into_iter()
+                .rev()
+                .find(|c| c.state == CredState::Current)
+                .ok_or_else(|| RotationError::Unfinished {
+                    account: self.name().to_owned(),
+                    version: 0,
+                    detail: "no current credential after promotion".into(),
+                })?;
+            return Ok(Rotated {
+                account: self.name().to_owned(),
+                version: cur.version,
+                username: cur.username,
+                expires_at: cur.expires_at,
+                previous: None,
+            });
+        }
         self.rebuild().await?;
-        self.sweep(&mut Recovered::default()).await;
+        self.sweep(&mut report).await;
         if let Some(unfinished) = self
             .ctx
             .ledger
@@ -346,14 +382,13 @@ impl Saga<'_> {
                 detail: format!("stores holding it: {}", unfinished.stores.join(", ")),
             });
         }
-        drop(report);
-
         // At most two credentials may be valid: a predecessor still in its
         // overlap is retired now. Its successor is current, so this never
         // strands a consumer that follows the store. A failure is a stuck item,
-        // not a reason to keep the account on an expiring credential.
+        // not a reason to keep the account on an expiring credential. Logins
+        // the sweep just found keep their overlap (someone may use them).
         for old in self.ctx.ledger.live(self.name()).await? {
-            if old.state == CredState::Retiring {
+            if old.state == CredState::Retiring && !report.adopted.contains(&old.username) {
                 info!(account = %self.name(), version = old.version, username = %old.username, "overlap cut short by a new rotation");
                 self.retire_or_stick(&old).await;
             }
@@ -388,8 +423,9 @@ impl Saga<'_> {
                 .map(|fire| fire + to_chrono(self.account.expiry_margin / 2))
         });
         let stale = stale_at.is_none_or(|t| self.now() > t);
-        if self.ctx.take_over || stale {
-            let why = if self.ctx.take_over {
+        let forced = self.ctx.take_over.load(std::sync::atomic::Ordering::SeqCst);
+        if forced || stale {
+            let why = if forced {
                 "--take-over"
             } else {
                 "the owner missed its rotation"
@@ -404,6 +440,10 @@ impl Saga<'_> {
                 )
                 .await;
             self.ctx.ledger.set_foreign_owner(self.name(), None).await?;
+            // Claimed at once: from now on the other ledger is the stranger.
+            self.engine()
+                .claim(self.account, self.ctx.ledger.id(), self.now())
+                .await?;
             return Ok(());
         }
         let err = RotationError::NotOwner {
@@ -537,13 +577,17 @@ impl Saga<'_> {
         .await;
         ctx.crash_point(CredState::Planned)?;
 
-        // A static role's password is replaced in place; keep the old verifier (when
-        // the admin may read it) to put back if verification or publishing fails.
+        // A static role's password is replaced in place: keep a way to put back
+        // what the stores serve if verification or publishing fails.
         let saved = match &account.strategy {
-            Strategy::Static { role, .. } => engine.saved_password(role).await.unwrap_or_else(|e| {
-                warn!(account = %account.name, error = %e, "cannot save the static role's password verifier");
-                None
-            }),
+            Strategy::Static { .. } => match self.static_restore(current.as_ref()).await {
+                Ok(saved) => saved,
+                Err(e) => {
+                    self.mark_aborted(&cred, CredState::Planned, &e.to_string())
+                        .await;
+                    return Err(e);
+                }
+            },
             _ => None,
         };
         let password = Secret::generate();
@@ -589,15 +633,14 @@ impl Saga<'_> {
             issued_at: now,
             expires_at,
         };
-        if let Err(e) = self.publish_all(&cred, &publication, &[]).await {
+        if let Err((e, still_held)) = self.publish_all(&cred, &publication, &[]).await {
             // Stores that could not be reverted still serve the new credential:
             // it stays `verified` for `resume` to finish, and its login lives.
-            let cred = ctx.ledger.get(cred.id).await?;
-            if cred.stores.is_empty() {
+            if still_held.is_empty() {
                 self.abort(&cred, CredState::Verified, saved.as_ref(), &e.to_string())
                     .await;
             } else {
-                warn!(account = %account.name, version = cred.version, stores = ?cred.stores, "left for recovery: a store could not be reverted");
+                warn!(account = %account.name, version = cred.version, stores = ?still_held, "left for recovery: a store could not be reverted");
             }
             return Err(e.into());
         }
@@ -628,13 +671,14 @@ impl Saga<'_> {
     /// Publishes to every store of the account that is not in `already` (two-phase
     /// stores first), recording after each which stores hold it, then promotes
     /// in every store. If a store refuses, the stores this call published to are
-    /// reverted, newest first, and the ledger records which still hold it.
+    /// reverted, newest first, and the error comes with the stores that still
+    /// hold the credential (also recorded in the ledger).
     async fn publish_all(
         &self,
         cred: &Credential,
         publication: &Publication<'_>,
         already: &[String],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), (StoreError, Vec<String>)> {
         let mut stores = self.ctx.stores_of(self.account);
         stores.sort_by_key(|s| !s.two_phase());
         let mut published: Vec<(Arc<dyn Store>, crate::store::Undo)> = Vec::new();
@@ -692,7 +736,7 @@ impl Saga<'_> {
         {
             warn!(account = %self.name(), error = %le, "cannot record the reverted stores");
         }
-        Err(e)
+        Err((e, still_held))
     }
 
     /// Makes a published credential current: one ledger transaction records the
@@ -782,7 +826,7 @@ impl Saga<'_> {
         &self,
         cred: &Credential,
         state: CredState,
-        saved: Option<&SavedPassword>,
+        saved: Option<&Restore>,
         reason: &str,
     ) {
         warn!(account = %self.name(), version = cred.version, error = %reason, "rotation failed; rolling back");
@@ -817,7 +861,7 @@ impl Saga<'_> {
     async fn rollback_login(
         &self,
         cred: &Credential,
-        saved: Option<&SavedPassword>,
+        saved: Option<&Restore>,
     ) -> Result<(), RotationError> {
         let engine = self.ctx.engine_of(cred)?;
         match &self.account.strategy {
@@ -835,16 +879,67 @@ impl Saga<'_> {
                     engine.disable_login(&cred.username).await?;
                 }
             }
-            // Put the old password back if we could save it; otherwise the old one
-            // is gone and the next rotation sets a fresh one.
-            Strategy::Static { .. } => {
-                if let Some(saved) = saved {
+            // Put back what the stores serve: the old verifier if the admin could
+            // read it, else the password a store holds (read before the change).
+            Strategy::Static { .. } => match saved {
+                Some(Restore::Verifier(saved)) => {
                     engine.restore_password(&cred.username, saved).await?;
                     info!(account = %self.name(), username = %cred.username, "restored the static role's previous password");
                 }
-            }
+                Some(Restore::Password {
+                    password,
+                    valid_until,
+                }) => {
+                    let login = Login {
+                        username: &cred.username,
+                        password,
+                        valid_until: *valid_until,
+                    };
+                    engine.set_password(self.account, &login).await?;
+                    info!(account = %self.name(), username = %cred.username, "set the static role's password back to the one the stores serve");
+                }
+                None => {}
+            },
         }
         Ok(())
+    }
+
+    /// How to undo a static password change: the old verifier (superusers may
+    /// read it), or else the password the stores serve, read back from one of
+    /// them. With neither, the change is refused while any store fails its
+    /// check, since a failed publish could not be undone and every store would
+    /// serve a password that no longer works.
+    async fn static_restore(
+        &self,
+        current: Option<&Credential>,
+    ) -> Result<Option<Restore>, RotationError> {
+        let Strategy::Static { role, .. } = &self.account.strategy else {
+            return Ok(None);
+        };
+        match self.engine().saved_password(role).await {
+            Ok(Some(saved)) => return Ok(Some(Restore::Verifier(saved))),
+            Ok(None) => {}
+            Err(e) => {
+                warn!(account = %self.name(), error = %e, "cannot save the static role's password verifier")
+            }
+        }
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        for store in self.ctx.stores_of(self.account) {
+            if let Ok(Some(held)) = store.fetch(self.name(), &self.account.path, None).await {
+                if held.username == *role && held.version == current.version {
+                    return Ok(Some(Restore::Password {
+                        password: held.password,
+                        valid_until: current.expires_at,
+                    }));
+                }
+            }
+        }
+        for store in self.ctx.stores_of(self.account) {
+            store.check().await?;
+        }
+        Ok(None)
     }
 
     /// Drops an ephemeral login that can no longer log in; a failure (objects in
@@ -945,6 +1040,9 @@ impl Saga<'_> {
                 warn!(account = %self.name(), username = %cred.username, reason = %why, "not retiring a credential a store still serves");
                 self.stick("store-serves", &cred.username, &why, self.now())
                     .await;
+                if let Err(e) = self.keep_alive(&cred).await {
+                    warn!(account = %self.name(), username = %cred.username, error = %e, "cannot extend a credential a store still serves");
+                }
                 return Ok(false);
             }
             self.unstick("store-serves", &cred.username).await;
@@ -1080,20 +1178,27 @@ impl Saga<'_> {
     ) -> Result<(), RotationError> {
         let stores = self.ctx.stores_of(self.account);
         let (account, path) = (self.name(), self.account.path.as_str());
-        // Which stores hold it: the ledger says so, or the store has it (served,
-        // or for AWS staged as AWSPENDING).
+        // Which stores hold it, asked of the stores themselves (the ledger's
+        // list may predate a revert): a single-phase store holds it when its
+        // readers get it; a two-phase store also when it is staged (AWSPENDING).
+        // A store that cannot be asked stops the saga; it is retried.
         let mut holders: Vec<String> = Vec::new();
         let mut held = None;
         for s in &stores {
-            let fetched = s.fetch(account, path, Some(cred.version)).await?;
-            let has = fetched
-                .as_ref()
-                .is_some_and(|h| h.username == cred.username);
-            if has || cred.stores.iter().any(|n| n == s.name()) {
+            let asked = if s.two_phase() {
+                Some(cred.version)
+            } else {
+                None
+            };
+            let fetched = s
+                .fetch(account, path, asked)
+                .await?
+                .filter(|h| h.version == cred.version && h.username == cred.username);
+            if fetched.is_some() {
                 holders.push(s.name().to_owned());
-            }
-            if has && held.is_none() {
-                held = fetched;
+                if held.is_none() {
+                    held = fetched;
+                }
             }
         }
         if holders.is_empty() {
@@ -1143,7 +1248,9 @@ impl Saga<'_> {
                 issued_at: cred.issued_at,
                 expires_at: cred.expires_at,
             };
-            self.publish_all(cred, &publication, &holders).await?;
+            self.publish_all(cred, &publication, &holders)
+                .await
+                .map_err(|(e, _)| e)?;
         } else {
             for s in &stores {
                 s.promote(account, path, cred.version).await?;
@@ -1377,6 +1484,14 @@ pub async fn housekeep(
         account,
         lease,
     };
+    let state = ctx.ledger.account(&account.name).await?;
+    // Only the owner touches the account: a second ledger's sweep would adopt
+    // (and later drop) the owner's logins.
+    saga.ensure_owner(state.foreign_owner.is_some()).await?;
+    if state.suspended {
+        // A break-glass revoke that failed half-way is finished here.
+        saga.revoke_live(false).await?;
+    }
     saga.drain_outbox().await;
     let now = ctx.clock.now();
     let stuck = ctx.ledger.stuck_items(Some(&account.name)).await?;
@@ -1386,9 +1501,6 @@ pub async fn housekeep(
             warn!(account = %account.name, error = %e, "reconciliation still fails");
         }
     }
-    if due.iter().any(|i| i.kind == "publish") {
-        saga.resume().await?;
-    }
     if due
         .iter()
         .any(|i| matches!(i.kind.as_str(), "drop-login" | "sweep"))
@@ -1397,27 +1509,36 @@ pub async fn housekeep(
         // finds them again.
         saga.sweep(&mut Recovered::default()).await;
     }
-    for cred in ctx.ledger.live(&account.name).await? {
+    let live = ctx.ledger.live(&account.name).await?;
+    for cred in &live {
         if cred.state == CredState::Retiring && cred.retire_at.is_none_or(|t| t <= now) {
-            saga.retire_or_stick(&cred).await;
+            saga.retire_or_stick(cred).await;
+        }
+    }
+    // An item this pass could not retry (its login left the database with the
+    // account, its credential was revoked by force) either no longer applies
+    // or backs off further, so it never makes housekeeping due forever.
+    for item in ctx.ledger.stuck_items(Some(&account.name)).await? {
+        if item.retry_at > now {
+            continue;
+        }
+        let obsolete = match item.kind.as_str() {
+            "store-serves" | "retire" => !live.iter().any(|c| c.username == item.subject),
+            "drop-login" => saga
+                .engine()
+                .login_info(&item.subject)
+                .await
+                .is_ok_and(|i| i.is_none()),
+            _ => false,
+        };
+        if obsolete {
+            saga.unstick(&item.kind, &item.subject).await;
+        } else {
+            saga.stick(&item.kind, &item.subject, &item.error, now)
+                .await;
         }
     }
     Ok(())
-}
-
-/// Retires one credential whose overlap ended. The caller holds the lease.
-pub async fn retire_leased(
-    ctx: &Context,
-    lease: &Lease,
-    account: &Account,
-    cred: &Credential,
-) -> Result<bool, RotationError> {
-    let saga = Saga {
-        ctx,
-        account,
-        lease,
-    };
-    saga.retire(cred, false).await
 }
 
 /// Retires a credential, taking the account's lease. Unless `forced`, refuses
@@ -1449,39 +1570,39 @@ pub async fn guard_expiry(
     account: &Account,
     reason: &str,
 ) -> Result<Option<DateTime<Utc>>, RotationError> {
-    let Some(cur) = ctx
-        .ledger
-        .live(&account.name)
-        .await?
+    let saga = Saga {
+        ctx,
+        account,
+        lease,
+    };
+    let live = ctx.ledger.live(&account.name).await?;
+    // A credential left half published is served by some store too.
+    for cred in live.iter().filter(|c| {
+        matches!(c.state, CredState::Verified | CredState::Published) && !c.stores.is_empty()
+    }) {
+        if let Err(e) = saga.keep_alive(cred).await {
+            warn!(account = %account.name, username = %cred.username, error = %e, "cannot extend a credential a store may serve");
+        }
+    }
+    let Some(cur) = live
         .into_iter()
         .rev()
         .find(|c| c.state == CredState::Current)
     else {
         return Ok(None);
     };
-    if cur.strategy == "adopted" {
+    let Some(until) = saga.keep_alive(&cur).await? else {
         return Ok(None);
-    }
+    };
     let now = ctx.clock.now();
-    let cfg = &ctx.inventory.rotation;
-    let step = to_chrono(cfg.retry_max.max(account.overlap) + account.expiry_margin);
-    if cur.expires_at >= now + step {
-        return Ok(None);
-    }
-    let cap = cur.issued_at + to_chrono(account.max_lifetime);
-    let until = (now + step + step).min(cap);
-    if until <= cur.expires_at {
-        error!(account = %account.name, username = %cur.username, expires_at = %cur.expires_at, max_lifetime = %humantime::format_duration(account.max_lifetime), "rotations keep failing and the current credential has reached its max_lifetime: it will expire");
-        return Ok(None);
-    }
-    let engine = ctx.engine_of(&cur)?;
-    engine.ping().await?;
-    engine.extend_login(&cur.username, until).await?;
-    ctx.ledger.set_expires_at(&cur, until, now, lease).await?;
     ctx.ledger
         .set_extended(&account.name, Some(until), Some(reason))
         .await?;
-    if let Err(e) = engine.claim(account, ctx.ledger.id(), now).await {
+    if let Err(e) = ctx
+        .engine_of(&cur)?
+        .claim(account, ctx.ledger.id(), now)
+        .await
+    {
         warn!(account = %account.name, error = %e, "cannot refresh the owner's heartbeat");
     }
     crate::telemetry::extended(&account.name, until.timestamp());
@@ -1499,6 +1620,40 @@ pub async fn guard_expiry(
     .await;
     warn!(account = %account.name, username = %cur.username, from = %cur.expires_at, until = %until, "rotations are failing: extended the current credential's expiry");
     Ok(Some(until))
+}
+
+impl Saga<'_> {
+    /// Extends a credential that consumers may still be using so that it
+    /// outlives the next retries: when it would expire within one step it moves
+    /// to two steps ahead, `step = max(retry_max, overlap) + expiry_margin`,
+    /// never beyond `issued_at + max_lifetime`. Only while its database answers.
+    /// Returns the new expiry, if it moved.
+    async fn keep_alive(&self, cred: &Credential) -> Result<Option<DateTime<Utc>>, RotationError> {
+        if cred.strategy == "adopted" {
+            return Ok(None);
+        }
+        let account = self.account;
+        let now = self.now();
+        let cfg = &self.ctx.inventory.rotation;
+        let step = to_chrono(cfg.retry_max.max(account.overlap) + account.expiry_margin);
+        if cred.expires_at >= now + step {
+            return Ok(None);
+        }
+        let cap = cred.issued_at + to_chrono(account.max_lifetime);
+        let until = (now + step + step).min(cap);
+        if until <= cred.expires_at {
+            error!(account = %account.name, username = %cred.username, expires_at = %cred.expires_at, max_lifetime = %humantime::format_duration(account.max_lifetime), "rotations keep failing and the credential has reached its max_lifetime: it will expire");
+            return Ok(None);
+        }
+        let engine = self.ctx.engine_of(cred)?;
+        engine.ping().await?;
+        engine.extend_login(&cred.username, until).await?;
+        self.ctx
+            .ledger
+            .set_expires_at(cred, until, now, self.lease)
+            .await?;
+        Ok(Some(until))
+    }
 }
 
 /// Break-glass: revokes the account's retiring credentials, and unless
@@ -1562,8 +1717,12 @@ impl Saga<'_> {
     }
 }
 
-/// Recovers every account of the inventory (start-up reconciliation).
-pub async fn recover(ctx: &Context) -> Vec<(String, Result<Recovered, RotationError>)> {
+/// Recovers the accounts of the inventory (all, or those named in `only`):
+/// start-up reconciliation and `credrotd rebuild`.
+pub async fn recover(
+    ctx: &Context,
+    only: Option<&[String]>,
+) -> Vec<(String, Result<Recovered, RotationError>)> {
     use futures::stream::{self, StreamExt};
     // A database that does not answer quickly is skipped rather than waited for
     // once per account: its accounts are recovered before their next rotation.
@@ -1591,7 +1750,12 @@ pub async fn recover(ctx: &Context) -> Vec<(String, Result<Recovered, RotationEr
         >,
     >;
     let mut jobs: Vec<Job<'_>> = Vec::new();
-    for account in ctx.inventory.accounts.values() {
+    for account in ctx
+        .inventory
+        .accounts
+        .values()
+        .filter(|a| only.is_none_or(|names| names.contains(&a.name)))
+    {
         jobs.push(Box::pin(async move {
             let r = match down.get(&account.database) {
                 Some(why) => Err(RotationError::Unavailable(why.clone())),

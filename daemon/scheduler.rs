@@ -155,7 +155,7 @@ pub async fn run_with(
     tokio::pin!(shutdown);
     // Start-up recovery, abandoned (resumably) if we are told to stop.
     let recovered = tokio::select! {
-        r = rotation::recover(&ctx) => r,
+        r = rotation::recover(&ctx, None) => r,
         _ = &mut shutdown => {
             info!("shutdown during start-up recovery");
             return Ok(());
@@ -200,6 +200,10 @@ pub async fn run_with(
             }
         }
     }
+    // `--take-over` applies to start-up only: from here on this ledger owns what
+    // it took, and another daemon started with the flag cannot flap with it.
+    ctx.take_over
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     info!(accounts = ctx.inventory.accounts.len(), "scheduler started");
     on_ready(ctx.inventory.accounts.len());
 
@@ -297,7 +301,22 @@ pub async fn run_with(
             }
             for item in &mut items {
                 match item {
-                    Due::Retire { at, .. } | Due::Housekeep { at } => *at = (*at).max(hk_floor),
+                    Due::Retire { at, cred } => {
+                        // A retirement that is stuck waits for its own backoff.
+                        let backoff = mine
+                            .iter()
+                            .find(|c| c.id == *cred)
+                            .and_then(|c| {
+                                stuck
+                                    .iter()
+                                    .filter(|i| &i.account == name && i.subject == c.username)
+                                    .map(|i| i.retry_at)
+                                    .max()
+                            })
+                            .unwrap_or(now);
+                        *at = (*at).max(hk_floor).max(backoff);
+                    }
+                    Due::Housekeep { at } => *at = (*at).max(hk_floor),
                     Due::Rotate { .. } => {}
                 }
             }
@@ -418,6 +437,17 @@ pub async fn run_with(
                     ctx = fresh;
                     hold.retain(|name, _| ctx.inventory.accounts.contains_key(name));
                     forced.retain(|name, _| ctx.inventory.accounts.contains_key(name));
+                    // Callers waiting on an account the reload removed get an answer.
+                    for (name, queue) in replies.iter_mut().filter(|(n, _)| !ctx.inventory.accounts.contains_key(*n)) {
+                        for reply in queue.drain(..) {
+                            let _ = reply.send(Err(RotationError::UnknownAccount(name.clone())));
+                        }
+                    }
+                    for (name, queue) in revokes.iter_mut().filter(|(n, _)| !ctx.inventory.accounts.contains_key(*n)) {
+                        for (_, reply) in queue.drain(..) {
+                            let _ = reply.send(Err(RotationError::UnknownAccount(name.clone())));
+                        }
+                    }
                 }
                 Control::Wake => {}
                 Control::Ping(reply) => {

@@ -97,7 +97,7 @@ pub async fn context(
         stores,
         ledger,
         clock,
-        take_over,
+        take_over: take_over.into(),
         crash_after: None,
     })
 }
@@ -262,14 +262,9 @@ impl Service {
         let removed: Vec<String> = old_names.difference(&new_names).cloned().collect();
         let prune = new_inv.prune;
         let count = new_inv.accounts.len();
-        let fresh = context(
-            new_inv,
-            old.clock.clone(),
-            Some(old.ledger.clone()),
-            old.take_over,
-        )
-        .await
-        .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        let fresh = context(new_inv, old.clock.clone(), Some(old.ledger.clone()), false)
+            .await
+            .map_err(|e| ApiError::Invalid(e.to_string()))?;
         let fresh = Arc::new(fresh);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
         let _ = self.control.send(Control::Reload(fresh)).await;

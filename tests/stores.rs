@@ -615,7 +615,7 @@ async fn context(db: &TestDb, yaml: &str) -> rotation::Context {
         inventory: Arc::new(inventory),
         ledger,
         clock: system(),
-        take_over: false,
+        take_over: Default::default(),
         crash_after: None,
     }
 }

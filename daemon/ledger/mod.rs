@@ -296,9 +296,13 @@ impl Instance {
             return false;
         }
         let path = dir.join(format!("{instance}.lock"));
-        let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) else {
+        // Read-only: flock needs no write access, and a file another user made
+        // (a root `credrotd rotate` beside the daemon) must not look gone.
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
             // No presence file: the holder is gone (and was cleaned up).
-            return true;
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+            Err(_) => return false,
         };
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(_lock) => {
@@ -395,7 +399,8 @@ impl Ledger {
         now: DateTime<Utc>,
         lease: &Lease,
     ) -> Result<Credential, LedgerError> {
-        self.insert(new, CredState::Planned, None, now, lease).await
+        self.insert(new, CredState::Planned, None, None, now, lease)
+            .await
     }
 
     /// Records a credential found in the stores and the catalog (rebuilding a
@@ -410,15 +415,8 @@ impl Ledger {
         now: DateTime<Utc>,
         lease: &Lease,
     ) -> Result<Credential, LedgerError> {
-        let cred = self.insert(new, state, version, now, lease).await?;
-        if let Some(at) = retire_at {
-            sqlx::query("UPDATE credentials SET retire_at = ?1 WHERE id = ?2")
-                .bind(ms(at))
-                .bind(cred.id)
-                .execute(&self.pool)
-                .await?;
-        }
-        self.get(cred.id).await
+        self.insert(new, state, version, retire_at, now, lease)
+            .await
     }
 
     async fn insert(
@@ -426,6 +424,7 @@ impl Ledger {
         new: NewCredential<'_>,
         state: CredState,
         version: Option<i64>,
+        retire_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
         lease: &Lease,
     ) -> Result<Credential, LedgerError> {
@@ -433,8 +432,8 @@ impl Ledger {
         // (a read-then-write transaction could fail with SQLITE_BUSY instead of
         // waiting for a concurrent writer).
         let id: Option<i64> = sqlx::query_scalar(&format!(
-            "INSERT INTO credentials (account, version, database, strategy, username, state, issued_at, expires_at, updated_at)
-             SELECT ?1, MAX(COALESCE(m.v, 0) + 1, COALESCE(?9, 0)), ?2, ?3, ?4, ?8, ?5, ?6, ?7
+            "INSERT INTO credentials (account, version, database, strategy, username, state, issued_at, expires_at, updated_at, retire_at)
+             SELECT ?1, MAX(COALESCE(m.v, 0) + 1, COALESCE(?9, 0)), ?2, ?3, ?4, ?8, ?5, ?6, ?7, ?13
              FROM (SELECT MAX(version) AS v FROM credentials WHERE account = ?1) m
              WHERE {} RETURNING id",
             fence(10)
@@ -451,6 +450,7 @@ impl Ledger {
         .bind(&lease.account)
         .bind(&lease.holder)
         .bind(lease.token)
+        .bind(retire_at.map(ms))
         .fetch_optional(&self.pool)
         .await?;
         match id {

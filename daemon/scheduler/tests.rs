@@ -572,7 +572,7 @@ impl Harness {
             stores,
             ledger,
             clock: shared,
-            take_over: false,
+            take_over: Default::default(),
             crash_after: None,
         });
         Harness {
@@ -1526,7 +1526,7 @@ async fn a_crash_right_after_promotion_neither_rotates_early_nor_loses_the_notif
         stores: h.ctx.stores.clone(),
         ledger: h.ctx.ledger.clone(),
         clock: h.ctx.clock.clone(),
-        take_over: false,
+        take_over: Default::default(),
         crash_after: Some(CredState::Current),
     };
     let err = rotation::rotate(&crashing, &account).await.unwrap_err();
@@ -1591,7 +1591,7 @@ accounts:
         stores: h.ctx.stores.clone(),
         ledger: h.ctx.ledger.clone(),
         clock: h.ctx.clock.clone(),
-        take_over: false,
+        take_over: Default::default(),
         crash_after: None,
     };
     let before = ctx(two_dbs("main"));

@@ -338,7 +338,7 @@ impl TestDb {
             inventory: Arc::new(inventory),
             ledger,
             clock,
-            take_over: false,
+            take_over: Default::default(),
             crash_after: None,
         }
     }
