@@ -1067,6 +1067,22 @@ impl Saga<'_> {
         Ok(true)
     }
 
+    /// Whether any store hands out `username` right now. A store that cannot be
+    /// asked counts as serving it.
+    async fn serves_login(&self, username: &str) -> bool {
+        for store in self.ctx.stores_of(self.account) {
+            match store.fetch(self.name(), &self.account.path, None).await {
+                Ok(Some(held)) if held.username == username => return true,
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(account = %self.name(), store = store.name(), error = %e, "cannot ask the store what it serves");
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     /// The first store that serves `cred` to its readers right now, if any. A
     /// store that cannot be asked counts as serving it: retiring is never a
     /// guess.
@@ -1102,6 +1118,30 @@ impl Saga<'_> {
             return Ok(());
         }
         if cred.strategy == "adopted" && cred.state != CredState::Current {
+            return Ok(());
+        }
+        // A fixed name (alternating) may already carry a newer credential's
+        // password: then this one is gone with it, and refusing the role would
+        // lock out the newer one.
+        let shared = self
+            .ctx
+            .ledger
+            .live(self.name())
+            .await?
+            .into_iter()
+            .any(|c| {
+                c.id != cred.id
+                    && c.username == cred.username
+                    && c.version > cred.version
+                    && matches!(
+                        c.state,
+                        CredState::Current
+                            | CredState::Created
+                            | CredState::Verified
+                            | CredState::Published
+                    )
+            });
+        if shared {
             return Ok(());
         }
         // Refusing new logins (and expiring) is what revokes the credential; it
@@ -1392,7 +1432,33 @@ impl Saga<'_> {
             };
             let usable = info.can_login && info.valid_until.is_none_or(|v| v > now);
             let fixed = matches!(self.account.strategy, Strategy::Alternating);
-            if usable {
+            if usable && !self.serves_login(&name).await {
+                // Nobody's store hands it out: whatever overlap it had under the
+                // ledger that issued it is over. Refused now, dropped if it can be.
+                match engine.disable_login(&name).await {
+                    Ok(()) => self.unstick("disable-login", &name).await,
+                    Err(e) => {
+                        self.stick("disable-login", &name, &e.to_string(), now)
+                            .await;
+                        continue;
+                    }
+                }
+                if !fixed {
+                    self.drop_or_stick(engine.as_ref(), &name).await;
+                }
+                warn!(account = %self.name(), username = %name, "refused a login the ledger did not know and no store serves");
+                self.ctx
+                    .event(
+                        self.name(),
+                        None,
+                        "orphan-refused",
+                        &format!("username={name}"),
+                    )
+                    .await;
+                report.orphans_dropped.push(name);
+            } else if usable {
+                // A store serves it (the stores disagreed, so the rebuild could
+                // not make it current): it keeps one overlap.
                 let strategy = if fixed { "unknown-fixed" } else { "unknown" };
                 let cred = self
                     .ctx
@@ -1415,7 +1481,7 @@ impl Saga<'_> {
                         self.lease,
                     )
                     .await?;
-                warn!(account = %self.name(), username = %name, version = cred.version, "a login the ledger did not know can log in: it retires after one overlap");
+                warn!(account = %self.name(), username = %name, version = cred.version, "a login the ledger did not know is served by a store: it retires after one overlap");
                 self.ctx
                     .event(
                         self.name(),

@@ -74,15 +74,28 @@ pub fn due(
     }
     if !state.suspended {
         let current = live.iter().rev().find(|c| c.state == CredState::Current);
+        // A rotation never cuts a predecessor's overlap short by itself: when a
+        // late (retried) rotation lands close to the next fire, that fire waits
+        // for the overlap to end. The credential's expiry (next fire + overlap
+        // + margin) covers the wait.
+        let overlap_end = live
+            .iter()
+            .filter(|c| c.state == CredState::Retiring)
+            .filter_map(|c| c.retire_at)
+            .max();
+        let after_overlap =
+            |at: DateTime<Utc>| overlap_end.map_or(at, |end| if end > at { end } else { at });
         let rotate = match current {
             // A failed attempt waits for its backoff, with or without a current
             // credential: retrying at once would hammer a database that is down.
-            _ if state.failures > 0 => Some((state.retry_at.unwrap_or(now), "retry")),
+            _ if state.failures > 0 => {
+                Some((after_overlap(state.retry_at.unwrap_or(now)), "retry"))
+            }
             None => Some((now, "no current credential")),
             Some(cur) => account
                 .schedule
                 .next_after(cur.issued_at)
-                .map(|at| (at, "schedule")),
+                .map(|at| (after_overlap(at), "schedule")),
         };
         if let Some((at, why)) = rotate {
             out.push(Due::Rotate { at, why });

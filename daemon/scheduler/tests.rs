@@ -1614,3 +1614,24 @@ accounts:
     );
     assert_eq!(other.names_of("alpha").len(), 1, "v2 is untouched");
 }
+
+/// A late rotation (after retries) that lands close to the next fire does not
+/// let that fire cut its predecessor's overlap short: the fire waits.
+#[test]
+fn due_waits_for_the_predecessors_overlap_before_the_next_fire() {
+    let inv = inventory(&["alpha"], "{}");
+    let acc = &inv.accounts["alpha"];
+    // v2 became current at 00:00:55 after retries; v1 retires at 00:01:15.
+    let old = cred(1, CredState::Retiring, at(0, 0, 0), Some(at(0, 1, 15)));
+    let cur = cred(2, CredState::Current, at(0, 0, 55), None);
+    let items = due(
+        acc,
+        &account_state(0, None, false),
+        &[&old, &cur],
+        at(0, 0, 56),
+    );
+    assert_eq!(rotations(&items), vec![at(0, 1, 15)], "{items:?}");
+    // Without a predecessor in its overlap the fire is on time.
+    let items = due(acc, &account_state(0, None, false), &[&cur], at(0, 0, 56));
+    assert_eq!(rotations(&items), vec![at(0, 1, 0)], "{items:?}");
+}
