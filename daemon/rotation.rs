@@ -404,6 +404,11 @@ impl Saga<'_> {
     async fn ensure_owner(&self, was_foreign: bool) -> Result<(), RotationError> {
         let owner = self.engine().owner(self.account).await?;
         let ours = self.ctx.ledger.id();
+        // Say that this ledger's daemon runs (re-established after a database
+        // restart), so that no other ledger mistakes it for gone.
+        if let Err(e) = self.engine().hold_presence(ours).await {
+            warn!(account = %self.name(), error = %e, "cannot hold the presence lock");
+        }
         let other = match owner.as_ref().and_then(|o| o.ledger.as_deref()) {
             None => None,
             Some(id) if id == ours => None,
@@ -424,11 +429,17 @@ impl Saga<'_> {
         });
         let stale = stale_at.is_none_or(|t| self.now() > t);
         let forced = self.ctx.take_over.load(std::sync::atomic::Ordering::SeqCst);
-        if forced || stale {
+        // The owner's daemon holds its presence lock in this database while it
+        // runs; without it (killed, stopped, its ledger lost with its pod) the
+        // account is taken over at once rather than after a missed rotation.
+        let gone = !forced && !stale && !self.engine().presence(&other).await?;
+        if forced || stale || gone {
             let why = if forced {
                 "--take-over"
-            } else {
+            } else if stale {
                 "the owner missed its rotation"
+            } else {
+                "the owner's daemon is not running"
             };
             warn!(account = %self.name(), previous_owner = %other, reason = why, "taking the account over from another ledger");
             self.ctx

@@ -29,6 +29,10 @@ use crate::schedule::{backoff, to_chrono};
 /// `credrotd rotate` in another process is noticed.
 pub const LEDGER_REFRESH: Duration = Duration::from_secs(300);
 
+/// How often the run loop makes sure it holds its presence lock in every
+/// database (see `Engine::hold_presence`).
+pub const PRESENCE_REFRESH: Duration = Duration::from_secs(30);
+
 /// How long shutdown waits for in-flight steps before abandoning them (the
 /// ledger makes them resumable).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -231,9 +235,26 @@ pub async fn run_with(
     let mut replies: BTreeMap<String, VecDeque<Reply>> = BTreeMap::new();
     let mut revokes: BTreeMap<String, VecDeque<(bool, RevokeReply)>> = BTreeMap::new();
     let mut ledger_failures = 0u32;
+    let mut presence_at: Option<tokio::time::Instant> = None;
 
     loop {
         let now = ctx.clock.now();
+        // Tell other ledgers' daemons, through each database, that this one
+        // runs (they must not take its accounts), and take the lock again after
+        // a database restart. Bounded, so a database that is down costs little.
+        if presence_at.is_none_or(|t| t.elapsed() >= PRESENCE_REFRESH) {
+            presence_at = Some(tokio::time::Instant::now());
+            for (name, engine) in &ctx.engines {
+                let held = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    engine.hold_presence(ctx.ledger.id()),
+                )
+                .await;
+                if !matches!(held, Ok(Ok(()))) {
+                    warn!(database = %name, "cannot hold the presence lock now; retrying");
+                }
+            }
+        }
         // The ledger being unreadable (disk, locks) is waited out, not fatal.
         let read = async {
             Ok::<_, LedgerError>((

@@ -311,6 +311,7 @@ pub async fn run(
     let admin_cfg = inventory.admin.clone();
     let metrics_cfg = inventory.metrics.clone();
     let ctx = Arc::new(context(inventory, clock, None, take_over).await?);
+
     let (control_tx, control_rx) = mpsc::channel(64);
     let service = Arc::new(Service {
         config: config.to_owned(),

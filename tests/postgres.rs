@@ -1673,3 +1673,75 @@ async fn plan_names_a_missing_grant_option_and_still_exits_0() {
     );
     assert!(db.roles().await.is_empty(), "plan is read-only");
 }
+
+/// One owner per account: a second ledger refuses an account whose owner's
+/// daemon runs, and takes it over (rebuilding from the store, not issuing over
+/// it) once that daemon is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ledger_refuses_a_running_owner_and_takes_over_when_it_is_gone() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let name = db.name("own");
+    let a = db.context(&etl(&name, "ephemeral", ""), system()).await;
+    let account = a.account(&name).unwrap().clone();
+    rotation::rotate(&a, &account).await.unwrap();
+    let v1 = db.published(&name);
+    let a_id = a.ledger.id().to_owned();
+
+    let other = db.dir.path().join("other-ledger.db");
+    let b = rotation::Context {
+        engines: credrotd::engine::build(&a.inventory).unwrap(),
+        stores: credrotd::store::build(&a.inventory),
+        inventory: a.inventory.clone(),
+        ledger: credrotd::ledger::Ledger::open(&format!("sqlite://{}", other.display()))
+            .await
+            .unwrap(),
+        clock: system(),
+        take_over: Default::default(),
+        crash_after: None,
+    };
+    assert_ne!(b.ledger.id(), a_id);
+    let err = rotation::rotate(&b, &account).await.unwrap_err();
+    assert!(
+        matches!(err, rotation::RotationError::NotOwner { .. })
+            && err.to_string().contains("owned by another credrotd ledger"),
+        "{err}"
+    );
+    assert_eq!(db.published(&name).version, v1.version, "nothing issued");
+    assert!(b.ledger.live(&name).await.unwrap().is_empty());
+    db.login(&v1.username, v1.password.expose())
+        .await
+        .expect("the owner's credential is untouched");
+
+    // The owner's daemon goes away: its presence connection closes.
+    drop(a);
+    let engine = b.engines["main"].clone();
+    let mut released = false;
+    for _ in 0..100 {
+        if !engine.presence(&a_id).await.unwrap() {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(released, "the server released the owner's presence lock");
+    let r = rotation::rotate(&b, &account).await.unwrap();
+    assert_eq!(
+        r.version,
+        v1.version + 1,
+        "the stored credential was rebuilt, then rotated"
+    );
+    assert_eq!(
+        r.previous.as_ref().map(|p| p.0.as_str()),
+        Some(v1.username.as_str())
+    );
+    db.login(&v1.username, v1.password.expose())
+        .await
+        .expect("the old credential gets its overlap");
+    let v2 = db.published(&name);
+    db.login(&v2.username, v2.password.expose())
+        .await
+        .expect("the new credential logs in");
+    let owner = engine.owner(&account).await.unwrap().unwrap();
+    assert_eq!(owner.ledger.as_deref(), Some(b.ledger.id()));
+}

@@ -307,6 +307,20 @@ pub trait Engine: Send + Sync {
         Ok(())
     }
 
+    /// Announces that the daemon of `ledger` is running: holds a session-level
+    /// advisory lock keyed on the ledger id on a connection of its own for as
+    /// long as the process lives (the server releases it when the process or
+    /// the connection dies). Re-establishes it when that connection was lost.
+    async fn hold_presence(&self, _ledger: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Whether some process holds `ledger`'s presence lock in this database
+    /// (see [`Engine::hold_presence`]): its daemon is running.
+    async fn presence(&self, _ledger: &str) -> Result<bool, EngineError> {
+        Ok(false)
+    }
+
     /// What the admin role lacks to manage `accounts` (of this database), each
     /// with the SQL that would fix it; empty when nothing is missing (always for a
     /// superuser). Read-only.

@@ -147,6 +147,21 @@ pub struct Postgres {
     /// Options for verify logins: the admin URL's host, port and database.
     base: PgConnectOptions,
     endpoint: Endpoint,
+    /// The connection that holds this daemon's presence lock, once taken.
+    presence: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
+    /// Options of that connection: the admin's, under its own application name.
+    presence_opts: PgConnectOptions,
+}
+
+/// The advisory-lock key of a ledger's presence: two int4 halves of a hash of
+/// the ledger id, under a class of credrotd's own (`objsubid` 2 in `pg_locks`).
+fn presence_key(ledger: &str) -> (i32, i32) {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("credrotd presence {ledger}").as_bytes());
+    (
+        i32::from_be_bytes([h[0], h[1], h[2], h[3]]),
+        i32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+    )
 }
 
 impl Postgres {
@@ -183,6 +198,7 @@ impl Postgres {
         // Verify logins go exactly where the admin connection goes, with its TLS
         // settings (sslmode, root certificate) and socket, as the new user.
         let base = opts.clone().application_name("credrotd-verify");
+        let presence_opts = opts.clone().application_name("credrotd-presence");
         let pool = PgPoolOptions::new()
             .max_connections(db.max_connections)
             .acquire_timeout(Duration::from_secs(30))
@@ -192,6 +208,8 @@ impl Postgres {
             pool,
             base,
             endpoint,
+            presence: tokio::sync::Mutex::new(None),
+            presence_opts,
         })
     }
 
@@ -1881,6 +1899,52 @@ impl Engine for Postgres {
         .await?;
         tx.commit().await.map_err(self.sql("commit"))?;
         Ok(())
+    }
+
+    async fn hold_presence(&self, ledger: &str) -> Result<(), EngineError> {
+        let mut held = self.presence.lock().await;
+        if let Some(conn) = held.as_mut() {
+            if sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok() {
+                return Ok(());
+            }
+            *held = None;
+        }
+        let (k1, k2) = presence_key(ledger);
+        let connect = tokio::time::timeout(Duration::from_secs(15), self.presence_opts.connect());
+        let mut conn = connect
+            .await
+            .map_err(|_| EngineError::Sql {
+                database: self.name.clone(),
+                action: "connect for the presence lock".into(),
+                source: sqlx::Error::PoolTimedOut,
+            })?
+            .map_err(self.sql("connect for the presence lock"))?;
+        // Non-blocking: another process of the same ledger (a `credrotd rotate`
+        // beside the daemon) may hold it already, which says the same thing.
+        sqlx::query("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(k1)
+            .bind(k2)
+            .execute(&mut conn)
+            .await
+            .map_err(self.sql("take the presence lock"))?;
+        *held = Some(conn);
+        Ok(())
+    }
+
+    async fn presence(&self, ledger: &str) -> Result<bool, EngineError> {
+        let (k1, k2) = presence_key(ledger);
+        // Advisory locks on two int4 keys show as classid/objid with objsubid 2.
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+             WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()
+               AND l.classid::bigint = ($1::int4::bigint & 4294967295)
+               AND l.objid::bigint = ($2::int4::bigint & 4294967295) AND l.objsubid = 2)",
+        )
+        .bind(k1)
+        .bind(k2)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.sql("look for another daemon's presence lock"))
     }
 
     async fn owner(&self, account: &Account) -> Result<Option<Owner>, EngineError> {
