@@ -156,8 +156,11 @@ pub struct RevokeArgs {
 
 /// Sets up logging to stderr.
 pub fn init_logging(format: LogFormat) {
+    // rustify (under the Vault client) logs every error response, expected
+    // 404s included, as an ERROR without context; credrotd reports store errors
+    // itself, naming the store, path and account.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,rustify=off"));
     // No colour codes unless a person is watching: under systemd the journal
     // (and any log file) gets plain text.
     use std::io::IsTerminal;
