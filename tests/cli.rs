@@ -187,6 +187,25 @@ async fn rotate_status_revoke_round_trip_without_a_daemon() {
     let out = run(&["status"], &path);
     assert!(text(&out).contains("(suspended)"), "{}", text(&out));
     outputs.push_str(&text(&out));
+    // Break-glass sticks: `rotate --all` skips the suspended account.
+    let out = run(&["rotate", "--all"], &path);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{a}: skipped: suspended")),
+        "{}",
+        text(&out)
+    );
+    outputs.push_str(&text(&out));
+    assert!(
+        db.login(&current.username, current.password.expose())
+            .await
+            .is_err(),
+        "still revoked"
+    );
+    let rows: Vec<credrotd::api::AccountStatus> =
+        serde_json::from_slice(&run(&["status", "--format", "json"], &path).stdout).unwrap();
+    let row = rows.iter().find(|r| r.account == a).unwrap();
+    assert!(row.suspended && row.current.is_none(), "{row:?}");
     // An explicit rotate lifts the suspension.
     let out = run(&["rotate", &a], &path);
     assert!(out.status.success(), "{}", text(&out));
@@ -404,5 +423,32 @@ fn demo_says_what_to_install_when_postgresql_is_missing() {
     assert!(
         t.contains("initdb, pg_ctl") && t.contains("apt-get install postgresql"),
         "{t}"
+    );
+}
+
+/// What `credrotd rotate` saw is what `status` shows: a failed CLI rotation is
+/// recorded in the ledger like the daemon's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_cli_rotation_is_what_status_shows() {
+    let db = setup().await;
+    let a = db.name("gone");
+    let missing = db.name("no_such_role");
+    let path = db.write_inventory(&account(
+        &a,
+        "static",
+        &format!("    role: {missing}\n    overlap: 0\n"),
+    ));
+    let out = run(&["rotate", &a], &path);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = run(&["status", "--format", "json"], &path);
+    let rows: Vec<credrotd::api::AccountStatus> = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows.iter().find(|r| r.account == a).unwrap();
+    assert_eq!(row.last_result.as_deref(), Some("failed"), "{row:?}");
+    assert_eq!(row.failures, 1);
+    assert!(
+        row.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains(&missing)),
+        "{row:?}"
     );
 }
