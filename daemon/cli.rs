@@ -583,9 +583,6 @@ async fn rebuild(path: &std::path::Path, args: RebuildArgs) -> Result<ExitCode> 
     let results = finish_despite_ctrl_c(work).await?;
     let mut failed = 0;
     for (name, res) in results {
-        if !args.accounts.is_empty() && !args.accounts.contains(&name) {
-            continue;
-        }
         match res {
             Ok(r) => println!(
                 "{name}: ok (adopted {:?}, promoted {:?}, rolled back {:?}, dropped {:?}{})",

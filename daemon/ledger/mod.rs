@@ -560,7 +560,7 @@ impl Ledger {
         }
         if let Some((kind, detail)) = note {
             insert_event(
-                &mut tx,
+                &mut *tx,
                 now,
                 &cred.account,
                 Some(cred.version),
@@ -648,7 +648,7 @@ impl Ledger {
         .await?;
         if let Some(detail) = detail {
             insert_event(
-                &mut tx,
+                &mut *tx,
                 now,
                 &new.account,
                 Some(new.version),
@@ -753,17 +753,7 @@ impl Ledger {
         kind: &str,
         detail: &str,
     ) -> Result<(), LedgerError> {
-        sqlx::query(
-            "INSERT INTO events (at, account, version, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .bind(ms(at))
-        .bind(account)
-        .bind(version)
-        .bind(kind)
-        .bind(detail)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        insert_event(&self.pool, at, account, version, kind, detail).await
     }
 
     /// Events with an id greater than `since`, oldest first.
@@ -1151,8 +1141,8 @@ fn outbox_item(r: &sqlx::sqlite::SqliteRow) -> OutboxItem {
     }
 }
 
-async fn insert_event(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+async fn insert_event<'e>(
+    ex: impl sqlx::Executor<'e, Database = sqlx::Sqlite>,
     at: DateTime<Utc>,
     account: &str,
     version: Option<i64>,
@@ -1167,7 +1157,7 @@ async fn insert_event(
     .bind(version)
     .bind(kind)
     .bind(detail)
-    .execute(&mut **tx)
+    .execute(ex)
     .await?;
     Ok(())
 }
