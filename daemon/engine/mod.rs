@@ -3,6 +3,7 @@
 //! SQL against target databases, and every name in that SQL is quoted with the
 //! server's own rules.
 
+pub mod mysql;
 pub mod postgres;
 
 use std::collections::BTreeMap;

@@ -11,6 +11,8 @@
 //! (stuck items, [`Engine::check_admin`]) rather than failing issuance. README:
 //! "The admin role".
 
+pub mod rules;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::time::Duration;
