@@ -281,6 +281,11 @@ async fn plan(path: &std::path::Path) -> Result<ExitCode> {
             .values()
             .filter(|a| &a.database == name)
             .collect();
+        match engine.describe().await {
+            Ok(Some(d)) => println!("database {name}: {d}"),
+            Ok(None) => {}
+            Err(e) => println!("database {name}: PROBLEM: {e}"),
+        }
         match engine.check_admin(&accounts).await {
             Ok(gaps) if gaps.is_empty() => println!("admin privileges on {name}: ok"),
             Ok(gaps) => {

@@ -1153,6 +1153,11 @@ impl Saga<'_> {
                     )
             });
         if shared {
+            // A static role's newer password is current; where the server kept
+            // this one beside it for the overlap (MySQL 8), it ends now.
+            if self.is_static() {
+                engine.discard_old_password(&cred.username).await?;
+            }
             return Ok(());
         }
         // Refusing new logins (and expiring) is what revokes the credential; it

@@ -143,8 +143,12 @@ async fn admin_api_serves_every_endpoint_and_refuses_strangers() {
     let path = db.write_inventory_with(&admin_top(&db), &account(&a, "    overlap: 1h\n"));
     let mut d = Daemon::start(&db, &path, &[]);
     d.wait_ready();
+    // The file store is written before the ledger marks the version current:
+    // wait for what the API reports, not for the file alone.
     wait_until("the first credential", Duration::from_secs(30), || {
-        version_of(&db, &a) == 1
+        let (_, body) = d.http("GET", "/v1/status", "");
+        serde_json::from_str::<Vec<credrotd::api::AccountStatus>>(&body)
+            .is_ok_and(|rows| rows.first().is_some_and(|r| r.current.is_some()))
     });
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660, "socket mode");

@@ -1,5 +1,5 @@
 //! Target databases. The [`Engine`] trait is the saga's narrow view of a database;
-//! [`postgres`] implements it. **Architecture invariant:** only this module writes
+//! [`postgres`] and [`mysql`] (MySQL 8 and MariaDB) implement it. **Architecture invariant:** only this module writes
 //! SQL against target databases, and every name in that SQL is quoted with the
 //! server's own rules.
 
@@ -170,6 +170,13 @@ pub enum EngineError {
         /// The other databases holding objects that depend on the role.
         databases: Vec<String>,
     },
+    #[error("database {database}: login {role} is the DEFINER of {}; it is locked and kept, since dropping it would break them: give them another DEFINER (or drop them) and credrotd drops the login at its next attempt", objects.join(", "))]
+    Definer {
+        database: String,
+        role: String,
+        /// `view db.v`, `procedure db.p`, `trigger db.t`, `event db.e`.
+        objects: Vec<String>,
+    },
     #[error("database {database}: {what}")]
     Invalid { database: String, what: String },
 }
@@ -186,6 +193,7 @@ impl EngineError {
             | EngineError::Dangerous { database, .. }
             | EngineError::Verify { database, .. }
             | EngineError::Dependents { database, .. }
+            | EngineError::Definer { database, .. }
             | EngineError::Invalid { database, .. } => database,
         }
     }
@@ -265,6 +273,20 @@ pub trait Engine: Send + Sync {
         _until: DateTime<Utc>,
     ) -> Result<(), EngineError> {
         Ok(())
+    }
+
+    /// Ends the overlap of a static rotation where the server keeps two
+    /// passwords (MySQL 8's `RETAIN CURRENT PASSWORD`): the old one stops
+    /// working. Elsewhere a no-op.
+    async fn discard_old_password(&self, _username: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// What `plan` says about the server and the paths the engine takes on it
+    /// (e.g. MySQL or MariaDB, which password hash, whether static accounts
+    /// overlap); `None` when there is nothing to say.
+    async fn describe(&self) -> Result<Option<String>, EngineError> {
+        Ok(None)
     }
 
     /// Checks that the database answers.

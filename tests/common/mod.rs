@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod mysql;
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! MySQL 8 and MariaDB (`engine: mysql` / `engine: mariadb`).
+//! MySQL 8 and MariaDB (`engine: mysql` / `engine: mariadb`). (The engine is
+//! being written.)
 
 pub mod password;
 pub mod rules;
