@@ -377,6 +377,7 @@ pub fn build(inventory: &Inventory) -> Result<Engines, EngineError> {
 fn build_one(db: &Database) -> Result<Arc<dyn Engine>, EngineError> {
     match db.engine {
         EngineKind::Postgres => Ok(Arc::new(postgres::Postgres::new(db)?)),
+        EngineKind::Mysql | EngineKind::Mariadb => Ok(Arc::new(mysql::Mysql::new(db)?)),
     }
 }
 

@@ -94,6 +94,36 @@ impl Default for RotationConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineKind {
     Postgres,
+    /// MySQL 8 (or MariaDB: the engine detects the server at connect).
+    Mysql,
+    /// MariaDB, written as such: names may be 80 characters long.
+    Mariadb,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Postgres => "postgres",
+            EngineKind::Mysql => "mysql",
+            EngineKind::Mariadb => "mariadb",
+        }
+    }
+
+    /// MySQL or MariaDB.
+    pub fn is_mysql(self) -> bool {
+        matches!(self, EngineKind::Mysql | EngineKind::Mariadb)
+    }
+
+    /// The longest login name the server takes: PostgreSQL 63 bytes, MySQL 32
+    /// characters, MariaDB 80. `engine: mysql` may turn out to be MariaDB at
+    /// connect; the stricter limit applies until `engine: mariadb` is written.
+    pub fn max_name_len(self) -> usize {
+        match self {
+            EngineKind::Postgres => 63,
+            EngineKind::Mysql => 32,
+            EngineKind::Mariadb => 80,
+        }
+    }
 }
 
 /// Where the admin password for a database comes from.
@@ -139,6 +169,9 @@ pub struct Database {
     pub publish_port: Option<u16>,
     pub publish_dbname: Option<String>,
     pub max_connections: u32,
+    /// MySQL/MariaDB: the host patterns each login is created for (`["%"]` by
+    /// default). Empty for PostgreSQL.
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -272,6 +305,8 @@ pub enum ObjectKind {
     Table,
     Sequence,
     Function,
+    /// MySQL/MariaDB stored procedures.
+    Procedure,
 }
 
 impl ObjectKind {
@@ -289,7 +324,23 @@ impl ObjectKind {
                 "TRIGGER",
             ],
             ObjectKind::Sequence => &["USAGE", "SELECT", "UPDATE"],
-            ObjectKind::Function => &["EXECUTE"],
+            ObjectKind::Function | ObjectKind::Procedure => &["EXECUTE"],
+        }
+    }
+
+    /// Privileges that exist for this kind on `engine`, in its spelling. For
+    /// MySQL a grant without objects is on the database (`db.*`): the
+    /// database-level privileges; `tables: "*"` is also `db.*`, with the table
+    /// privileges.
+    pub fn privileges_for(self, engine: EngineKind) -> &'static [&'static str] {
+        if !engine.is_mysql() {
+            return self.privileges();
+        }
+        match self {
+            ObjectKind::Schema => MYSQL_DATABASE_PRIVILEGES,
+            ObjectKind::Table => MYSQL_TABLE_PRIVILEGES,
+            ObjectKind::Function | ObjectKind::Procedure => &["EXECUTE", "ALTER ROUTINE"],
+            ObjectKind::Sequence => &[],
         }
     }
 
@@ -299,12 +350,64 @@ impl ObjectKind {
             ObjectKind::Table => "tables",
             ObjectKind::Sequence => "sequences",
             ObjectKind::Function => "functions",
+            ObjectKind::Procedure => "procedures",
         }
     }
 }
 
 /// Privileges that let an account change schema, not only data.
-pub const DDL_PRIVILEGES: &[&str] = &["CREATE", "TRUNCATE", "REFERENCES", "TRIGGER"];
+pub const DDL_PRIVILEGES: &[&str] = &[
+    "CREATE",
+    "TRUNCATE",
+    "REFERENCES",
+    "TRIGGER",
+    "DROP",
+    "ALTER",
+    "INDEX",
+    "CREATE VIEW",
+    "CREATE ROUTINE",
+    "ALTER ROUTINE",
+    "EVENT",
+];
+
+/// MySQL/MariaDB privileges on a table (`db.t`, or every table: `db.*`).
+pub const MYSQL_TABLE_PRIVILEGES: &[&str] = &[
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "CREATE",
+    "DROP",
+    "INDEX",
+    "ALTER",
+    "REFERENCES",
+    "TRIGGER",
+    "CREATE VIEW",
+    "SHOW VIEW",
+];
+
+/// MySQL/MariaDB privileges on a database (`db.*`): the table ones on every
+/// table, and those that exist only at database level.
+pub const MYSQL_DATABASE_PRIVILEGES: &[&str] = &[
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "INDEX",
+    "ALTER",
+    "REFERENCES",
+    "TRIGGER",
+    "CREATE",
+    "DROP",
+    "CREATE TEMPORARY TABLES",
+    "LOCK TABLES",
+    "CREATE ROUTINE",
+    "ALTER ROUTINE",
+    "EXECUTE",
+    "EVENT",
+    "CREATE VIEW",
+    "SHOW VIEW",
+];
 
 /// Which objects of a kind a grant covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -528,6 +631,34 @@ fn identifier_problem(s: &str) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// A MySQL account host part credrotd accepts: a name, an address or a pattern
+/// with `%` and `_`, as the server stores it (lowercase, at most 255 bytes).
+fn mysql_host_problem(h: &str) -> Option<&'static str> {
+    if h.is_empty() {
+        Some("must not be empty (write \"%\" for any host)")
+    } else if h.len() > 255 {
+        Some("is longer than 255 bytes, the server's limit")
+    } else if h.chars().any(|c| c.is_ascii_uppercase()) {
+        Some("must be lowercase (the server stores host names in lowercase)")
+    } else if !h
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "%_.-:/".contains(c))
+    {
+        Some("may hold only letters, digits and % _ . - : /")
+    } else {
+        None
+    }
+}
+
+/// The value of `key` in a URL's query string, if present.
+fn url_query_value<'a>(url: &'a str, key: &str) -> Option<&'a str> {
+    let (_, q) = url.split_once('?')?;
+    q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then_some(v)
+    })
 }
 
 fn is_setting_name(s: &str) -> bool {
@@ -857,37 +988,86 @@ impl Validator {
         }
         let engine = match db.engine.value.as_str() {
             "postgres" | "postgresql" => Some(EngineKind::Postgres),
-            "mysql" | "mariadb" => {
-                self.error(
-                    &db.engine.referenced,
-                    format!(
-                        "engine {:?} is not supported yet; this build supports postgres",
-                        db.engine.value
-                    ),
-                );
-                self.unsupported.insert(name.value.clone());
-                None
-            }
+            "mysql" => Some(EngineKind::Mysql),
+            "mariadb" => Some(EngineKind::Mariadb),
             other => {
                 self.error(
                     &db.engine.referenced,
-                    format!("unknown engine {other:?}; expected postgres or mysql"),
+                    format!("unknown engine {other:?}; expected postgres, mysql or mariadb"),
                 );
                 self.unsupported.insert(name.value.clone());
                 None
             }
         };
         let url = db.url.value.clone();
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        let mysql = engine.is_some_and(EngineKind::is_mysql);
+        let url_ok = if mysql {
+            url.starts_with("mysql://") || url.starts_with("mariadb://")
+        } else {
+            url.starts_with("postgres://") || url.starts_with("postgresql://")
+        };
+        if engine.is_some() && !url_ok {
             // Name only the scheme: the rest of a URL may carry a password.
             let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("(none)");
+            let want = if mysql {
+                "mysql://user@host:port/dbname"
+            } else {
+                "postgres://user@host:port/dbname"
+            };
             self.error(
                 &db.url.referenced,
-                format!("url: expected postgres://user@host:port/dbname, found a URL with scheme {scheme:?}"),
+                format!("url: expected {want}, found a URL with scheme {scheme:?}"),
             );
         } else if url_has_password(&url) {
             self.policy(&db.url.referenced, format!("database {:?}: the url carries a password inline; use password_file or password_env", name.value));
         }
+        if mysql {
+            if let Some(mode) = url_query_value(&url, "ssl-mode") {
+                let known = [
+                    "disabled",
+                    "preferred",
+                    "required",
+                    "verify_ca",
+                    "verify_identity",
+                ];
+                if !known.contains(&mode.to_ascii_lowercase().as_str()) {
+                    self.error(&db.url.referenced, format!("url: unknown ssl-mode {mode:?}; expected one of DISABLED, PREFERRED, REQUIRED, VERIFY_CA, VERIFY_IDENTITY"));
+                }
+            }
+        }
+        let hosts = match (&db.hosts, mysql) {
+            (Some(h), false) => {
+                self.error(
+                    &h.referenced,
+                    "`hosts` applies to engine mysql or mariadb only",
+                );
+                Vec::new()
+            }
+            (None, false) => Vec::new(),
+            (None, true) => vec!["%".to_owned()],
+            (Some(h), true) => {
+                let mut out: Vec<String> = Vec::new();
+                if h.value.is_empty() {
+                    self.error(
+                        &h.referenced,
+                        "`hosts` lists no host; leave it out for [\"%\"]",
+                    );
+                }
+                for host in &h.value {
+                    if let Some(p) = mysql_host_problem(&host.value) {
+                        self.error(&host.referenced, format!("host {:?} {p}", host.value));
+                    } else if out.contains(&host.value) {
+                        self.error(
+                            &host.referenced,
+                            format!("host {:?} is listed twice", host.value),
+                        );
+                    } else {
+                        out.push(host.value.clone());
+                    }
+                }
+                out
+            }
+        };
         let password = match (&db.password_file, &db.password_env) {
             (Some(f), Some(_)) => {
                 self.error(&f.referenced, "set password_file or password_env, not both");
@@ -922,6 +1102,7 @@ impl Validator {
             publish_port,
             publish_dbname,
             max_connections,
+            hosts,
         })
     }
 
@@ -1391,6 +1572,10 @@ impl Validator {
                 ),
             );
         }
+        let engine = databases
+            .get(&acc.database.value)
+            .map(|d| d.engine)
+            .unwrap_or(EngineKind::Postgres);
         for (field, val) in [("purpose", &acc.purpose), ("owner", &acc.owner)] {
             match val {
                 Some(v) if v.value.trim().is_empty() => self.error(
@@ -1504,12 +1689,19 @@ impl Validator {
         // (the account is not built when any error was found).
         let overlap_valid = overlap.is_some();
         let mut overlap = overlap.unwrap_or(Duration::ZERO);
-        if let Some(Strategy::Static { .. }) = strategy {
+        // MySQL 8 keeps the old password beside the new one (RETAIN CURRENT
+        // PASSWORD) for a real overlap; PostgreSQL and MariaDB have one password.
+        if matches!(strategy, Some(Strategy::Static { .. })) && engine != EngineKind::Mysql {
             let written_zero = acc.overlap.as_ref().is_some_and(|_| overlap.is_zero());
             if !written_zero {
+                let server = if engine == EngineKind::Mariadb {
+                    "MariaDB"
+                } else {
+                    "PostgreSQL"
+                };
                 self.policy(
                     overlap_src.map(|o| &o.referenced).unwrap_or(&at),
-                    format!("account {n:?}: strategy static has no overlap on PostgreSQL (the old password stops working at once); write `overlap: 0` to acknowledge it"),
+                    format!("account {n:?}: strategy static has no overlap on {server} (the old password stops working at once); write `overlap: 0` to acknowledge it"),
                 );
             }
             overlap = Duration::ZERO;
@@ -1574,7 +1766,7 @@ impl Validator {
         let allow_ddl = acc.allow_ddl.as_ref().is_some_and(|a| a.value);
         let mut grants = Vec::new();
         for g in acc.grants {
-            if let Some(g) = self.grant(&n, g, allow_ddl) {
+            if let Some(g) = self.grant(&n, g, allow_ddl, engine) {
                 grants.push(g);
             }
         }
@@ -1609,6 +1801,11 @@ impl Validator {
             }
         }
         let mut settings = BTreeMap::new();
+        if engine.is_mysql() {
+            if let Some((k, _)) = acc.settings.0.first() {
+                self.error(&k.referenced, format!("account {n:?}: `settings` apply to PostgreSQL only (MySQL and MariaDB have no per-role session variables)"));
+            }
+        }
         for (k, v) in acc.settings.0 {
             if !is_setting_name(&k.value) {
                 self.error(&k.referenced, format!("account {n:?}: setting name {:?} is not a valid parameter name (e.g. app.tenant_id)", k.value));
@@ -1750,6 +1947,25 @@ impl Validator {
             None => Notify::default(),
             Some(raw) => self.notify(&n, raw),
         };
+        if engine.is_mysql() {
+            let max = engine.max_name_len();
+            let longest = match &strategy {
+                Some(Strategy::Ephemeral) => Some((n.len() + 15, format!("{n}_YYYYMMDDHHMMSS"))),
+                Some(Strategy::Alternating) => Some((n.len() + 2, format!("{n}_a"))),
+                Some(Strategy::Static { role, .. }) => {
+                    Some((role.chars().count().max(n.len()), role.clone()))
+                }
+                None => None,
+            };
+            if let Some((len, example)) = longest.filter(|(len, _)| *len > max) {
+                let hint = if engine == EngineKind::Mysql {
+                    " (MariaDB takes 80: write `engine: mariadb` if the server is MariaDB)"
+                } else {
+                    ""
+                };
+                self.error(&at, format!("account {n:?}: login name {example:?} would be {len} characters, longer than the {max} {} allows{hint}; use a shorter account name", if engine == EngineKind::Mysql { "MySQL" } else { "MariaDB" }));
+            }
+        }
         if self.error_count() > errors_before {
             return None;
         }
@@ -1824,7 +2040,13 @@ impl Validator {
         out
     }
 
-    fn grant(&mut self, account: &str, g: RawGrant, allow_ddl: bool) -> Option<Grant> {
+    fn grant(
+        &mut self,
+        account: &str,
+        g: RawGrant,
+        allow_ddl: bool,
+        engine: EngineKind,
+    ) -> Option<Grant> {
         if let Some(p) = identifier_problem(&g.schema.value) {
             self.error(
                 &g.schema.referenced,
@@ -1832,10 +2054,20 @@ impl Validator {
             );
             return None;
         }
+        let mysql = engine.is_mysql();
+        if let (true, Some(seq)) = (mysql, &g.sequences) {
+            self.error(&seq.referenced, format!("account {account:?}: MySQL and MariaDB have no sequence privileges (a MariaDB sequence is a table: list it under `tables`)"));
+            return None;
+        }
+        if let (false, Some(pr)) = (mysql, &g.procedures) {
+            self.error(&pr.referenced, format!("account {account:?}: `procedures` applies to MySQL and MariaDB; on PostgreSQL list procedures under `functions`"));
+            return None;
+        }
         let targets: Vec<(ObjectKind, &S<ObjectList>)> = [
             (ObjectKind::Table, g.tables.as_ref()),
             (ObjectKind::Sequence, g.sequences.as_ref()),
             (ObjectKind::Function, g.functions.as_ref()),
+            (ObjectKind::Procedure, g.procedures.as_ref()),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -1875,11 +2107,11 @@ impl Validator {
                 (*kind, Some(objects))
             }
             [_, (_, second), ..] => {
-                self.error(&second.referenced, format!("account {account:?}: a grant covers one of tables, sequences or functions; split it into several grants"));
+                self.error(&second.referenced, format!("account {account:?}: a grant covers one of tables, sequences, functions or procedures; split it into several grants"));
                 return None;
             }
         };
-        let allowed = kind.privileges();
+        let allowed = kind.privileges_for(engine);
         let mut privileges = BTreeSet::new();
         if g.privileges.value.is_empty() {
             self.error(
@@ -1896,7 +2128,10 @@ impl Validator {
             if upper == "ALL" || upper == "ALL PRIVILEGES" {
                 self.policy(&p.referenced, format!("account {account:?}: ALL PRIVILEGES is not least privilege; list the privileges needed"));
                 privileges.extend(allowed.iter().copied());
-            } else if let Some(found) = allowed.iter().find(|a| **a == upper) {
+            } else if let Some(found) = allowed
+                .iter()
+                .find(|a| **a == upper.split_whitespace().collect::<Vec<_>>().join(" "))
+            {
                 privileges.insert(*found);
             } else {
                 let what = match kind {

@@ -138,6 +138,8 @@ pub struct RawDatabase {
     pub password_env: Option<S<String>>,
     pub publish: Option<RawPublish>,
     pub max_connections: Option<S<u32>>,
+    /// MySQL/MariaDB: the host patterns logins are created for.
+    pub hosts: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,5 +246,6 @@ pub struct RawGrant {
     pub tables: Option<S<ObjectList>>,
     pub sequences: Option<S<ObjectList>>,
     pub functions: Option<S<ObjectList>>,
+    pub procedures: Option<S<ObjectList>>,
     pub privileges: S<Vec<S<String>>>,
 }

@@ -145,7 +145,12 @@ impl MyDb {
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
         c.close().await.unwrap();
         rows.iter()
-            .map(|r| r.try_get::<String, _>(0).unwrap())
+            // Catalog and `_bin` columns come back as binary strings.
+            .map(|r| {
+                r.try_get::<String, _>(0).unwrap_or_else(|_| {
+                    String::from_utf8_lossy(&r.try_get::<Vec<u8>, _>(0).unwrap()).into_owned()
+                })
+            })
             .collect()
     }
 

@@ -11,8 +11,6 @@
 //! (stuck items, [`Engine::check_admin`]) rather than failing issuance. README:
 //! "The admin role".
 
-pub mod rules;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::time::Duration;
@@ -601,7 +599,7 @@ impl Postgres {
                 })
                 .collect()
             }
-            (ObjectKind::Function, Some(sel)) => {
+            (ObjectKind::Function | ObjectKind::Procedure, Some(sel)) => {
                 let rows: Vec<(String, String, bool)> = sqlx::query_as(
                     "SELECT p.proname::text, pg_get_function_identity_arguments(p.oid),
                             pg_get_userbyid(p.proowner) = $2
@@ -722,7 +720,7 @@ impl Postgres {
             let objtype = match g.kind {
                 ObjectKind::Table => 'r',
                 ObjectKind::Sequence => 'S',
-                ObjectKind::Function => 'f',
+                ObjectKind::Function | ObjectKind::Procedure => 'f',
                 ObjectKind::Schema => continue,
             };
             for p in &g.privileges {
@@ -1220,7 +1218,7 @@ impl Postgres {
                     })
                     .collect()
             }
-            (ObjectKind::Function, Some(sel)) => {
+            (ObjectKind::Function | ObjectKind::Procedure, Some(sel)) => {
                 let rows: Vec<(String, String)> = sqlx::query_as(
                     "SELECT p.proname::text, pg_get_function_identity_arguments(p.oid)
                      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
@@ -1243,7 +1241,7 @@ impl Postgres {
         if lacking.len() > 1 && g.objects == Some(Objects::All) {
             let all = match g.kind {
                 ObjectKind::Sequence => "SEQUENCES",
-                ObjectKind::Function => "ROUTINES",
+                ObjectKind::Function | ObjectKind::Procedure => "ROUTINES",
                 _ => "TABLES",
             };
             let mut names: Vec<String> = lacking.iter().take(3).map(Obj::describe).collect();
