@@ -342,6 +342,7 @@ async fn reconciliation_revokes_what_was_added_behind_its_back() {
          GRANT UPDATE ON `{schema}`.* TO '{name}';
          GRANT SELECT ON `{schema}`.orders TO '{name}' WITH GRANT OPTION;
          GRANT EXECUTE ON FUNCTION `{schema}`.purge_all TO '{name}';
+         GRANT FILE, PROCESS ON *.* TO '{name}';
          REVOKE INSERT ON `{schema}`.events FROM '{name}'"
     ))
     .await;
@@ -354,6 +355,18 @@ async fn reconciliation_revokes_what_was_added_behind_its_back() {
         .join("\n");
     assert!(!grants.contains("GRANT OPTION"), "{grants}");
     assert!(!grants.contains("UPDATE"), "{grants}");
+    // A global privilege the least-privilege admin may not revoke (it holds no
+    // grant option on it) is a stuck item naming the statement; once a DBA runs
+    // it, nothing is left to do.
+    let stuck = ctx.ledger.stuck_items(Some(&name)).await.unwrap();
+    assert!(
+        stuck
+            .iter()
+            .any(|s| s.subject.contains("ON *.* FROM") && s.subject.contains("FILE")),
+        "{stuck:?}"
+    );
+    db.exec(&format!("REVOKE FILE, PROCESS ON *.* FROM '{name}'"))
+        .await;
     // Reconciled: a plan now has nothing to do.
     let r = ctx.engines["main"]
         .reconcile(&account, false)

@@ -173,6 +173,17 @@ fn set_element(e: &str) -> Option<String> {
     }
 }
 
+/// Reads a `GRANT … ON *.* TO …` line of `SHOW GRANTS`: the privilege list
+/// (`None` when it is only `USAGE`) and whether it ends `WITH GRANT OPTION`.
+/// `None` for any other line (database, table, routine grants; role grants).
+fn parse_global_grant(line: &str) -> Option<(Option<String>, bool)> {
+    let rest = line.strip_prefix("GRANT ")?;
+    let (privs, after) = rest.split_once(" ON *.* TO ")?;
+    let option = after.trim_end().ends_with("WITH GRANT OPTION");
+    let privs = (privs != "USAGE").then(|| privs.to_owned());
+    Some((privs, option))
+}
+
 /// The `IDENTIFIED …` clause for a new password: a hash, never the plaintext.
 /// MySQL 8 keeps the current password as the secondary one with `retain`.
 fn identified(mariadb: bool, password: &Secret, retain: bool) -> String {
@@ -716,6 +727,31 @@ impl Mysql {
         Ok(out)
     }
 
+    /// The global privileges of a role as `SHOW GRANTS` lists them (`None` for
+    /// `USAGE`, i.e. none), and whether it holds the global grant option.
+    async fn global_grants(
+        &self,
+        c: &mut MySqlConnection,
+        qrole: &str,
+    ) -> Result<(Option<String>, bool), EngineError> {
+        let rows = c
+            .fetch_all(format!("SHOW GRANTS FOR {qrole}").as_str())
+            .await
+            .map_err(self.sql(format!("read the grants of {qrole}")))?;
+        for row in rows {
+            let line: String = sqlx::Row::try_get::<String, _>(&row, 0)
+                .or_else(|_| {
+                    sqlx::Row::try_get::<Vec<u8>, _>(&row, 0)
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                })
+                .map_err(self.sql(format!("read the grants of {qrole}")))?;
+            if let Some(parsed) = parse_global_grant(&line) {
+                return Ok(parsed);
+            }
+        }
+        Ok((None, false))
+    }
+
     /// Roles granted to `grantee`@`host`.
     async fn roles_of(
         &self,
@@ -859,6 +895,29 @@ impl Mysql {
             }
         }
 
+        // Global privileges: a scoped role holds none.
+        if !existing.is_empty() {
+            let (privs, option) = self.global_grants(c, &qrole).await?;
+            if option {
+                self.change(
+                    c,
+                    format!("REVOKE GRANT OPTION ON *.* FROM {qrole}"),
+                    apply,
+                    &mut out,
+                )
+                .await;
+            }
+            if let Some(privs) = privs {
+                self.change(
+                    c,
+                    format!("REVOKE {privs} ON *.* FROM {qrole}"),
+                    apply,
+                    &mut out,
+                )
+                .await;
+            }
+        }
+
         // Memberships: exactly `member_of`.
         let have_roles = if existing.is_empty() {
             BTreeSet::new()
@@ -966,7 +1025,7 @@ impl Mysql {
         self.exec(
             c,
             &format!(
-                "CREATE EVENT {MARKER_DB}.{event} ON SCHEDULE AT '{}' ON COMPLETION NOT PRESERVE DO ALTER USER {} ACCOUNT LOCK",
+                "CREATE EVENT {MARKER_DB}.{event} ON SCHEDULE AT '{}' ON COMPLETION NOT PRESERVE DO ALTER USER IF EXISTS {} PASSWORD EXPIRE ACCOUNT LOCK",
                 until.format("%Y-%m-%d %H:%M:%S"),
                 accounts.join(", ")
             ),
@@ -1745,6 +1804,20 @@ mod tests {
             Some("DELETE HISTORY")
         );
         assert_eq!(set_element("Grant"), None);
+    }
+
+    #[test]
+    fn global_grant_lines_are_read_from_show_grants() {
+        assert_eq!(
+            parse_global_grant("GRANT USAGE ON *.* TO `r`"),
+            Some((None, false))
+        );
+        assert_eq!(
+            parse_global_grant("GRANT FILE, PROCESS ON *.* TO `r` WITH GRANT OPTION"),
+            Some((Some("FILE, PROCESS".into()), true))
+        );
+        assert_eq!(parse_global_grant("GRANT SELECT ON `d`.* TO `r`"), None);
+        assert_eq!(parse_global_grant("GRANT `other` TO `r`"), None);
     }
 
     #[test]
