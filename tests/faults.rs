@@ -561,3 +561,208 @@ async fn the_outside_checks_catch_planted_faults() {
     assert_eq!(w.stats.leaked, 1, "{:?}", w.violations);
     println!("{}", w.summary());
 }
+
+/// 7. kill -9 at random moments against MariaDB: the same checks from outside,
+/// through a consumer's eyes (log in with what the file store holds), the
+/// server's users (at most two live logins per account, none the ledger does not
+/// know after the final recovery), the ledger (no middle state) and every log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_on_mariadb_never_locks_a_consumer_out() {
+    use common::mysql::MyDb;
+    use std::collections::{BTreeMap, HashSet};
+
+    let _serial = serial().await;
+    let kills = knob("CREDROTD_FAULT_MYSQL_KILLS", 30);
+    // A static user has no overlap: its store lags a password change by up to
+    // the rest of the rotation (or a restart and recovery, after a kill).
+    let static_grace = knob_secs("CREDROTD_FAULT_STATIC_GRACE", 2.0);
+    let mut rng = seeded("kill9-mariadb");
+    let db = MyDb::new().await;
+    db.exec("CREATE TABLE orders (id INT PRIMARY KEY); INSERT INTO orders VALUES (1)")
+        .await;
+    let (eph, alt, sta) = (db.name("eph"), db.name("alt"), db.name("sta"));
+    let sta_user = db.name("sta_svc");
+    db.exec(&format!(
+        "CREATE USER '{sta_user}'@'%' IDENTIFIED BY 'Original-Static-Password-0123456789'"
+    ))
+    .await;
+    let grant = format!(
+        "    grants:\n      - {{ schema: {}, tables: [orders], privileges: [SELECT] }}\n",
+        db.dbname
+    );
+    let accounts = format!(
+        "  {eph}:\n    database: main\n    schedule: \"*/3 * * * * *\"\n    overlap: 2s\n    expiry_margin: 5s\n{grant}\
+         \x20 {alt}:\n    database: main\n    strategy: alternating\n    schedule: \"*/3 * * * * *\"\n    overlap: 2s\n    expiry_margin: 5s\n{grant}\
+         \x20 {sta}:\n    database: main\n    strategy: static\n    role: {sta_user}\n    schedule: \"*/5 * * * * *\"\n    overlap: 0s\n    expiry_margin: 5s\n{grant}"
+    );
+    let socket = db.dir.path().join("admin.sock");
+    let inv = db.dir.path().join("inventory.yaml");
+    std::fs::write(
+        &inv,
+        format!(
+            "{}admin:\n  socket: {}\n",
+            db.inventory_with("", &accounts),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let names = [eph.clone(), alt.clone(), sta.clone()];
+    let mut logs = Vec::new();
+    let mut start = |label: &str| {
+        let log = db.dir.path().join(format!("daemon-{label}.log"));
+        logs.push(log.clone());
+        harness::Daemon::start(&inv, &socket, log)
+    };
+
+    let mut secrets: HashSet<String> = HashSet::new();
+    let mut lockouts = Vec::new();
+    let mut max_live = 0usize;
+    let mut failing_since: BTreeMap<String, Instant> = BTreeMap::new();
+    // One look from outside: every account's stored credential logs in.
+    let check = async |secrets: &mut HashSet<String>,
+                       lockouts: &mut Vec<String>,
+                       failing_since: &mut BTreeMap<String, Instant>| {
+        for a in &names {
+            let Ok(bytes) = std::fs::read(db.secrets_dir().join(format!("{a}.json"))) else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let (user, pw) = (
+                v["username"].as_str().unwrap().to_owned(),
+                v["password"].as_str().unwrap().to_owned(),
+            );
+            secrets.insert(pw.clone());
+            match db.login(&user, &pw).await {
+                Ok(c) => {
+                    let _ = sqlx::Connection::close(c).await;
+                    failing_since.remove(a);
+                }
+                Err(e) => {
+                    let since = *failing_since.entry(a.clone()).or_insert_with(Instant::now);
+                    let grace = if *a == sta {
+                        static_grace
+                    } else {
+                        Duration::ZERO
+                    };
+                    if since.elapsed() >= grace {
+                        lockouts.push(format!(
+                            "{a}: {user} v{} does not log in: {e}",
+                            v["version"]
+                        ));
+                    }
+                }
+            }
+        }
+    };
+
+    let started = Instant::now();
+    let mut d = start("first");
+    d.wait_ready(S(90)).await.unwrap();
+    let deadline = Instant::now() + S(60);
+    while !names
+        .iter()
+        .all(|a| db.secrets_dir().join(format!("{a}.json")).exists())
+    {
+        assert!(Instant::now() < deadline, "not every account was issued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 1..=kills {
+        let kill_at = d.started + Duration::from_millis(rng.gen_range(200..=3000));
+        while Instant::now() < kill_at {
+            assert!(
+                d.exited().is_none(),
+                "round {i}: the daemon exited on its own"
+            );
+            if d.ready().await {
+                check(&mut secrets, &mut lockouts, &mut failing_since).await;
+            }
+            let live = db
+                .users()
+                .await
+                .into_iter()
+                .filter(|u| !u.ends_with('@') && !u.starts_with(&format!("{sta_user}@")))
+                .fold(BTreeMap::<String, usize>::new(), |mut m, u| {
+                    let account = names
+                        .iter()
+                        .filter(|a| u.starts_with(&format!("{a}_")))
+                        .max_by_key(|a| a.len());
+                    if let Some(a) = account {
+                        *m.entry(a.clone()).or_default() += 1;
+                    }
+                    m
+                });
+            max_live = max_live.max(live.values().copied().max().unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        d.kill9();
+        d = start(&format!("after-kill-{i}"));
+    }
+    d.wait_ready(S(90)).await.unwrap();
+    let settle = Instant::now() + S(4);
+    while Instant::now() < settle {
+        check(&mut secrets, &mut lockouts, &mut failing_since).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    d.stop(S(30)).await.expect("the daemon stops on SIGTERM");
+    // One more start: its recovery is the final one.
+    let mut d = start("final");
+    d.wait_ready(S(90)).await.unwrap();
+    check(&mut secrets, &mut lockouts, &mut failing_since).await;
+    d.stop(S(30)).await.expect("the daemon stops on SIGTERM");
+
+    let ledger = read_ledger(&db.ledger_path()).await.unwrap();
+    let middle: Vec<&harness::LedgerRow> = ledger
+        .iter()
+        .filter(|r| ["planned", "created", "verified", "published"].contains(&r.state.as_str()))
+        .collect();
+    let known: HashSet<&str> = ledger
+        .iter()
+        .filter(|r| ["current", "retiring"].contains(&r.state.as_str()))
+        .map(|r| r.username.as_str())
+        .collect();
+    let orphans: Vec<String> = db
+        .users()
+        .await
+        .into_iter()
+        .filter(|u| !u.ends_with('@') && !u.starts_with(&format!("{sta_user}@")))
+        .filter(|u| !known.contains(u.rsplit_once('@').unwrap().0))
+        .collect();
+    let mut leaks = Vec::new();
+    let mut files = logs.clone();
+    files.push(db.ledger_path());
+    for f in &files {
+        for (_, at) in harness::find_secrets(&std::fs::read(f).unwrap_or_default(), &secrets) {
+            leaks.push(format!("{} at byte {at}", f.display()));
+        }
+    }
+    println!(
+        "faults[kill9-mariadb]: kills={kills} {:.0} s lockouts={} orphans={} middle={} max_live={max_live} leaked={} passwords_checked={}",
+        started.elapsed().as_secs_f64(),
+        lockouts.len(),
+        orphans.len(),
+        middle.len(),
+        leaks.len(),
+        secrets.len()
+    );
+    assert!(lockouts.is_empty(), "consumers locked out: {lockouts:#?}");
+    assert!(
+        orphans.is_empty(),
+        "logins the ledger does not know: {orphans:?}"
+    );
+    assert!(
+        middle.is_empty(),
+        "ledger entries left in a middle state: {middle:?}"
+    );
+    assert!(
+        max_live <= 2,
+        "more than two live logins for an account: {max_live}"
+    );
+    assert!(
+        leaks.is_empty(),
+        "passwords in logs or the ledger: {leaks:?}"
+    );
+    assert!(
+        secrets.len() > kills as usize / 2,
+        "too few rotations were observed"
+    );
+}

@@ -1261,6 +1261,7 @@ fn classify(e: sqlx::Error) -> Login {
     Login::Unreachable(e.to_string())
 }
 
+#[derive(Debug)]
 pub struct LedgerRow {
     pub account: String,
     pub version: i64,
