@@ -920,16 +920,28 @@ fn bad_inventories() -> Vec<Case> {
         ),
         // What this build does not support yet, and other top-level checks.
         case(
-            "engine mysql",
+            "engine mysql with a postgres url",
             edit(&[("engine: postgres", "engine: mysql")]),
-            7,
-            "not supported yet",
+            8,
+            "expected mysql://",
         ),
         case(
-            "engine mariadb",
-            edit(&[("engine: postgres", "engine: mariadb")]),
-            7,
-            "not supported yet",
+            "engine postgres with a mysql url",
+            edit(&[(
+                "url: postgres://credrotd_admin@db1:5432/orders",
+                "url: mysql://credrotd_admin@db1:3306/orders",
+            )]),
+            8,
+            "expected postgres://",
+        ),
+        case(
+            "hosts on postgres",
+            edit(&[(
+                "    password_file: secrets/orders\n",
+                "    password_file: secrets/orders\n    hosts: [\"%\"]\n",
+            )]),
+            10,
+            "applies to engine mysql or mariadb only",
         ),
         case(
             "engine oracle",
@@ -1925,4 +1937,144 @@ fn aws_warns_when_a_schedule_writes_more_often_than_every_10_minutes() {
         ("overlap: 1h", "overlap: 1m"),
     ]);
     check_warn(&yaml, 18, "AWS advises at most about once per 10 minutes");
+}
+
+/// [`BASE`] turned into a MariaDB (or MySQL) inventory with MySQL grants.
+fn mysql_base(engine: &str) -> String {
+    edit(&[
+        ("engine: postgres", &format!("engine: {engine}")),
+        (
+            "url: postgres://credrotd_admin@db1:5432/orders",
+            "url: mysql://credrotd_admin@db1:3306/orders?ssl-mode=VERIFY_IDENTITY",
+        ),
+        (
+            "      - { schema: analytics, privileges: [USAGE] }\n",
+            "      - { schema: analytics, privileges: [CREATE TEMPORARY TABLES, LOCK   TABLES] }\n",
+        ),
+        (
+            "      - { schema: analytics, sequences: \"*\", privileges: [USAGE] }\n",
+            "      - { schema: shop, procedures: [refresh], privileges: [EXECUTE] }\n",
+        ),
+    ])
+}
+
+#[test]
+fn mysql_and_mariadb_inventories_parse_with_their_privileges() {
+    for engine in ["mysql", "mariadb"] {
+        let checked = run(&mysql_base(engine)).unwrap_or_else(|e| panic!("{engine}: {e}"));
+        assert!(checked.warnings.is_empty(), "{}", show(&checked.warnings));
+        let inv = checked.inventory;
+        let db = &inv.databases["orders"];
+        assert_eq!(db.engine.as_str(), engine);
+        assert_eq!(db.hosts, vec!["%".to_owned()], "hosts default to %");
+        let grants = &inv.accounts["etl_nightly"].grants;
+        assert_eq!(grants[0].kind, ObjectKind::Schema);
+        assert_eq!(
+            grants[0].privileges.iter().copied().collect::<Vec<_>>(),
+            ["CREATE TEMPORARY TABLES", "LOCK TABLES"],
+            "multi-word privileges, white space collapsed"
+        );
+        assert_eq!(grants[3].kind, ObjectKind::Procedure);
+        assert_eq!(
+            grants[3].objects,
+            Some(Objects::Named(vec!["refresh".into()]))
+        );
+    }
+    let hosts = mysql_base("mariadb").replacen(
+        "    password_file: secrets/orders\n",
+        "    password_file: secrets/orders\n    hosts: [\"10.0.0.%\", localhost]\n",
+        1,
+    );
+    let inv = run(&hosts).unwrap().inventory;
+    assert_eq!(inv.databases["orders"].hosts, ["10.0.0.%", "localhost"]);
+}
+
+#[test]
+fn what_mysql_does_not_have_is_refused_where_it_is_written() {
+    let base = mysql_base("mariadb");
+    let with = |from: &str, to: &str| {
+        assert_eq!(base.matches(from).count(), 1, "{from}");
+        base.replacen(from, to, 1)
+    };
+    // Line numbers as in BASE (the account's grants start at line 20).
+    check_err(
+        &with(
+            "      - { schema: shop, procedures: [refresh], privileges: [EXECUTE] }\n",
+            "      - { schema: shop, sequences: \"*\", privileges: [USAGE] }\n",
+        ),
+        23,
+        "no sequence privileges",
+    );
+    check_err(
+        &with(
+            "privileges: [CREATE TEMPORARY TABLES, LOCK   TABLES]",
+            "privileges: [USAGE]",
+        ),
+        20,
+        "does not apply to a schema",
+    );
+    check_err(
+        &with("privileges: [select, INSERT]", "privileges: [EXECUTE]"),
+        21,
+        "does not apply to tables",
+    );
+    check_err(
+        &format!("{base}    settings: {{ app.tenant_id: \"42\" }}\n"),
+        END,
+        "apply to PostgreSQL only",
+    );
+    for (host, why) in [
+        ("\"\"", "must not be empty"),
+        ("DB1", "must be lowercase"),
+        ("\"a'b\"", "may hold only"),
+    ] {
+        check_err(
+            &with(
+                "    password_file: secrets/orders\n",
+                &format!("    password_file: secrets/orders\n    hosts: [\"%\", {host}]\n"),
+            ),
+            10,
+            why,
+        );
+    }
+    check_err(
+        &with("ssl-mode=VERIFY_IDENTITY", "ssl-mode=SOMETIMES"),
+        8,
+        "unknown ssl-mode",
+    );
+    // An ephemeral login is `<account>_YYYYMMDDHHMMSS`: 11 + 15 = 26 fits
+    // MySQL's 32; a 20-character account does not, but fits MariaDB's 80.
+    let long = |engine: &str| mysql_base(engine).replace("etl_nightly:", "etl_nightly_reporting:");
+    check_err(&long("mysql"), ACCOUNT, "longer than the 32 MySQL allows");
+    run(&long("mariadb")).unwrap();
+    // Static accounts: MariaDB has one password per user, MySQL 8 can overlap.
+    let stat = |engine: &str| {
+        mysql_base(engine).replacen(
+            "    strategy: ephemeral\n",
+            "    strategy: static\n    role: legacy_svc\n",
+            1,
+        )
+    };
+    let errors = errors_of(&stat("mariadb")).unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|d| d.message.contains("no overlap on MariaDB")),
+        "{}",
+        show(&errors)
+    );
+    let inv = run(&stat("mysql")).unwrap().inventory;
+    assert_eq!(
+        inv.accounts["etl_nightly"].overlap,
+        Duration::from_secs(3600)
+    );
+    // PostgreSQL keeps its rules: no procedures.
+    check_err(
+        &edit(&[(
+            "      - { schema: analytics, sequences: \"*\", privileges: [USAGE] }\n",
+            "      - { schema: shop, procedures: [refresh], privileges: [EXECUTE] }\n",
+        )]),
+        23,
+        "list procedures under `functions`",
+    );
 }
