@@ -708,3 +708,78 @@ async fn plan_names_the_server_and_what_the_admin_lacks() {
         "{r:?}"
     );
 }
+
+/// The operator's commands through the real binary, unchanged for MariaDB:
+/// `check`, `plan` (server line, admin check, would-do list), `rotate --all`,
+/// `status --format json`, `revoke --previous-only`, with no password in
+/// anything they print at `RUST_LOG=trace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_works_unchanged_on_mariadb() {
+    let db = MyDb::new().await;
+    setup(&db).await;
+    let name = db.name("cli");
+    let path = db.write_inventory_with("", &etl(&db, &name, "ephemeral", "    overlap: 1h\n"));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_credrotd"))
+            .env_remove("CREDROTD_CONFIG")
+            .env("RUST_LOG", "trace")
+            .arg("-c")
+            .arg(&path)
+            .args(args)
+            .output()
+            .expect("run credrotd");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let mut printed = String::new();
+
+    let (ok, out) = run(&["check"]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["plan"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("database main: MariaDB 10."), "{out}");
+    assert!(out.contains("admin privileges on main: ok"), "{out}");
+    assert!(out.contains("CREATE ROLE"), "{out}");
+    printed.push_str(&out);
+
+    for _ in 0..2 {
+        let (ok, out) = run(&["rotate", "--all"]);
+        assert!(ok, "{out}");
+        printed.push_str(&out);
+    }
+    let (ok, out) = run(&["status", "--format", "json"]);
+    assert!(ok, "{out}");
+    let start = out.find('[').unwrap();
+    // The JSON document first; trace logs (stderr) follow it.
+    let rows: Vec<credrotd::api::AccountStatus> = serde_json::Deserializer::from_str(&out[start..])
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}: {out}"));
+    let row = rows.iter().find(|r| r.account == name).unwrap();
+    assert_eq!(row.current.as_ref().unwrap().version, 2);
+    let previous = row.previous.as_ref().unwrap().username.clone();
+    let current = db.published(&name);
+    assert!(db.users().await.contains(&format!("{previous}@%")));
+
+    let (ok, out) = run(&["revoke", &name, "--previous-only"]);
+    assert!(ok, "{out}");
+    printed.push_str(&out);
+    assert!(!db.users().await.contains(&format!("{previous}@%")));
+    db.login(&current.username, current.password.expose())
+        .await
+        .expect("the current login survives --previous-only");
+    let (ok, out) = run(&["plan"]);
+    assert!(ok, "{out}");
+    assert!(!out.contains("CREATE ROLE"), "reconciled: {out}");
+    printed.push_str(&out);
+    assert_no_secret(
+        "the CLI's output",
+        printed.as_bytes(),
+        &[current.password.expose().to_owned()],
+    );
+}
