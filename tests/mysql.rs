@@ -783,3 +783,34 @@ async fn the_cli_works_unchanged_on_mariadb() {
         &[current.password.expose().to_owned()],
     );
 }
+
+/// Eight accounts rotated at once through a pool of one admin connection: no
+/// step may wait for a second connection while it holds the only one (the
+/// server detection once did, and every account timed out).
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_all_with_one_admin_connection() {
+    let db = MyDb::new().await;
+    setup(&db).await;
+    let names: Vec<String> = (0..8).map(|i| db.name(&format!("pool{i}"))).collect();
+    let accounts: String = names.iter().map(|n| etl(&db, n, "ephemeral", "")).collect();
+    let path = db.write_inventory_with("    max_connections: 1\n", &accounts);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_credrotd"))
+        .env_remove("CREDROTD_CONFIG")
+        .arg("-c")
+        .arg(&path)
+        .args(["rotate", "--all"])
+        .output()
+        .expect("run credrotd");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    for n in &names {
+        let p = db.published(n);
+        db.login(&p.username, p.password.expose())
+            .await
+            .unwrap_or_else(|e| panic!("{n}'s published login fails: {e}"));
+    }
+}

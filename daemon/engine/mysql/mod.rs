@@ -362,7 +362,15 @@ impl Mysql {
         })
     }
 
+    /// A pooled admin connection, once the server is known: detecting it needs
+    /// a connection of its own, which must not wait behind the one a caller
+    /// already holds (with every pooled connection held, it never would).
     async fn conn(&self) -> Result<PoolConnection<MySql>, EngineError> {
+        self.server().await?;
+        self.acquire().await
+    }
+
+    async fn acquire(&self) -> Result<PoolConnection<MySql>, EngineError> {
         self.pool
             .acquire()
             .await
@@ -383,7 +391,7 @@ impl Mysql {
     async fn server(&self) -> Result<&Server, EngineError> {
         self.server
             .get_or_try_init(|| async {
-                let mut c = self.conn().await?;
+                let mut c = self.acquire().await?;
                 let (version, events): (String, String) =
                     sqlx::query_as("SELECT VERSION(), CAST(@@event_scheduler AS CHAR)")
                         .fetch_one(&mut *c)
