@@ -652,13 +652,17 @@ fn mysql_host_problem(h: &str) -> Option<&'static str> {
     }
 }
 
-/// The value of `key` in a URL's query string, if present.
-fn url_query_value<'a>(url: &'a str, key: &str) -> Option<&'a str> {
-    let (_, q) = url.split_once('?')?;
-    q.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == key).then_some(v)
-    })
+/// The values of the keys `keys` in a URL's query string, in order.
+fn url_query_values<'a>(url: &'a str, keys: &[&str]) -> Vec<&'a str> {
+    let Some((_, q)) = url.split_once('?') else {
+        return Vec::new();
+    };
+    q.split('&')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            keys.contains(&k).then_some(v)
+        })
+        .collect()
 }
 
 fn is_setting_name(s: &str) -> bool {
@@ -1022,7 +1026,8 @@ impl Validator {
             self.policy(&db.url.referenced, format!("database {:?}: the url carries a password inline; use password_file or password_env", name.value));
         }
         if mysql {
-            if let Some(mode) = url_query_value(&url, "ssl-mode") {
+            // sqlx reads `sslmode` as well as `ssl-mode`.
+            for mode in url_query_values(&url, &["ssl-mode", "sslmode"]) {
                 let known = [
                     "disabled",
                     "preferred",
@@ -1036,6 +1041,8 @@ impl Validator {
             }
         }
         let hosts = match (&db.hosts, mysql) {
+            // An unknown engine is reported already.
+            (Some(_), false) if engine.is_none() => Vec::new(),
             (Some(h), false) => {
                 self.error(
                     &h.referenced,
@@ -1949,21 +1956,40 @@ impl Validator {
         };
         if engine.is_mysql() {
             let max = engine.max_name_len();
-            let longest = match &strategy {
-                Some(Strategy::Ephemeral) => Some((n.len() + 15, format!("{n}_YYYYMMDDHHMMSS"))),
-                Some(Strategy::Alternating) => Some((n.len() + 2, format!("{n}_a"))),
-                Some(Strategy::Static { role, .. }) => {
-                    Some((role.chars().count().max(n.len()), role.clone()))
-                }
-                None => None,
+            let server = if engine == EngineKind::Mysql {
+                "MySQL"
+            } else {
+                "MariaDB"
             };
-            if let Some((len, example)) = longest.filter(|(len, _)| *len > max) {
-                let hint = if engine == EngineKind::Mysql {
-                    " (MariaDB takes 80: write `engine: mariadb` if the server is MariaDB)"
-                } else {
-                    ""
-                };
-                self.error(&at, format!("account {n:?}: login name {example:?} would be {len} characters, longer than the {max} {} allows{hint}; use a shorter account name", if engine == EngineKind::Mysql { "MySQL" } else { "MariaDB" }));
+            let hint = if engine == EngineKind::Mysql {
+                " (MariaDB takes 80: write `engine: mariadb` if the server is MariaDB)"
+            } else {
+                ""
+            };
+            // The longest name the strategy creates or manages, what it is and
+            // where it comes from; the scoped role is the account name itself.
+            let shorter = "; use a shorter account name";
+            let names: Vec<(String, &str, Location, &str)> = match &strategy {
+                Some(Strategy::Ephemeral) => {
+                    vec![(format!("{n}_YYYYMMDDHHMMSS"), "login name", at, shorter)]
+                }
+                Some(Strategy::Alternating) => vec![(format!("{n}_a"), "login name", at, shorter)],
+                Some(Strategy::Static { role, .. }) => vec![
+                    (n.clone(), "scoped role", at, shorter),
+                    (
+                        role.clone(),
+                        "static user",
+                        acc.role.as_ref().map(|r| r.referenced).unwrap_or(at),
+                        "",
+                    ),
+                ],
+                None => Vec::new(),
+            };
+            for (name, what, name_at, fix) in names {
+                let len = name.chars().count();
+                if len > max {
+                    self.error(&name_at, format!("account {n:?}: {what} {name:?} would be {len} characters, longer than the {max} {server} allows{hint}{fix}"));
+                }
             }
         }
         if self.error_count() > errors_before {
@@ -2124,14 +2150,17 @@ impl Validator {
             return None;
         }
         for p in &g.privileges.value {
-            let upper = p.value.trim().to_ascii_uppercase();
+            // Multi-word privileges (`CREATE VIEW`) match with white space collapsed.
+            let upper = p
+                .value
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_ascii_uppercase();
             if upper == "ALL" || upper == "ALL PRIVILEGES" {
                 self.policy(&p.referenced, format!("account {account:?}: ALL PRIVILEGES is not least privilege; list the privileges needed"));
                 privileges.extend(allowed.iter().copied());
-            } else if let Some(found) = allowed
-                .iter()
-                .find(|a| **a == upper.split_whitespace().collect::<Vec<_>>().join(" "))
-            {
+            } else if let Some(found) = allowed.iter().find(|a| **a == upper) {
                 privileges.insert(*found);
             } else {
                 let what = match kind {

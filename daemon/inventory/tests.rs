@@ -2078,3 +2078,605 @@ fn what_mysql_does_not_have_is_refused_where_it_is_written() {
         "list procedures under `functions`",
     );
 }
+
+// ---------------------------------------------------------------------------
+// MySQL and MariaDB, rule by rule, each error at its line and column.
+
+/// A small valid production inventory for `engine: mysql`. Its line numbers matter:
+///
+/// ```text
+///  1 version             10 stores:              19 grants:
+///  2 environment         11   local: {...}       20   database-level grant
+///  3 state               12 accounts:            21   tables "*" grant
+///  4 defaults: {...}     13   etl_nightly:       22   tables [orders] grant
+///  5 databases:          14     database         23   functions [add_one]
+///  6   shop:             15     purpose          24   procedures [refresh]
+///  7     engine          16     owner            25 (first line added by `my_with`)
+///  8     url             17     strategy
+///  9     password_file   18     schedule
+/// ```
+const MYSQL: &str = r#"version: 1
+environment: production
+state: sqlite:///var/lib/credrotd/state.db
+defaults: { schedule: "0 0 3 * * *", overlap: 1h, store: local }
+databases:
+  shop:
+    engine: mysql
+    url: mysql://credrotd_admin@db1:3306/shop?ssl-mode=verify_identity
+    password_file: secrets/shop
+stores:
+  local: { kind: file, dir: /run/credrotd/secrets }
+accounts:
+  etl_nightly:
+    database: shop
+    purpose: Nightly ETL into the shop database
+    owner: data-platform
+    strategy: ephemeral
+    schedule: "0 0 */6 * * *"
+    grants:
+      - { schema: shop, privileges: [CREATE TEMPORARY TABLES, lock   tables] }
+      - { schema: shop, tables: "*", privileges: [SELECT, INSERT] }
+      - { schema: shop, tables: [orders], privileges: [SELECT, "SHOW\tVIEW"] }
+      - { schema: shop, functions: [add_one], privileges: [EXECUTE] }
+      - { schema: shop, procedures: [refresh], privileges: [execute] }
+"#;
+
+/// The first line that [`my_with`] adds to [`MYSQL`].
+const MY_END: u64 = 25;
+
+/// The `url:` line of [`MYSQL`].
+const MY_URL: &str = "url: mysql://credrotd_admin@db1:3306/shop?ssl-mode=verify_identity";
+
+/// [`MYSQL`] with `engine: <engine>` and each `(from, to)` replacement applied
+/// (each `from` must occur exactly once).
+fn my(engine: &str, pairs: &[(&str, &str)]) -> String {
+    let mut text = MYSQL.replacen("engine: mysql", &format!("engine: {engine}"), 1);
+    for (from, to) in pairs {
+        assert_eq!(
+            text.matches(from).count(),
+            1,
+            "my: {from:?} must occur exactly once in:\n{text}"
+        );
+        text = text.replacen(from, to, 1);
+    }
+    text
+}
+
+/// [`MYSQL`] on `engine` with `lines` added to the end of the account.
+fn my_with(engine: &str, lines: &str) -> String {
+    format!("{}{lines}", my(engine, &[]))
+}
+
+/// [`MYSQL`] on `engine` with `hosts: <list>` on line 10.
+fn my_hosts(engine: &str, list: &str) -> String {
+    my(
+        engine,
+        &[(
+            "    password_file: secrets/shop\n",
+            &format!("    password_file: secrets/shop\n    hosts: {list}\n"),
+        )],
+    )
+}
+
+/// [`MYSQL`] on `engine` with `strategy: static`, `role: <role>` and `extra`.
+fn my_static(engine: &str, role: &str, extra: &str) -> String {
+    my_with(engine, &format!("    role: {role}\n{extra}")).replacen(
+        "    strategy: ephemeral\n",
+        "    strategy: static\n",
+        1,
+    )
+}
+
+/// Asserts that `yaml` is invalid with exactly one error, whose message contains
+/// `needle`, located at `line` and at the column where `token` starts on that
+/// line (`token` must occur there once).
+#[track_caller]
+fn check_one_err_at(yaml: &str, line: u64, token: &str, needle: &str) {
+    let text = yaml.lines().nth(line as usize - 1).unwrap_or("");
+    assert_eq!(
+        text.matches(token).count(),
+        1,
+        "{token:?} must occur once on line {line}: {text:?}"
+    );
+    let column = text.find(token).expect("token") as u64 + 1;
+    let errors = errors_of(yaml).unwrap_or_else(|why| panic!("{why}\n--- inventory ---\n{yaml}"));
+    assert!(
+        errors.len() == 1
+            && errors[0].file == Path::new("inv.yaml")
+            && (errors[0].line, errors[0].column) == (line, column)
+            && errors[0].message.contains(needle),
+        "expected one error at {line}:{column} ({token:?}) containing {needle:?}; got:\n{}\n--- inventory ---\n{yaml}",
+        show(&errors)
+    );
+}
+
+#[test]
+fn mysql_inventory_parses_database_table_and_routine_grants() {
+    let inv = check_ok(MYSQL).inventory;
+    let db = &inv.databases["shop"];
+    assert_eq!(db.engine, EngineKind::Mysql);
+    assert_eq!(db.engine.max_name_len(), 32);
+    assert_eq!(db.hosts, ["%"], "hosts default to [\"%\"]");
+    let acc = &inv.accounts["etl_nightly"];
+    assert!(!acc.allow_ddl);
+    let grant = |kind, objects: Option<Objects>, p: &[&'static str]| Grant {
+        schema: "shop".into(),
+        kind,
+        objects,
+        privileges: privs(p),
+    };
+    let named = |n: &str| Some(Objects::Named(vec![n.into()]));
+    assert_eq!(
+        acc.grants,
+        [
+            // No objects: the database (`shop.*`), with database-level privileges;
+            // multi-word names match whatever their white space and case.
+            grant(
+                ObjectKind::Schema,
+                None,
+                &["CREATE TEMPORARY TABLES", "LOCK TABLES"]
+            ),
+            grant(ObjectKind::Table, Some(Objects::All), &["SELECT", "INSERT"]),
+            grant(ObjectKind::Table, named("orders"), &["SELECT", "SHOW VIEW"]),
+            grant(ObjectKind::Function, named("add_one"), &["EXECUTE"]),
+            grant(ObjectKind::Procedure, named("refresh"), &["EXECUTE"]),
+        ]
+    );
+}
+
+#[test]
+fn mariadb_inventory_parses_with_its_url_hosts_and_80_character_names() {
+    // A 40-character account: `<account>_YYYYMMDDHHMMSS` is 55 characters, more
+    // than MySQL's 32, within MariaDB's 80.
+    let forty = "a".repeat(40);
+    let yaml = my(
+        "mariadb",
+        &[
+            (
+                MY_URL,
+                "url: mariadb://credrotd_admin@db1:3306/shop?ssl-mode=REQUIRED",
+            ),
+            (
+                "    password_file: secrets/shop\n",
+                "    password_file: secrets/shop\n    hosts: [\"10.0.%\", app.example.com, localhost, \"::1\", 10.1.0.0/255.255.0.0, my_host-1]\n",
+            ),
+            ("  etl_nightly:", &format!("  {forty}:")),
+        ],
+    );
+    let inv = check_ok(&yaml).inventory;
+    let db = &inv.databases["shop"];
+    assert_eq!(db.engine, EngineKind::Mariadb);
+    assert_eq!(db.engine.max_name_len(), 80);
+    assert_eq!(
+        db.url,
+        "mariadb://credrotd_admin@db1:3306/shop?ssl-mode=REQUIRED"
+    );
+    assert_eq!(
+        db.hosts,
+        [
+            "10.0.%",
+            "app.example.com",
+            "localhost",
+            "::1",
+            "10.1.0.0/255.255.0.0",
+            "my_host-1"
+        ],
+        "explicit hosts are kept, in order"
+    );
+    let acc = &inv.accounts[&forty];
+    assert_eq!(acc.grants[0].kind, ObjectKind::Schema);
+    assert_eq!(acc.grants[4].kind, ObjectKind::Procedure);
+    // The same on `engine: mysql` (the account is on line 14 after `hosts`).
+    check_one_err_at(
+        &yaml.replacen("engine: mariadb", "engine: mysql", 1),
+        14,
+        &forty,
+        "would be 55 characters, longer than the 32 MySQL allows",
+    );
+}
+
+#[test]
+fn mysql_urls_need_a_mysql_scheme_and_a_known_ssl_mode() {
+    for engine in ["mysql", "mariadb"] {
+        check_one_err_at(
+            &my(
+                engine,
+                &[(MY_URL, "url: postgres://credrotd_admin@db1:5432/shop")],
+            ),
+            8,
+            "postgres://",
+            "url: expected mysql://user@host:port/dbname, found a URL with scheme \"postgres\"",
+        );
+        // Every mode sqlx knows, in any case, under either spelling of the key.
+        for mode in [
+            "DISABLED",
+            "preferred",
+            "Required",
+            "VERIFY_CA",
+            "verify_identity",
+        ] {
+            for key in ["ssl-mode", "sslmode"] {
+                let url = format!("url: mariadb://credrotd_admin@db1:3306/shop?{key}={mode}");
+                check_ok(&my(engine, &[(MY_URL, &url)]));
+            }
+        }
+        for query in [
+            "ssl-mode=sometimes",
+            "sslmode=verify-full",
+            "ssl-mode=REQUIRED&sslmode=on",
+        ] {
+            let url = format!("url: mysql://credrotd_admin@db1:3306/shop?{query}");
+            check_one_err_at(
+                &my(engine, &[(MY_URL, &url)]),
+                8,
+                "mysql://",
+                "url: unknown ssl-mode",
+            );
+        }
+    }
+    // PostgreSQL keeps its scheme.
+    check_one_err_at(
+        &edit(&[(
+            "url: postgres://credrotd_admin@db1:5432/orders",
+            "url: mariadb://credrotd_admin@db1:3306/orders",
+        )]),
+        8,
+        "mariadb://",
+        "url: expected postgres://user@host:port/dbname, found a URL with scheme \"mariadb\"",
+    );
+}
+
+#[test]
+fn mysql_hosts_are_refused_where_they_are_written() {
+    // (hosts, the refused one, message)
+    for (list, token, needle) in [
+        (
+            "[]",
+            "[]",
+            "`hosts` lists no host; leave it out for [\"%\"]",
+        ),
+        ("[\"%\", \"\"]", "\"\"", "host \"\" must not be empty"),
+        (
+            "[\"%\", Db1.example.com]",
+            "Db1",
+            "host \"Db1.example.com\" must be lowercase",
+        ),
+        (
+            "[\"%\", \"db1'\"]",
+            "\"db1'\"",
+            "may hold only letters, digits and % _ . - : /",
+        ),
+        ("[\"%\", \"db 1\"]", "\"db 1\"", "may hold only"),
+        ("[\"%\", \"db@1\"]", "\"db@1\"", "may hold only"),
+        ("[\"%\", \"db1;\"]", "\"db1;\"", "may hold only"),
+        (
+            "[\"%\", localhost, \"localhost\"]",
+            "\"localhost\"",
+            "host \"localhost\" is listed twice",
+        ),
+    ] {
+        for engine in ["mysql", "mariadb"] {
+            check_one_err_at(&my_hosts(engine, list), 10, token, needle);
+        }
+    }
+    let long = "h".repeat(256);
+    check_one_err_at(
+        &my_hosts("mysql", &format!("[{long}]")),
+        10,
+        &long,
+        "longer than 255 bytes",
+    );
+    let longest = "h".repeat(255);
+    let inv = check_ok(&my_hosts("mysql", &format!("[{longest}]"))).inventory;
+    assert_eq!(inv.databases["shop"].hosts, [longest]);
+}
+
+#[test]
+fn mysql_privileges_are_checked_per_object_kind() {
+    // (line, replaced, replacement, the refused privilege, message)
+    for (line, from, to, token, needle) in [
+        // PostgreSQL's schema privilege; a table privilege MySQL does not have.
+        (
+            20,
+            "[CREATE TEMPORARY TABLES, lock   tables]",
+            "[USAGE]",
+            "USAGE",
+            "privilege \"USAGE\" does not apply to a schema; expected one of SELECT",
+        ),
+        (
+            21,
+            "[SELECT, INSERT]",
+            "[SELECT, TRUNCATE]",
+            "TRUNCATE",
+            "privilege \"TRUNCATE\" does not apply to tables",
+        ),
+        // Database level only: not on tables, named or "*".
+        (
+            21,
+            "[SELECT, INSERT]",
+            "[SELECT, Lock Tables]",
+            "Lock",
+            "privilege \"Lock Tables\" does not apply to tables",
+        ),
+        (
+            22,
+            "[SELECT, \"SHOW\\tVIEW\"]",
+            "[SELECT, EXECUTE]",
+            "EXECUTE",
+            "privilege \"EXECUTE\" does not apply to tables",
+        ),
+        // Routines take EXECUTE and ALTER ROUTINE only.
+        (
+            23,
+            "functions: [add_one], privileges: [EXECUTE]",
+            "functions: [add_one], privileges: [SELECT]",
+            "SELECT",
+            "privilege \"SELECT\" does not apply to functions; expected one of EXECUTE, ALTER ROUTINE",
+        ),
+        (
+            24,
+            "[execute]",
+            "[execute, CREATE ROUTINE]",
+            "CREATE ROUTINE",
+            "privilege \"CREATE ROUTINE\" does not apply to procedures; expected one of EXECUTE, ALTER ROUTINE",
+        ),
+    ] {
+        check_one_err_at(&my("mysql", &[(from, to)]), line, token, needle);
+    }
+}
+
+#[test]
+fn mysql_ddl_privileges_need_allow_ddl_in_production() {
+    // (grant line, replaced, replacement, the DDL privilege)
+    for (line, from, to, privilege) in [
+        (20, "lock   tables]", "lock   tables, Drop]", "DROP"),
+        (20, "lock   tables]", "lock   tables, event]", "EVENT"),
+        (
+            20,
+            "lock   tables]",
+            "lock   tables, create routine]",
+            "CREATE ROUTINE",
+        ),
+        (21, "[SELECT, INSERT]", "[SELECT, ALTER]", "ALTER"),
+        (21, "[SELECT, INSERT]", "[SELECT, INDEX]", "INDEX"),
+        (
+            22,
+            "\"SHOW\\tVIEW\"]",
+            "\"SHOW\\tVIEW\", \"create  view\"]",
+            "CREATE VIEW",
+        ),
+        (24, "[execute]", "[execute, alter routine]", "ALTER ROUTINE"),
+    ] {
+        let yaml = my("mysql", &[(from, to)]);
+        // Located at the grant's privilege list.
+        let list = match line {
+            20 => "[CREATE",
+            24 => "[execute",
+            _ => "[SELECT",
+        };
+        check_one_err_at(
+            &yaml,
+            line,
+            list,
+            &format!("DDL privileges ({privilege}) need `allow_ddl: true` on the account"),
+        );
+        check_warn(
+            &in_env("staging", &yaml),
+            line,
+            "production would refuse this",
+        );
+        let yaml = format!("{yaml}    allow_ddl: true\n");
+        let acc = &check_ok(&yaml).inventory.accounts["etl_nightly"];
+        let grant = &acc.grants[line as usize - 20];
+        assert!(
+            grant.privileges.contains(privilege),
+            "{privilege}: {grant:?}"
+        );
+    }
+}
+
+#[test]
+fn mysql_refuses_sequences_and_settings() {
+    for engine in ["mysql", "mariadb"] {
+        check_one_err_at(
+            &my(
+                engine,
+                &[(
+                    "tables: [orders], privileges: [SELECT, \"SHOW\\tVIEW\"]",
+                    "sequences: \"*\", privileges: [SELECT]",
+                )],
+            ),
+            22,
+            "\"*\"",
+            "MySQL and MariaDB have no sequence privileges",
+        );
+        check_one_err_at(
+            &my_with(engine, "    settings: { app.tenant_id: \"42\" }\n"),
+            MY_END,
+            "app.tenant_id",
+            "`settings` apply to PostgreSQL only",
+        );
+    }
+}
+
+#[test]
+fn mysql_login_names_fit_the_server_s_limit() {
+    let renamed = |engine: &str, name: &str, strategy: &str| {
+        my(
+            engine,
+            &[
+                ("  etl_nightly:", &format!("  {name}:")),
+                ("strategy: ephemeral", &format!("strategy: {strategy}")),
+            ],
+        )
+    };
+    // Ephemeral: `<account>_YYYYMMDDHHMMSS`, the account name plus 15.
+    let e17 = "e".repeat(17);
+    let e18 = "e".repeat(18);
+    check_ok(&renamed("mysql", &e17, "ephemeral"));
+    check_one_err_at(
+        &renamed("mysql", &e18, "ephemeral"),
+        13,
+        &e18,
+        &format!("login name \"{e18}_YYYYMMDDHHMMSS\" would be 33 characters, longer than the 32 MySQL allows (MariaDB takes 80: write `engine: mariadb` if the server is MariaDB); use a shorter account name"),
+    );
+    check_ok(&renamed("mariadb", &e18, "ephemeral"));
+    // Alternating: `<account>_a`, the account name plus 2.
+    let a30 = "a".repeat(30);
+    let a31 = "a".repeat(31);
+    check_ok(&renamed("mysql", &a30, "alternating"));
+    check_one_err_at(
+        &renamed("mysql", &a31, "alternating"),
+        13,
+        &a31,
+        &format!("login name \"{a31}_a\" would be 33 characters"),
+    );
+    check_ok(&renamed("mariadb", &"a".repeat(40), "alternating"));
+    // Static: the existing user, located at its `role`, and the scoped role,
+    // which is the account name.
+    let r32 = "r".repeat(32);
+    let r33 = "r".repeat(33);
+    check_ok(&my_static("mysql", &r32, ""));
+    check_one_err_at(
+        &my_static("mysql", &r33, ""),
+        MY_END,
+        &r33,
+        &format!("static user \"{r33}\" would be 33 characters, longer than the 32 MySQL allows"),
+    );
+    check_ok(&my_static("mariadb", &r33, "    overlap: 0\n"));
+    let s33 = "s".repeat(33);
+    check_one_err_at(
+        &my_static("mysql", "legacy_app", "").replacen("  etl_nightly:", &format!("  {s33}:"), 1),
+        13,
+        &s33,
+        &format!("scoped role \"{s33}\" would be 33 characters"),
+    );
+}
+
+#[test]
+fn static_accounts_overlap_only_on_mysql_8() {
+    // MySQL 8 keeps the old password (RETAIN CURRENT PASSWORD): the overlap of
+    // `defaults` applies.
+    let acc = &check_ok(&my_static("mysql", "legacy_app", ""))
+        .inventory
+        .accounts["etl_nightly"];
+    assert_eq!(acc.overlap, Duration::from_secs(3600));
+    // MariaDB has one password per user: production wants `overlap: 0` written,
+    // and the message names the server. Located at the overlap of `defaults`.
+    let mariadb = my_static("mariadb", "legacy_app", "");
+    check_one_err_at(
+        &mariadb,
+        4,
+        "1h",
+        "strategy static has no overlap on MariaDB (the old password stops working at once); write `overlap: 0` to acknowledge it",
+    );
+    let checked = check_warn(&in_env("staging", &mariadb), 4, "no overlap on MariaDB");
+    assert_eq!(
+        checked.inventory.accounts["etl_nightly"].overlap,
+        Duration::ZERO
+    );
+    let acc = &check_ok(&my_static("mariadb", "legacy_app", "    overlap: 0\n"))
+        .inventory
+        .accounts["etl_nightly"];
+    assert_eq!(acc.overlap, Duration::ZERO);
+    // PostgreSQL: the same rule, naming PostgreSQL.
+    let pg = format!(
+        "{}    role: legacy_app\n",
+        edit(&[("    strategy: ephemeral", "    strategy: static")])
+    );
+    check_one_err_at(&pg, 4, "1h", "strategy static has no overlap on PostgreSQL");
+}
+
+#[test]
+fn postgres_refuses_the_mysql_keys_and_privileges() {
+    // `procedures`, at its list.
+    check_one_err_at(
+        &account_with("      - { schema: api, procedures: [refresh], privileges: [EXECUTE] }\n"),
+        END,
+        "[refresh]",
+        "`procedures` applies to MySQL and MariaDB; on PostgreSQL list procedures under `functions`",
+    );
+    // `hosts`, at its list.
+    let hosts = (
+        "    password_file: secrets/orders\n",
+        "    password_file: secrets/orders\n    hosts: [\"%\"]\n",
+    );
+    check_one_err_at(
+        &edit(&[hosts]),
+        10,
+        "[",
+        "`hosts` applies to engine mysql or mariadb only",
+    );
+    // An unknown engine is the one error, not `hosts` too.
+    check_one_err_at(
+        &edit(&[("engine: postgres", "engine: mysq"), hosts]),
+        7,
+        "mysq",
+        "unknown engine \"mysq\"; expected postgres, mysql or mariadb",
+    );
+    // MySQL's privilege names are not PostgreSQL's.
+    for (line, from, to, token, needle) in [
+        (
+            21,
+            "[select, INSERT]",
+            "[select, ALTER]",
+            "ALTER",
+            "privilege \"ALTER\" does not apply to tables",
+        ),
+        (
+            21,
+            "[select, INSERT]",
+            "[select, CREATE VIEW]",
+            "CREATE VIEW",
+            "privilege \"CREATE VIEW\" does not apply to tables",
+        ),
+        (
+            20,
+            "analytics, privileges: [USAGE] }",
+            "analytics, privileges: [LOCK TABLES] }",
+            "LOCK TABLES",
+            "privilege \"LOCK TABLES\" does not apply to a schema; expected one of USAGE, CREATE",
+        ),
+    ] {
+        check_one_err_at(&edit(&[(from, to)]), line, token, needle);
+    }
+    // A PostgreSQL function takes EXECUTE only.
+    check_one_err_at(
+        &account_with("      - { schema: api, functions: [f], privileges: [ALTER ROUTINE] }\n"),
+        END,
+        "ALTER ROUTINE",
+        "privilege \"ALTER ROUTINE\" does not apply to functions; expected one of EXECUTE",
+    );
+    assert!(check_ok(BASE).inventory.databases["orders"]
+        .hosts
+        .is_empty());
+}
+
+#[test]
+fn all_privileges_on_mysql_is_every_mysql_privilege_of_the_kind() {
+    let yaml = my(
+        "mysql",
+        &[
+            ("[CREATE TEMPORARY TABLES, lock   tables]", "[all]"),
+            ("[SELECT, INSERT]", "[All   Privileges]"),
+            ("[execute]", "[ALL]"),
+        ],
+    );
+    // In production, also with `allow_ddl` (ALL holds DDL privileges).
+    let one = yaml
+        .replace("[all]", "[SELECT]")
+        .replace("[ALL]", "[EXECUTE]");
+    check_one_err_at(
+        &format!("{one}    allow_ddl: true\n"),
+        21,
+        "All",
+        "ALL PRIVILEGES is not least privilege",
+    );
+    let yaml = format!("{}    allow_ddl: true\n", in_env("development", &yaml));
+    let checked = check_warn(&yaml, 21, "ALL PRIVILEGES is not least privilege");
+    assert_eq!(checked.warnings.len(), 3, "{}", show(&checked.warnings));
+    let grants = &checked.inventory.accounts["etl_nightly"].grants;
+    assert_eq!(grants[0].privileges, privs(MYSQL_DATABASE_PRIVILEGES));
+    assert_eq!(grants[1].privileges, privs(MYSQL_TABLE_PRIVILEGES));
+    assert_eq!(grants[4].privileges, privs(&["EXECUTE", "ALTER ROUTINE"]));
+}
