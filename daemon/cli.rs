@@ -76,7 +76,7 @@ pub enum Command {
     },
     /// Talk to a running daemon over its admin socket.
     Ctl(CtlArgs),
-    /// Run the quickstart on a throwaway local PostgreSQL.
+    /// Run the quickstart on a throwaway local PostgreSQL (or MariaDB: --engine mariadb).
     Demo(crate::demo::DemoArgs),
 }
 

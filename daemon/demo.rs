@@ -1,9 +1,12 @@
 //! `credrotd demo`: the main job end to end on a throwaway setup. It starts a
 //! PostgreSQL cluster of its own in a temporary directory (password authentication
-//! on), writes an inventory of three accounts on a schedule of seconds, runs the
-//! daemon, and shows issue → rotate → overlap → revoke live, with a consumer that
-//! logs in with whatever the file store holds and with the credential it held
-//! before. Everything is removed on Ctrl-C or after `--duration`.
+//! on), or with `--engine mariadb` a MariaDB server ([`mariadb`]), writes an
+//! inventory of three accounts on a schedule of seconds, runs the daemon, and shows
+//! issue → rotate → overlap → revoke live, with a consumer that logs in with
+//! whatever the file store holds and with the credential it held before.
+//! Everything is removed on Ctrl-C or after `--duration`.
+
+mod mariadb;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +17,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use chrono::Utc;
-use clap::Args;
+use clap::{Args, ValueEnum};
+use sqlx::mysql::MySqlConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor};
 
@@ -23,8 +27,12 @@ use crate::secret::Secret;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Use this existing server (an admin URL that may create databases and roles)
-    /// instead of starting a throwaway cluster.
+    /// The server to run on.
+    #[arg(long, value_enum, default_value_t = DemoEngine::Postgres)]
+    pub engine: DemoEngine,
+    /// Use this existing server (an admin URL that may create databases and roles:
+    /// postgres://, or mysql:// with --engine mariadb) instead of starting a
+    /// throwaway one.
     #[arg(long)]
     pub database_url: Option<String>,
     /// Stop after this long (e.g. 90s); default: run until Ctrl-C.
@@ -33,6 +41,17 @@ pub struct DemoArgs {
     /// Keep the temporary directory (inventory, ledger, secrets) for inspection.
     #[arg(long)]
     pub keep: bool,
+}
+
+/// Which server the demo runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DemoEngine {
+    /// A PostgreSQL cluster (initdb, pg_ctl).
+    Postgres,
+    /// A MariaDB server (mariadb-install-db, mariadbd); `mysql` is accepted
+    /// too: the demo's throwaway server is MariaDB either way.
+    #[value(alias = "mysql")]
+    Mariadb,
 }
 
 const ADMIN: &str = "credrotd_admin";
@@ -239,31 +258,60 @@ struct Seen {
     password: Secret,
 }
 
+/// Where the consumer logs in: the demo database's server and name.
+enum Target {
+    Postgres(PgConnectOptions),
+    Mysql(MySqlConnectOptions),
+}
+
+fn login_error(e: sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => d.message().to_owned(),
+        other => other.to_string(),
+    }
+}
+
 async fn try_login(
-    base: &PgConnectOptions,
+    base: &Target,
     user: &str,
     password: &Secret,
 ) -> std::result::Result<(), String> {
-    let opts = base.clone().username(user).password(password.expose());
-    match tokio::time::timeout(Duration::from_secs(5), opts.connect()).await {
-        Err(_) => Err("timed out".into()),
-        Ok(Err(e)) => Err(match e {
-            sqlx::Error::Database(d) => d.message().to_owned(),
-            other => other.to_string(),
-        }),
-        Ok(Ok(mut c)) => {
-            let r = sqlx::query_scalar::<_, i32>("SELECT 1")
-                .fetch_one(&mut c)
-                .await;
-            let _ = c.close().await;
-            r.map(|_| ()).map_err(|e| e.to_string())
+    const LIMIT: Duration = Duration::from_secs(5);
+    match base {
+        Target::Postgres(base) => {
+            let opts = base.clone().username(user).password(password.expose());
+            match tokio::time::timeout(LIMIT, opts.connect()).await {
+                Err(_) => Err("timed out".into()),
+                Ok(Err(e)) => Err(login_error(e)),
+                Ok(Ok(mut c)) => {
+                    let r = sqlx::query_scalar::<_, i32>("SELECT 1")
+                        .fetch_one(&mut c)
+                        .await;
+                    let _ = c.close().await;
+                    r.map(|_| ()).map_err(|e| e.to_string())
+                }
+            }
+        }
+        Target::Mysql(base) => {
+            let opts = base.clone().username(user).password(password.expose());
+            match tokio::time::timeout(LIMIT, opts.connect()).await {
+                Err(_) => Err("timed out".into()),
+                Ok(Err(e)) => Err(login_error(e)),
+                Ok(Ok(mut c)) => {
+                    let r = sqlx::query_scalar::<_, i64>("SELECT 1")
+                        .fetch_one(&mut c)
+                        .await;
+                    let _ = c.close().await;
+                    r.map(|_| ()).map_err(|e| e.to_string())
+                }
+            }
         }
     }
 }
 
 /// Every few seconds, reads each account's secret file and logs in with it, and
 /// with the credential it replaced, to show the overlap and the revocation.
-async fn consumer(base: PgConnectOptions, secrets: PathBuf, accounts: Vec<String>) {
+async fn consumer(base: Target, secrets: PathBuf, accounts: Vec<String>) {
     let mut seen: BTreeMap<String, (Seen, Option<Seen>)> = BTreeMap::new();
     loop {
         tokio::time::sleep(Duration::from_secs(4)).await;
@@ -330,6 +378,20 @@ async fn consumer(base: PgConnectOptions, secrets: PathBuf, accounts: Vec<String
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+    match args.engine {
+        DemoEngine::Postgres => run_postgres(args).await,
+        DemoEngine::Mariadb => mariadb::run(args).await,
+    }
+}
+
+/// The demo on PostgreSQL.
+async fn run_postgres(args: DemoArgs) -> Result<ExitCode> {
+    if let Some(url) = &args.database_url {
+        // Name only the scheme: the rest of a URL may carry a password.
+        if let Some((scheme @ ("mysql" | "mariadb"), _)) = url.split_once("://") {
+            bail!("--database-url: a {scheme}:// URL needs --engine mariadb");
+        }
+    }
     let tmp = tempfile::Builder::new()
         .prefix("credrotd-demo-")
         .tempdir()?;
@@ -433,8 +495,32 @@ async fn demo_body(
         .await?;
     conn.close().await?;
 
+    let base = PgConnectOptions::new()
+        .host(admin.get_host())
+        .port(admin.get_port())
+        .database(admin.get_database().unwrap_or("postgres"))
+        .disable_statement_logging();
+    watch(
+        args,
+        dir,
+        inventory_yaml(dir, admin_url, pwfile, prefix),
+        Target::Postgres(base),
+        prefix,
+    )
+    .await
+}
+
+/// Writes the inventory, runs the daemon with the consumer beside it until Ctrl-C
+/// or `--duration`, and prints the final status.
+async fn watch(
+    args: &DemoArgs,
+    dir: &Path,
+    inventory: String,
+    target: Target,
+    prefix: &str,
+) -> Result<ExitCode> {
     let inv_path = dir.join("inventory.yaml");
-    std::fs::write(&inv_path, inventory_yaml(dir, admin_url, pwfile, prefix))?;
+    std::fs::write(&inv_path, inventory)?;
     let checked = crate::inventory::load(&inv_path)?;
     println!("inventory: {}", inv_path.display());
     println!("secrets:   {}/secrets/<account>.json", dir.display());
@@ -466,12 +552,7 @@ async fn demo_body(
             }
         }
     };
-    let base = PgConnectOptions::new()
-        .host(admin.get_host())
-        .port(admin.get_port())
-        .database(admin.get_database().unwrap_or("postgres"))
-        .disable_statement_logging();
-    let watcher = tokio::spawn(consumer(base, dir.join("secrets"), accounts.clone()));
+    let watcher = tokio::spawn(consumer(target, dir.join("secrets"), accounts.clone()));
     let res = crate::scheduler::run(ctx.clone(), rx, shutdown).await;
     watcher.abort();
     let _ = watcher.await;

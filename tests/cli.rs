@@ -357,6 +357,79 @@ fn demo_shows_issue_rotate_overlap_and_revoke_on_its_own_cluster() {
     );
 }
 
+/// The same story on a MariaDB server the demo starts itself (least-privilege
+/// admin, consumer over TCP), and nothing secret in what it prints: not the
+/// admin's password, not the passwords the store holds at the end, and no token
+/// shaped like a generated password at all (the earlier ones are gone by then).
+#[test]
+fn demo_shows_issue_rotate_overlap_and_revoke_on_its_own_mariadb() {
+    let out = Command::new(env!("CARGO_BIN_EXE_credrotd"))
+        .args(["demo", "--engine", "mariadb", "--duration", "50s", "--keep"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let t = text(&out);
+    // --keep leaves the directory (secrets, the admin's password file) to compare
+    // the output with; removed here whatever happens.
+    struct Remove(Option<std::path::PathBuf>);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            if let Some(p) = &self.0 {
+                let _ = std::fs::remove_dir_all(p);
+            }
+        }
+    }
+    let kept = Remove(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("kept "))
+            .map(std::path::PathBuf::from),
+    );
+    assert!(out.status.success(), "{t}");
+    for needle in [
+        "starting a throwaway MariaDB server",
+        "login ok",
+        "still works (overlap)",
+        "refused",
+        "credential revoked",
+        "final status:",
+    ] {
+        assert!(t.contains(needle), "demo output lacks {needle:?}:\n{t}");
+    }
+    assert!(
+        !t.contains("login FAILED"),
+        "a published credential failed to log in:\n{t}"
+    );
+
+    let dir = kept.0.as_deref().expect("--keep names the directory");
+    let mut secrets = vec![std::fs::read_to_string(dir.join("admin.password")).unwrap()];
+    for e in std::fs::read_dir(dir.join("secrets")).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "json") {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            secrets.push(v["password"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(secrets.len(), 4, "the admin and three accounts: {dir:?}");
+    assert_no_secret("the demo's output", t.as_bytes(), &secrets);
+    let password_like = |w: &&str| {
+        w.len() == credrotd::secret::PASSWORD_LEN
+            && w.bytes().any(|b| b.is_ascii_uppercase())
+            && w.bytes().any(|b| b.is_ascii_lowercase())
+            && w.bytes().any(|b| b.is_ascii_digit())
+    };
+    let found: Vec<&str> = t
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(password_like)
+        .collect();
+    assert!(
+        found.is_empty(),
+        "the demo printed {} password-like token(s)",
+        found.len()
+    );
+}
+
 #[test]
 fn every_example_inventory_passes_check() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
@@ -422,6 +495,22 @@ fn demo_says_what_to_install_when_postgresql_is_missing() {
     let t = text(&out);
     assert!(
         t.contains("initdb, pg_ctl") && t.contains("apt-get install postgresql"),
+        "{t}"
+    );
+}
+
+#[test]
+fn demo_says_what_to_install_when_mariadb_is_missing() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_credrotd"))
+        .args(["demo", "--engine", "mariadb", "--duration", "1s"])
+        .env("CREDROTD_MARIADB_BINDIR", empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(
+        t.contains("mariadb-install-db, mariadbd") && t.contains("apt-get install mariadb-server"),
         "{t}"
     );
 }
