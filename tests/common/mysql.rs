@@ -259,6 +259,20 @@ impl MyDb {
     }
 }
 
+impl MyDb {
+    /// The users of [`MyDb::users`] that are locked (`ACCOUNT LOCK`): they
+    /// exist but cannot log in.
+    pub async fn locked_users(&self) -> Vec<String> {
+        self.query_strings(&format!(
+            "SELECT CONCAT(User, '@', Host) FROM mysql.global_priv WHERE User LIKE '{tag}\\_%' \
+             AND User <> '{tag}_admin' \
+             AND JSON_VALUE(Priv, '$.account_locked') IN ('1', 'true') ORDER BY 1",
+            tag = self.tag
+        ))
+        .await
+    }
+}
+
 impl Drop for MyDb {
     fn drop(&mut self) {
         // On success and on panic: drop the database, every user and role of
