@@ -26,6 +26,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod demo;

@@ -3,6 +3,7 @@
 //! SQL against target databases, and every name in that SQL is quoted with the
 //! server's own rules.
 
+pub mod catalog;
 pub mod mysql;
 pub mod postgres;
 
@@ -349,6 +350,15 @@ pub trait Engine: Send + Sync {
     /// superuser). Read-only.
     async fn check_admin(&self, _accounts: &[&Account]) -> Result<Vec<AdminGap>, EngineError> {
         Ok(Vec::new())
+    }
+
+    /// Every role of the database, its memberships and the privileges each
+    /// holds directly, for `audit` and `who-can`. Read-only.
+    async fn catalog(&self) -> Result<catalog::Catalog, EngineError> {
+        Err(EngineError::Invalid {
+            database: self.endpoint().dbname,
+            what: "this engine cannot be audited yet".to_owned(),
+        })
     }
 }
 
