@@ -74,10 +74,40 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
+    /// Look at every role of each database: orphans, drift from the inventory,
+    /// expired logins, dangerous attributes, role bloat, stale logins
+    /// (read-only; exit 0 clean, 1 findings, 2 could not run).
+    Audit(AuditArgs),
+    /// Every role that can use PRIVILEGE on SCHEMA.OBJECT (or a schema), and the
+    /// membership chain that gives it (read-only).
+    WhoCan(WhoCanArgs),
     /// Talk to a running daemon over its admin socket.
     Ctl(CtlArgs),
     /// Run the quickstart on a throwaway local PostgreSQL (or MariaDB: --engine mariadb).
     Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+    /// Only this database of the inventory.
+    #[arg(long)]
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WhoCanArgs {
+    /// SELECT, INSERT, UPDATE, DELETE, USAGE, EXECUTE, CREATE, …
+    pub privilege: String,
+    /// `schema.table`, `schema.function`, `schema.table.column` or `schema`
+    /// (MySQL: `database.table` or `database`).
+    pub object: String,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+    /// Only this database of the inventory.
+    #[arg(long)]
+    pub database: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +217,8 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Rebuild(args) => rebuild(&cli.config, args).await,
         Command::Revoke(args) => revoke(&cli.config, args).await,
         Command::Status { format } => status(&cli.config, format).await,
+        Command::Audit(args) => audit(&cli.config, args).await,
+        Command::WhoCan(args) => who_can(&cli.config, args).await,
         Command::Ctl(args) => ctl(&cli.config, args).await,
         Command::Demo(args) => crate::demo::run(args).await,
     };
@@ -653,6 +685,117 @@ async fn revoke(path: &std::path::Path, args: RevokeArgs) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The ledger, if it exists: read-only commands never create one.
+async fn existing_ledger(inventory: &Inventory) -> Result<Option<Ledger>> {
+    let path = inventory.state.trim_start_matches("sqlite://");
+    if std::path::Path::new(path).exists() {
+        Ok(Some(Ledger::open(&inventory.state).await?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Which databases a read-only command looks at: all, or the one asked for
+/// (which must exist).
+fn databases_of(inventory: &Inventory, only: Option<&str>) -> Result<()> {
+    if let Some(name) = only {
+        anyhow::ensure!(
+            inventory.databases.contains_key(name),
+            "--database {name}: the inventory has no such database (it has: {})",
+            inventory
+                .databases
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+async fn audit(path: &std::path::Path, args: AuditArgs) -> Result<ExitCode> {
+    let report = async {
+        let inventory = load(path)?;
+        databases_of(&inventory, args.database.as_deref())?;
+        let engines = engine::build(&inventory)?;
+        let ledger = existing_ledger(&inventory).await?;
+        let report = crate::audit::collect(
+            &inventory,
+            &engines,
+            ledger.as_ref(),
+            None,
+            args.database.as_deref(),
+            crate::audit::DEFAULT_STALE_AFTER,
+        )
+        .await;
+        if let Some(l) = ledger {
+            l.close().await;
+        }
+        anyhow::Ok(report)
+    }
+    .await;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    match args.format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Table => print!("{}", report.table()),
+    }
+    Ok(ExitCode::from(report.exit_code()))
+}
+
+async fn who_can(path: &std::path::Path, args: WhoCanArgs) -> Result<ExitCode> {
+    let inventory = load(path)?;
+    databases_of(&inventory, args.database.as_deref())?;
+    let engines = engine::build(&inventory)?;
+    #[derive(serde::Serialize)]
+    struct Answer {
+        database: String,
+        holders: Vec<crate::audit::Holder>,
+    }
+    let mut answers = Vec::new();
+    for (name, engine) in &engines {
+        if args.database.as_deref().is_some_and(|d| d != name) {
+            continue;
+        }
+        let catalog = engine.catalog().await?;
+        let targets = crate::audit::resolve(&catalog, &args.object);
+        answers.push(Answer {
+            database: name.clone(),
+            holders: crate::audit::who_can(&catalog, &args.privilege, &targets),
+        });
+    }
+    if args.format == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&answers)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for a in answers {
+        println!(
+            "database {}: who can {} on {}",
+            a.database,
+            args.privilege.to_ascii_uppercase(),
+            args.object
+        );
+        if a.holders.is_empty() {
+            println!("  nobody");
+        }
+        for h in a.holders {
+            let login = if h.can_login { " (login)" } else { "" };
+            println!(
+                "  {}{login}: {} via {}",
+                h.role,
+                h.chain.join(" -> "),
+                h.via
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn status(path: &std::path::Path, format: OutputFormat) -> Result<ExitCode> {

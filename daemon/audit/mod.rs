@@ -231,6 +231,9 @@ pub struct Declared {
     /// Each declared account on this database, with the usernames the ledger
     /// knows as live or in the middle of a rotation, and its static role.
     pub accounts: BTreeMap<String, DeclaredAccount>,
+    /// Whether a ledger was read: without one, logins of declared accounts
+    /// cannot be told from orphans.
+    pub ledger_read: bool,
     /// What reconciliation would change, per account (or why it cannot tell).
     pub plans: BTreeMap<String, Result<Reconciled, String>>,
     /// Login activity; `None`: no sample yet.
@@ -338,6 +341,13 @@ impl Audit<'_> {
     }
 
     fn orphans(&mut self) {
+        if !self.declared.ledger_read {
+            self.note(
+                None,
+                "no ledger to read: logins of the inventory's accounts are not checked against it"
+                    .to_owned(),
+            );
+        }
         for r in &self.catalog.roles {
             let Some(m) = &r.managed else { continue };
             let declared = self.declared.accounts.get(&m.account);
@@ -364,12 +374,18 @@ impl Audit<'_> {
                     "login of account {}, which the inventory no longer lists",
                     m.account
                 )),
-                (ManagedKind::Login, Some(d)) if !d.live.contains(&r.name) => Some(format!(
-                    "login of account {} that the ledger does not know",
-                    m.account
-                )),
+                (ManagedKind::Login, Some(d))
+                    if self.declared.ledger_read && !d.live.contains(&r.name) =>
+                {
+                    Some(format!(
+                        "login of account {} that the ledger does not know",
+                        m.account
+                    ))
+                }
                 // A twin waits, unable to log in, for its next turn.
-                (ManagedKind::Alternating, Some(d)) if usable && !d.live.contains(&r.name) => {
+                (ManagedKind::Alternating, Some(d))
+                    if self.declared.ledger_read && usable && !d.live.contains(&r.name) =>
+                {
                     Some(format!(
                         "login of account {} that the ledger does not know",
                         m.account
@@ -604,7 +620,7 @@ impl Audit<'_> {
         };
         let mut findings = Vec::new();
         for (set, roles) in &classes {
-            let roles: Vec<&str> = roles.iter().copied().collect();
+            let roles: Vec<&str> = roles.to_vec();
             let all_scoped = roles.iter().all(|r| scoped.contains(r));
             let unrelated = roles
                 .iter()
@@ -623,7 +639,7 @@ impl Audit<'_> {
         }
         // Containment between classes: an inverted index keeps it from being
         // quadratic in the number of roles.
-        let class_list: Vec<(&BTreeSet<(Object, String)>, &Vec<&str>)> =
+        let class_list: Vec<(&GrantSet, &Vec<&str>)> =
             classes.iter().map(|(s, r)| (*s, r)).collect();
         let mut index: HashMap<&(Object, String), Vec<usize>> = HashMap::new();
         for (i, (set, _)) in class_list.iter().enumerate() {
@@ -756,6 +772,9 @@ impl Audit<'_> {
         }
     }
 }
+
+/// What a role may do: (object, privilege) pairs.
+type GrantSet = BTreeSet<(Object, String)>;
 
 fn fmt_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%SZ").to_string()
@@ -959,4 +978,90 @@ pub fn who_can(catalog: &Catalog, privilege: &str, targets: &[Object]) -> Vec<Ho
             via,
         })
         .collect()
+}
+
+/// How long a login may go unused before `audit` calls it stale, when the
+/// inventory does not say.
+pub const DEFAULT_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// Audits every database of the inventory (or only `only`): reads each
+/// catalog, plans each account's reconciliation (read-only) and compares. A
+/// database that cannot be read is an error of the report, not a failure of
+/// the others.
+pub async fn collect(
+    inventory: &crate::inventory::Inventory,
+    engines: &crate::engine::Engines,
+    ledger: Option<&crate::ledger::Ledger>,
+    activity: Option<&BTreeMap<String, Activity>>,
+    only: Option<&str>,
+    stale_after: std::time::Duration,
+) -> Report {
+    let mut report = Report::default();
+    for (name, engine) in engines {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        match audit_one(
+            inventory,
+            name,
+            engine.as_ref(),
+            ledger,
+            activity,
+            stale_after,
+        )
+        .await
+        {
+            Ok(r) => {
+                report.findings.extend(r.findings);
+                report.notes.extend(r.notes);
+            }
+            Err(e) => report.errors.push(e),
+        }
+    }
+    report.sort();
+    report
+}
+
+async fn audit_one(
+    inventory: &crate::inventory::Inventory,
+    name: &str,
+    engine: &dyn crate::engine::Engine,
+    ledger: Option<&crate::ledger::Ledger>,
+    activity: Option<&BTreeMap<String, Activity>>,
+    stale_after: std::time::Duration,
+) -> Result<Report, String> {
+    let catalog = engine.catalog().await.map_err(|e| e.to_string())?;
+    let mut declared = Declared {
+        database: name.to_owned(),
+        ledger_id: ledger.map(|l| l.id().to_owned()),
+        ledger_read: ledger.is_some(),
+        activity: activity.and_then(|a| a.get(name)).cloned(),
+        stale_after: chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX),
+        ..Declared::default()
+    };
+    for account in inventory.accounts.values().filter(|a| a.database == name) {
+        let live = match ledger {
+            Some(l) => l
+                .live(&account.name)
+                .await
+                .map_err(|e| format!("ledger: {e}"))?
+                .into_iter()
+                .map(|c| c.username)
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        let static_role = match &account.strategy {
+            crate::inventory::Strategy::Static { role, .. } => Some(role.clone()),
+            _ => None,
+        };
+        declared
+            .accounts
+            .insert(account.name.clone(), DeclaredAccount { live, static_role });
+        let plan = engine
+            .reconcile(account, false)
+            .await
+            .map_err(|e| e.to_string());
+        declared.plans.insert(account.name.clone(), plan);
+    }
+    Ok(analyse(&catalog, &declared))
 }

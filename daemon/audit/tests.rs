@@ -139,6 +139,7 @@ fn clean() -> (Catalog, Declared) {
     let declared = Declared {
         database: "main".into(),
         ledger_id: Some("l1".into()),
+        ledger_read: true,
         accounts,
         plans,
         activity: None,

@@ -11,6 +11,8 @@
 //! (stuck items, [`Engine::check_admin`]) rather than failing issuance. README:
 //! "The admin role".
 
+mod audit;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::time::Duration;
@@ -2010,6 +2012,10 @@ impl Engine for Postgres {
         .await?;
         tx.commit().await.map_err(self.sql(action))?;
         Ok(())
+    }
+
+    async fn catalog(&self) -> Result<super::catalog::Catalog, EngineError> {
+        self.read_catalog().await
     }
 
     async fn check_admin(&self, accounts: &[&Account]) -> Result<Vec<AdminGap>, EngineError> {

@@ -1,0 +1,242 @@
+//! `credrotd audit` and `who-can` through the binary against the real
+//! PostgreSQL: a database credrotd just rotated audits clean; each planted
+//! fault is found with the right kind and role; `who-can` follows membership
+//! chains. Roles are cluster-wide, so everything that looks at the whole
+//! cluster runs in one test of this binary (no other test adds roles meanwhile).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{assert_no_secret, TestDb};
+
+fn run(args: &[&str], config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_credrotd"))
+        .env_remove("CREDROTD_CONFIG")
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run credrotd")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn audit_json(config: &Path) -> (i32, Vec<serde_json::Value>, String) {
+    let out = run(&["audit", "--format", "json"], config);
+    let all = text(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("audit prints JSON ({e}): {all}"));
+    let findings = v["findings"].as_array().cloned().unwrap_or_default();
+    (out.status.code().unwrap_or(-1), findings, all)
+}
+
+fn has(findings: &[serde_json::Value], kind: &str, role: &str, detail: &str) -> bool {
+    findings.iter().any(|f| {
+        f["kind"] == kind
+            && f["role"] == role
+            && f["detail"].as_str().unwrap_or("").contains(detail)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_database_audits_clean_and_every_planted_fault_is_found() {
+    let db = TestDb::new().await;
+    let t = &db.tag;
+    db.exec(
+        "CREATE TABLE orders (id serial PRIMARY KEY, total int);
+         CREATE TABLE events (id int, kind text);
+         CREATE TABLE customers (id int, name text);
+         CREATE TABLE payroll (id int, salary int);
+         CREATE FUNCTION add_one(n int) RETURNS int LANGUAGE sql AS 'SELECT n + 1'",
+    )
+    .await;
+    let (etl, rep) = (db.name("etl"), db.name("rep"));
+    let accounts = format!(
+        "  {etl}:\n    database: main\n    grants:\n\
+         \x20     - {{ schema: public, privileges: [USAGE] }}\n\
+         \x20     - {{ schema: public, tables: [orders], privileges: [SELECT] }}\n\
+         \x20 {rep}:\n    database: main\n    strategy: alternating\n    grants:\n\
+         \x20     - {{ schema: public, privileges: [USAGE] }}\n\
+         \x20     - {{ schema: public, tables: [orders], privileges: [SELECT] }}\n\
+         \x20     - {{ schema: public, tables: [events], privileges: [SELECT, INSERT] }}\n"
+    );
+    let config = db.write_inventory(&accounts);
+    let mut secrets = Vec::new();
+    for _ in 0..3 {
+        let out = run(&["rotate", "--all"], &config);
+        assert!(out.status.success(), "{}", text(&out));
+        for a in [&etl, &rep] {
+            secrets.push(db.published(a).password.expose().to_owned());
+        }
+    }
+
+    // Clean: three rotations in, a retiring ephemeral login, a locked twin.
+    let (code, findings, out) = audit_json(&config);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(findings, Vec::<serde_json::Value>::new(), "{out}");
+    assert!(
+        out.contains(&format!("\"role\": \"{t}_admin\"")),
+        "the admin is a note: {out}"
+    );
+    let table = run(&["audit"], &config);
+    assert!(text(&table).contains("no findings"), "{}", text(&table));
+
+    // Plant one of each.
+    let current_etl = db.published(&etl).username;
+    let dbname = &db.dbname;
+    let admin = &db.admin_user;
+    let superuser = db
+        .query_strings("SELECT rolname::text FROM pg_roles WHERE oid = 10")
+        .await
+        .remove(0);
+    db.exec(&format!(
+        "CREATE ROLE {t}_gone NOLOGIN; COMMENT ON ROLE {t}_gone IS 'credrotd:scoped account={t}_gone';
+         CREATE ROLE {t}_gone_20260101000000 LOGIN; COMMENT ON ROLE {t}_gone_20260101000000 IS 'credrotd:login account={t}_gone';
+         GRANT DELETE ON orders TO {etl};
+         GRANT CREATE ON SCHEMA public TO {etl};
+         GRANT USAGE ON SEQUENCE orders_id_seq TO {etl};
+         GRANT EXECUTE ON FUNCTION add_one(int) TO {etl};
+         SET ROLE {admin}; REVOKE INSERT ON events FROM {rep}; RESET ROLE;
+         GRANT SELECT (salary) ON payroll TO {etl};
+         GRANT SELECT ON orders TO {rep} WITH GRANT OPTION;
+         GRANT CREATE ON DATABASE {dbname} TO {etl};
+         GRANT SELECT ON customers TO {current_etl};
+         CREATE ROLE {t}_intruder LOGIN; GRANT {etl} TO {t}_intruder;
+         CREATE ROLE {t}_old LOGIN VALID UNTIL '2020-01-01';
+         CREATE ROLE {t}_forever LOGIN VALID UNTIL 'infinity';
+         CREATE ROLE {t}_su SUPERUSER;
+         CREATE ROLE {t}_cdb CREATEDB CREATEROLE;
+         CREATE ROLE {t}_repl REPLICATION BYPASSRLS;
+         CREATE ROLE {t}_rdr IN ROLE pg_read_all_data;
+         CREATE ROLE {t}_ro1; CREATE ROLE {t}_ro2; CREATE ROLE {t}_rw;
+         GRANT SELECT ON customers, payroll TO {t}_ro1, {t}_ro2, {t}_rw;
+         GRANT INSERT ON customers TO {t}_rw"
+    ))
+    .await;
+    let (code, findings, out) = audit_json(&config);
+    assert_eq!(code, 1, "{out}");
+    let also_held = format!("also held by {t}_rw");
+    let expect: Vec<(&str, String, &str)> = vec![
+        ("orphan", format!("{t}_gone"), "no longer lists"),
+        (
+            "orphan",
+            format!("{t}_gone_20260101000000"),
+            "it can log in",
+        ),
+        ("drift", etl.clone(), "REVOKE DELETE ON TABLE"),
+        ("drift", etl.clone(), "REVOKE CREATE ON SCHEMA"),
+        ("drift", etl.clone(), "ON SEQUENCE"),
+        ("drift", etl.clone(), "add_one"),
+        ("drift", rep.clone(), "GRANT INSERT ON TABLE"),
+        ("drift", etl.clone(), "column privilege"),
+        ("drift", rep.clone(), "WITH GRANT OPTION"),
+        ("drift", etl.clone(), "database privilege"),
+        ("drift", current_etl.clone(), "direct grant"),
+        ("drift", etl.clone(), "intruder is a member"),
+        ("expired", format!("{t}_old"), "expired at 2020-01-01"),
+        ("dangerous", format!("{t}_su"), "SUPERUSER"),
+        ("dangerous", format!("{t}_cdb"), "CREATEDB"),
+        ("dangerous", format!("{t}_cdb"), "CREATEROLE"),
+        ("dangerous", format!("{t}_repl"), "REPLICATION"),
+        ("dangerous", format!("{t}_repl"), "BYPASSRLS"),
+        (
+            "dangerous",
+            format!("{t}_rdr"),
+            "membership in pg_read_all_data",
+        ),
+        ("bloat", format!("{t}_ro1"), "hold the same 2 privileges"),
+        ("bloat", format!("{t}_ro1"), &also_held),
+    ];
+    for (kind, role, detail) in &expect {
+        assert!(
+            has(&findings, kind, role, detail),
+            "missing {kind} {role} {detail:?}: {out}"
+        );
+    }
+    // Nothing about the login that never expires, nor the admin.
+    for quiet in [format!("{t}_forever"), format!("{t}_admin")] {
+        assert!(
+            !findings.iter().any(|f| f["role"] == quiet.as_str()),
+            "{quiet}: {out}"
+        );
+    }
+    // Every finding carries a fix but bloat (a person merges roles).
+    for f in &findings {
+        assert!(f["fix"].is_string() || f["kind"] == "bloat", "{f}");
+    }
+    assert_no_secret("audit output", out.as_bytes(), &secrets);
+
+    // --database narrows; an unknown one is an error that ran nothing (2).
+    let out = run(&["audit", "--database", "nope"], &config);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // The fixes it prints work: run every one, then the audit is clean again.
+    let fixes: Vec<String> = findings
+        .iter()
+        .filter_map(|f| f["fix"].as_str().map(str::to_owned))
+        .collect();
+    for fix in &fixes {
+        db.exec(fix).await;
+    }
+    db.exec(&format!(
+        "DROP OWNED BY {t}_ro1, {t}_ro2, {t}_rw; DROP ROLE {t}_ro1, {t}_ro2, {t}_rw, {t}_forever"
+    ))
+    .await;
+    let (code, findings, out) = audit_json(&config);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(findings, Vec::<serde_json::Value>::new(), "{out}");
+    // ... and the consumers still log in.
+    for a in [&etl, &rep] {
+        let p = db.published(a);
+        db.login(&p.username, p.password.expose())
+            .await
+            .unwrap_or_else(|e| panic!("{a} after the fixes: {e}"));
+    }
+
+    // who-can, through two levels of membership.
+    db.exec(&format!(
+        "CREATE ROLE {t}_grp1; CREATE ROLE {t}_grp2 IN ROLE {t}_grp1;
+         CREATE ROLE {t}_bob LOGIN IN ROLE {t}_grp2;
+         GRANT SELECT ON payroll TO {t}_grp1"
+    ))
+    .await;
+    let out = run(
+        &["who-can", "select", "public.payroll", "--format", "json"],
+        &config,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let holders = v[0]["holders"].as_array().unwrap();
+    let bob = holders
+        .iter()
+        .find(|h| h["role"] == format!("{t}_bob").as_str())
+        .unwrap_or_else(|| panic!("{}", text(&out)));
+    assert_eq!(
+        bob["chain"],
+        serde_json::json!([format!("{t}_bob"), format!("{t}_grp2"), format!("{t}_grp1")])
+    );
+    assert_eq!(bob["can_login"], true);
+    assert_eq!(bob["via"], "SELECT on table public.payroll");
+    // The table's owner and the cluster's superuser can; the accounts cannot.
+    let roles: Vec<&str> = holders.iter().filter_map(|h| h["role"].as_str()).collect();
+    assert!(roles.contains(&superuser.as_str()), "{roles:?}");
+    assert!(
+        !roles.contains(&etl.as_str()) && !roles.contains(&rep.as_str()),
+        "{roles:?}"
+    );
+    let table = text(&run(&["who-can", "SELECT", "public.payroll"], &config));
+    assert!(
+        table.contains(&format!(
+            "{t}_bob (login): {t}_bob -> {t}_grp2 -> {t}_grp1 via SELECT on table public.payroll"
+        )),
+        "{table}"
+    );
+}
