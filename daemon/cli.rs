@@ -143,6 +143,12 @@ pub enum CtlCommand {
         #[arg(long, default_value_t = 0)]
         since: i64,
     },
+    /// Audit every database now (GET /v1/audit; exit 0 clean, 1 findings, 2
+    /// a database could not be read).
+    Audit {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
     /// Is the daemon alive (GET /healthz)?
     Health,
 }
@@ -430,6 +436,7 @@ async fn ctl(config: &std::path::Path, args: CtlArgs) -> Result<ExitCode> {
         CtlCommand::Reload => (Method::POST, "/v1/reload".to_owned(), None),
         CtlCommand::Events { since } => (Method::GET, format!("/v1/events?since={since}"), None),
         CtlCommand::Health => (Method::GET, "/healthz".to_owned(), None),
+        CtlCommand::Audit { .. } => (Method::GET, "/v1/audit".to_owned(), None),
     };
     let (status, bytes) = crate::admin::client::request(&socket, method, &path, body).await?;
     if !status.is_success() {
@@ -479,6 +486,14 @@ async fn ctl(config: &std::path::Path, args: CtlArgs) -> Result<ExitCode> {
                 "reloaded: {} accounts (added: {:?}, removed: {:?})",
                 r.accounts, r.added, r.removed
             );
+        }
+        CtlCommand::Audit { format } => {
+            let report: crate::audit::Report = serde_json::from_slice(&bytes)?;
+            match format {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                OutputFormat::Table => print!("{}", report.table()),
+            }
+            return Ok(ExitCode::from(report.exit_code()));
         }
         CtlCommand::Events { .. } => {
             let events: Vec<crate::api::EventEntry> = serde_json::from_slice(&bytes)?;
@@ -721,13 +736,17 @@ async fn audit(path: &std::path::Path, args: AuditArgs) -> Result<ExitCode> {
         databases_of(&inventory, args.database.as_deref())?;
         let engines = engine::build(&inventory)?;
         let ledger = existing_ledger(&inventory).await?;
+        let activity = match &ledger {
+            Some(l) => Some(l.activity().await?),
+            None => None,
+        };
         let report = crate::audit::collect(
             &inventory,
             &engines,
             ledger.as_ref(),
-            None,
+            activity.as_ref(),
             args.database.as_deref(),
-            crate::audit::DEFAULT_STALE_AFTER,
+            inventory.audit.stale_after,
         )
         .await;
         if let Some(l) = ledger {

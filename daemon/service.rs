@@ -212,6 +212,12 @@ impl Service {
             .collect())
     }
 
+    /// Audits every database now (read-only), as `credrotd audit` does, with
+    /// the login activity the daemon sampled.
+    pub async fn audit(&self) -> crate::audit::Report {
+        crate::audit::watch::run_once(&self.ctx()).await
+    }
+
     /// Reload is start-up again: read and validate the file, build a fresh
     /// context, then swap it in. On any error the running inventory stays.
     pub async fn reload(&self) -> Result<ReloadResponse, ApiError> {
@@ -361,6 +367,10 @@ pub async fn run(
         info!(listen = ?listener.local_addr().ok(), "metrics listening");
         tasks.spawn(serve_metrics(listener, stopped(stop_rx.clone())));
     }
+    tasks.spawn(crate::audit::watch::watch(
+        service.clone(),
+        stopped(stop_rx.clone()),
+    ));
     let sig = signals(service.clone(), control_tx.clone(), stop_tx.clone());
     tasks.spawn(async move {
         if let Err(e) = sig.await {

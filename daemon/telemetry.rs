@@ -30,6 +30,12 @@ struct StoreLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FindingLabel {
+    kind: &'static str,
+    severity: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DatabaseLabel {
     database: String,
 }
@@ -47,6 +53,9 @@ struct Metrics {
     stuck: Family<AccountLabel, Gauge>,
     extended: Family<AccountLabel, Gauge>,
     foreign: Family<AccountLabel, Gauge>,
+    findings: Family<FindingLabel, Gauge>,
+    audit_last_run: Gauge,
+    audit_failed: Gauge,
     up: Gauge,
 }
 
@@ -66,6 +75,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         stuck: Family::default(),
         extended: Family::default(),
         foreign: Family::default(),
+        findings: Family::default(),
+        audit_last_run: Gauge::default(),
+        audit_failed: Gauge::default(),
         up: Gauge::default(),
     };
     registry.register(
@@ -126,6 +138,22 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "credrotd_account_foreign",
         "1 when another ledger owns the account and credrotd refuses to manage it",
         m.foreign.clone(),
+    );
+    registry.register(
+        "credrotd_audit_findings",
+        "Findings of the last audit by kind and severity (credrotd audit)",
+        m.findings.clone(),
+    );
+    registry.register_with_unit(
+        "credrotd_audit_last_run_timestamp",
+        "When the last audit finished (Unix time)",
+        Unit::Seconds,
+        m.audit_last_run.clone(),
+    );
+    registry.register(
+        "credrotd_audit_failed_databases",
+        "Databases the last audit could not read",
+        m.audit_failed.clone(),
     );
     registry.register("credrotd_up", "1 while the daemon runs", m.up.clone());
     Metrics { registry, ..m }
@@ -250,6 +278,21 @@ pub fn notify_failed(account: &str) {
             account: account.to_owned(),
         })
         .inc();
+}
+
+/// An audit finished at `at` (Unix seconds).
+pub fn audit(report: &crate::audit::Report, at: i64) {
+    for ((kind, severity), n) in report.counts() {
+        METRICS
+            .findings
+            .get_or_create(&FindingLabel {
+                kind: kind.as_str(),
+                severity: severity.as_str(),
+            })
+            .set(n as i64);
+    }
+    METRICS.audit_failed.set(report.errors.len() as i64);
+    METRICS.audit_last_run.set(at);
 }
 
 pub fn set_up(up: bool) {

@@ -1,8 +1,9 @@
 //! `credrotd audit` and `who-can` through the binary against the real
 //! PostgreSQL: a database credrotd just rotated audits clean; each planted
 //! fault is found with the right kind and role; `who-can` follows membership
-//! chains. Roles are cluster-wide, so everything that looks at the whole
-//! cluster runs in one test of this binary (no other test adds roles meanwhile).
+//! chains; the daemon samples sessions, audits on its schedule and exports the
+//! findings. Roles are cluster-wide, so the tests of this binary take turns
+//! ([`CLUSTER`]): no other test adds roles while one counts findings.
 
 mod common;
 
@@ -10,6 +11,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{assert_no_secret, TestDb};
+
+/// Held by each test for its whole run.
+static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn run(args: &[&str], config: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_credrotd"))
@@ -48,6 +52,7 @@ fn has(findings: &[serde_json::Value], kind: &str, role: &str, detail: &str) -> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_database_audits_clean_and_every_planted_fault_is_found() {
+    let _turn = CLUSTER.lock().await;
     let db = TestDb::new().await;
     let t = &db.tag;
     db.exec(
@@ -239,4 +244,166 @@ async fn a_rotated_database_audits_clean_and_every_planted_fault_is_found() {
         )),
         "{table}"
     );
+}
+
+struct Daemon(std::process::Child, std::path::PathBuf);
+
+impl Daemon {
+    fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.1).unwrap_or_default()).into_owned()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_samples_sessions_audits_on_schedule_and_exports_findings() {
+    let _turn = CLUSTER.lock().await;
+    let db = TestDb::new().await;
+    let t = &db.tag;
+    db.exec("CREATE TABLE orders (id int)").await;
+    let app = db.name("app");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let top = format!(
+        "admin: {{ socket: {}, allow_uids: [{}] }}\n\
+         metrics: {{ listen: \"127.0.0.1:{port}\" }}\n\
+         audit: {{ schedule: \"*/2 * * * * *\", sample_every: 1s, stale_after: 1h }}\n",
+        db.dir.path().join("admin.sock").display(),
+        nix::unistd::geteuid().as_raw()
+    );
+    let accounts = format!(
+        "  {app}:\n    database: main\n    grants:\n\
+         \x20     - {{ schema: public, privileges: [USAGE] }}\n\
+         \x20     - {{ schema: public, tables: [orders], privileges: [SELECT] }}\n"
+    );
+    let config = db.write_inventory_with(&top, &accounts);
+    let log = db.dir.path().join("daemon.log");
+    let d = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_credrotd"))
+            .env_remove("CREDROTD_CONFIG")
+            .env_remove("NOTIFY_SOCKET")
+            .env("RUST_LOG", "debug,sqlx=warn,hyper=info")
+            .arg("-c")
+            .arg(&config)
+            .arg("run")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        log,
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let wait = |what: &str, f: &mut dyn FnMut() -> bool| {
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "{what}:\n{}", d.log());
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    wait("the first credential", &mut || {
+        db.secrets_dir().join(format!("{app}.json")).exists()
+    });
+    // A consumer logs in and stays: the daemon's samples see its login.
+    let published = db.published(&app);
+    let _session = db
+        .login(&published.username, published.password.expose())
+        .await
+        .expect("the consumer logs in");
+    let ledger = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.ledger_path().display()))
+        .await
+        .unwrap();
+    let mut seen = false;
+    for _ in 0..100 {
+        let roles: Vec<String> =
+            sqlx::query_scalar("SELECT role FROM activity WHERE database = 'main'")
+                .fetch_all(&ledger)
+                .await
+                .unwrap_or_default();
+        if roles.contains(&published.username) {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        seen,
+        "the consumer's session was never sampled:\n{}",
+        d.log()
+    );
+    wait("a scheduled audit", &mut || {
+        http_get(port, "/metrics").contains("credrotd_audit_last_run_timestamp_seconds")
+    });
+    assert!(
+        http_get(port, "/metrics")
+            .contains("credrotd_audit_findings{kind=\"orphan\",severity=\"error\"} 0"),
+        "{}",
+        http_get(port, "/metrics")
+    );
+
+    // An orphan login appears: the next scheduled audit counts it.
+    db.exec(&format!(
+        "CREATE ROLE {t}_lost_20260101000000 LOGIN;
+         COMMENT ON ROLE {t}_lost_20260101000000 IS 'credrotd:login account={t}_lost'"
+    ))
+    .await;
+    wait("the orphan in the metrics", &mut || {
+        http_get(port, "/metrics")
+            .contains("credrotd_audit_findings{kind=\"orphan\",severity=\"error\"} 1")
+    });
+    // ctl audit asks the daemon for a fresh one: exit 1, the orphan named.
+    let out = run(&["ctl", "audit", "--format", "json"], &config);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "orphan"
+                && f["role"] == format!("{t}_lost_20260101000000").as_str()),
+        "{v}"
+    );
+    // With a session seen a moment ago, the account is not stale (the window
+    // is shorter than stale_after: a note says so).
+    assert!(
+        !v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "stale"),
+        "{v}"
+    );
+    assert_no_secret(
+        "ctl audit",
+        &out.stdout,
+        &[published.password.expose().to_owned()],
+    );
+    assert_no_secret(
+        "the daemon's log",
+        d.log().as_bytes(),
+        &[published.password.expose().to_owned()],
+    );
+    ledger.close().await;
 }

@@ -271,6 +271,7 @@ async fn handle(
             Ok(r) => json(StatusCode::OK, &r),
             Err(e) => api_error(e),
         },
+        (&Method::GET, ["v1", "audit"]) => json(StatusCode::OK, &service.audit().await),
         (&Method::GET, ["v1", "events"]) => {
             let since = match q.get("since").map(|s| s.parse::<i64>()) {
                 None => 0,
@@ -289,7 +290,12 @@ async fn handle(
         }
         (
             _,
-            ["healthz"] | ["readyz"] | ["v1", "status"] | ["v1", "accounts", _] | ["v1", "events"],
+            ["healthz"]
+            | ["readyz"]
+            | ["v1", "status"]
+            | ["v1", "accounts", _]
+            | ["v1", "events"]
+            | ["v1", "audit"],
         )
         | (_, ["v1", "accounts", _, "rotate" | "revoke"] | ["v1", "reload"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -15,6 +15,7 @@ use crate::engine::Reconciled;
 
 #[cfg(test)]
 mod tests;
+pub mod watch;
 
 /// How much a finding matters; the exit code of `audit` is 1 from `warning` on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -703,7 +704,18 @@ impl Audit<'_> {
             return;
         }
         let cutoff = now - self.declared.stale_after;
-        let seen = |role: &str| activity.last_seen.get(role).copied();
+        // MySQL's process list names the user without its host.
+        let seen = |role: &str| {
+            activity
+                .last_seen
+                .get(role)
+                .or_else(|| {
+                    activity
+                        .last_seen
+                        .get(role.split('@').next().unwrap_or(role))
+                })
+                .copied()
+        };
         // Accounts: used when any of their logins was.
         let mut accounts: BTreeMap<&str, Option<DateTime<Utc>>> = BTreeMap::new();
         for r in &self.catalog.roles {

@@ -354,6 +354,17 @@ pub trait Engine: Send + Sync {
 
     /// Every role of the database, its memberships and the privileges each
     /// holds directly, for `audit` and `who-can`. Read-only.
+    /// The roles that have a session now (one sample, for stale-login
+    /// detection). Read-only.
+    async fn sessions(&self) -> Result<Vec<String>, EngineError> {
+        Err(EngineError::Invalid {
+            database: self.endpoint().dbname,
+            what: "this engine cannot list sessions yet".to_owned(),
+        })
+    }
+
+    /// Every role of the database, its memberships and the privileges each
+    /// holds directly, for `audit` and `who-can`. Read-only.
     async fn catalog(&self) -> Result<catalog::Catalog, EngineError> {
         Err(EngineError::Invalid {
             database: self.endpoint().dbname,

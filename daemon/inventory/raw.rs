@@ -83,6 +83,7 @@ pub struct RawInventory {
     pub timezone: Option<S<String>>,
     pub admin: Option<RawAdmin>,
     pub metrics: Option<RawMetrics>,
+    pub audit: Option<RawAudit>,
     pub rotation: Option<RawRotation>,
     pub defaults: Option<RawDefaults>,
     pub prune: Option<S<bool>>,
@@ -108,6 +109,14 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     pub listen: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub schedule: Option<S<String>>,
+    pub stale_after: Option<S<String>>,
+    pub sample_every: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1103,6 +1103,64 @@ impl Ledger {
         Ok(())
     }
 
+    /// Records that `roles` had sessions on `database` at `at` (one sample of
+    /// the server's session list). The first sample of a database starts its
+    /// window: before it, nothing is known.
+    pub async fn record_activity(
+        &self,
+        database: &str,
+        roles: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO activity_since (database, since) VALUES (?1, ?2) ON CONFLICT (database) DO NOTHING")
+            .bind(database)
+            .bind(ms(at))
+            .execute(&mut *tx)
+            .await?;
+        for role in roles {
+            sqlx::query(
+                "INSERT INTO activity (database, role, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT (database, role) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+            )
+            .bind(database)
+            .bind(role)
+            .bind(ms(at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What the samples say, per database.
+    pub async fn activity(&self) -> Result<BTreeMap<String, crate::audit::Activity>, LedgerError> {
+        let mut out: BTreeMap<String, crate::audit::Activity> = BTreeMap::new();
+        let since: Vec<(String, i64)> =
+            sqlx::query_as("SELECT database, since FROM activity_since")
+                .fetch_all(&self.pool)
+                .await?;
+        for (db, since) in since {
+            out.insert(
+                db,
+                crate::audit::Activity {
+                    since: from_ms(since),
+                    last_seen: BTreeMap::new(),
+                },
+            );
+        }
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT database, role, last_seen FROM activity")
+                .fetch_all(&self.pool)
+                .await?;
+        for (db, role, last) in rows {
+            if let Some(a) = out.get_mut(&db) {
+                a.last_seen.insert(role, from_ms(last));
+            }
+        }
+        Ok(out)
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -1212,6 +1270,27 @@ mod tests {
         .await
         .unwrap()
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn activity_keeps_the_first_sample_and_the_latest_sighting() {
+        let (_d, l) = ledger().await;
+        assert!(l.activity().await.unwrap().is_empty());
+        let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let t1 = t0 + chrono::Duration::hours(1);
+        l.record_activity("main", &[], t0).await.unwrap();
+        l.record_activity("main", &["app".into(), "etl".into()], t1)
+            .await
+            .unwrap();
+        // A late sample never moves a sighting back.
+        l.record_activity("main", &["app".into()], t0)
+            .await
+            .unwrap();
+        let a = &l.activity().await.unwrap()["main"];
+        assert_eq!(a.since, t0);
+        assert_eq!(a.last_seen["app"], t1);
+        assert_eq!(a.last_seen["etl"], t1);
+        assert_eq!(a.last_seen.len(), 2);
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@
 //! credrotd's. docs/mysql.md is the operator's reference.
 
 pub mod password;
+pub mod rules;
 pub mod sql;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -66,6 +66,18 @@ fn managed(comment: Option<&str>) -> Option<Managed> {
 }
 
 impl Postgres {
+    /// Roles with a session anywhere on the server (`pg_stat_activity` shows
+    /// every session's role to every role).
+    pub(super) async fn read_sessions(&self) -> Result<Vec<String>, EngineError> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT usename::text FROM pg_stat_activity
+             WHERE usename IS NOT NULL AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.sql("read the sessions"))
+    }
+
     pub(super) async fn read_catalog(&self) -> Result<Catalog, EngineError> {
         let mut tx = self.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")

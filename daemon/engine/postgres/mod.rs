@@ -12,15 +12,16 @@
 //! "The admin role".
 
 mod audit;
+pub mod rules;
+mod sql;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Datelike, Utc};
-use postgres_protocol::escape::{escape_identifier as q, escape_literal as lit};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, PgPool, Postgres as Pg, Row, Transaction};
 
 use super::{
@@ -29,86 +30,11 @@ use super::{
 };
 use crate::inventory::{Account, Database, ObjectKind, Objects, Strategy};
 use crate::secret::Secret;
-
-/// The comment that marks a scoped role as credrotd's, without an owner (what
-/// reconciliation writes on a new role, and what older versions wrote).
-fn scoped_comment(account: &str) -> String {
-    format!("credrotd:scoped account={account}")
-}
-
-/// The comment of a scoped role owned by ledger `ledger`, last claimed at `seen`.
-fn owned_scoped_comment(account: &str, ledger: &str, seen: DateTime<Utc>) -> String {
-    format!(
-        "credrotd:scoped account={account} owner={ledger} seen={}",
-        seen.timestamp()
-    )
-}
-
-/// A scoped role's marker, parsed from its comment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ScopedMarker {
-    account: String,
-    owner: Owner,
-}
-
-/// Parses `credrotd:scoped account=<name>[ owner=<ledger-id>[ seen=<unix-seconds>]]`.
-/// Anything else (another text, extra or misplaced fields, an invalid ledger id)
-/// is not a marker: the role is then not credrotd's, which is the safe reading.
-fn parse_scoped(comment: &str) -> Option<ScopedMarker> {
-    let mut parts = comment.strip_prefix("credrotd:scoped ")?.split(' ');
-    let account = parts.next()?.strip_prefix("account=")?;
-    // Account names are `[a-z][a-z0-9_]{0,39}`; be no more lenient here.
-    if account.is_empty()
-        || !account
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        return None;
-    }
-    let mut owner = Owner::default();
-    let mut next = parts.next();
-    if let Some(ledger) = next.and_then(|p| p.strip_prefix("owner=")) {
-        if !valid_ledger_id(ledger) {
-            return None;
-        }
-        owner.ledger = Some(ledger.to_owned());
-        next = parts.next();
-        if let Some(seen) = next.and_then(|p| p.strip_prefix("seen=")) {
-            if seen.is_empty() || seen.len() > 15 || !seen.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            owner.seen = Some(DateTime::from_timestamp(seen.parse().ok()?, 0)?);
-            next = parts.next();
-        }
-    }
-    if next.is_some() {
-        return None;
-    }
-    Some(ScopedMarker {
-        account: account.to_owned(),
-        owner,
-    })
-}
-
-/// Whether a role's comment marks it as the scoped role of `account`, whatever
-/// ledger owns it.
-fn is_scoped_of(comment: Option<&str>, account: &str) -> bool {
-    comment
-        .and_then(parse_scoped)
-        .is_some_and(|m| m.account == account)
-}
-
-/// The comment that marks a per-rotation (ephemeral) login role.
-fn login_comment(account: &str) -> String {
-    format!("credrotd:login account={account}")
-}
-
-/// The comment that marks an alternating login role.
-fn fixed_comment(account: &str) -> String {
-    format!("credrotd:alternating account={account}")
-}
-
-const SAFE_ATTRIBUTES: &str = "NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS";
+use sql::{
+    decode_ts, fixed_comment, is_scoped_of, lit, login_comment, login_defaults,
+    owned_scoped_comment, parse_scoped, q, scoped_comment, setting_name, ts_columns,
+    valid_until, DefaultAcl, Obj, SAFE_ATTRIBUTES,
+};
 
 /// The first server version on which `CREATEROLE` no longer implies power over
 /// every role: the admin needs `ADMIN OPTION` on a role to manage it, and
@@ -117,30 +43,6 @@ const PG16: i32 = 160_000;
 
 /// The first server version with `GRANT SET ON PARAMETER`.
 const PG15: i32 = 150_000;
-
-/// Columns that read the timestamp expression `expr` without ever handing sqlx a
-/// value it cannot decode (`infinity`, `-infinity`, years beyond chrono's range
-/// panic in its decoder): whole seconds and microseconds since the epoch when
-/// finite, and whether it is `-infinity`. Decode with [`decode_ts`].
-fn ts_columns(expr: &str, alias: &str) -> String {
-    format!(
-        "CASE WHEN isfinite({expr}) THEN floor(extract(epoch FROM {expr}))::int8 END AS {alias}_secs, \
-         CASE WHEN isfinite({expr}) THEN ((extract(epoch FROM {expr}) - floor(extract(epoch FROM {expr}))) * 1000000)::int8 END AS {alias}_micros, \
-         coalesce({expr} = '-infinity'::timestamptz, false) AS {alias}_neg"
-    )
-}
-
-/// Decodes [`ts_columns`]: `None` for NULL, `infinity` and dates beyond chrono's
-/// range (all "never"), `MIN_UTC` for `-infinity`.
-fn decode_ts(row: &PgRow, alias: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    if row.try_get::<bool, _>(format!("{alias}_neg").as_str())? {
-        return Ok(Some(DateTime::<Utc>::MIN_UTC));
-    }
-    let secs: Option<i64> = row.try_get(format!("{alias}_secs").as_str())?;
-    let micros: Option<i64> = row.try_get(format!("{alias}_micros").as_str())?;
-    let nanos = (micros.unwrap_or(0).clamp(0, 999_999) * 1000) as u32;
-    Ok(secs.and_then(|s| DateTime::from_timestamp(s, nanos)))
-}
 
 /// A PostgreSQL target database.
 pub struct Postgres {
@@ -1279,50 +1181,6 @@ impl Postgres {
         }
         Ok(())
     }
-
-    /// Statements that give a login role the account's session defaults: run as
-    /// the scoped role (so objects it creates belong to the account, not to the
-    /// login), the account's settings, and the connection limit.
-    fn login_defaults(account: &Account, username: &str) -> Vec<String> {
-        let mut out = vec![format!(
-            "ALTER ROLE {} SET role = {}",
-            q(username),
-            lit(account.scoped_role())
-        )];
-        for (k, v) in &account.settings {
-            out.push(format!(
-                "ALTER ROLE {} SET {} = {}",
-                q(username),
-                setting_name(k),
-                lit(v)
-            ));
-        }
-        out.push(format!(
-            "ALTER ROLE {} CONNECTION LIMIT {}",
-            q(username),
-            account.connection_limit.unwrap_or(-1)
-        ));
-        out
-    }
-}
-
-/// Setting names are validated as `ident(.ident)*`; quote each part.
-fn setting_name(k: &str) -> String {
-    k.split('.').map(q).collect::<Vec<_>>().join(".")
-}
-
-/// A `VALID UNTIL` literal. `MIN_UTC` (how `-infinity` is read) and anything before
-/// year 1 is `'-infinity'`; anything after year 9999 is `'infinity'` (both outside
-/// what RFC 3339 renders and the server parses back); the rest is exact to the
-/// second.
-fn valid_until(t: DateTime<Utc>) -> String {
-    if t == DateTime::<Utc>::MIN_UTC || t.year() < 1 {
-        lit("-infinity")
-    } else if t.year() > 9999 {
-        lit("infinity")
-    } else {
-        lit(&t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-    }
 }
 
 /// Whether the selection names `name` (or everything).
@@ -1437,61 +1295,6 @@ impl Gaps {
     fn add(&mut self, missing: String, fix: Option<String>) {
         if !self.0.iter().any(|g| g.missing == missing) {
             self.0.push(AdminGap { missing, fix });
-        }
-    }
-}
-
-/// A database object a privilege is on.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Obj {
-    Schema(String),
-    Table(String, String),
-    Sequence(String, String),
-    /// Schema, name, identity arguments (from the server).
-    Function(String, String, String),
-}
-
-impl Obj {
-    /// For people: `table public.orders`.
-    fn describe(&self) -> String {
-        match self {
-            Obj::Schema(s) => format!("schema {s}"),
-            Obj::Table(s, t) => format!("table {s}.{t}"),
-            Obj::Sequence(s, t) => format!("sequence {s}.{t}"),
-            Obj::Function(s, f, args) => format!("routine {s}.{f}({args})"),
-        }
-    }
-
-    fn sql(&self) -> String {
-        match self {
-            Obj::Schema(s) => format!("SCHEMA {}", q(s)),
-            Obj::Table(s, t) => format!("TABLE {}.{}", q(s), q(t)),
-            Obj::Sequence(s, t) => format!("SEQUENCE {}.{}", q(s), q(t)),
-            // The argument list comes from pg_get_function_identity_arguments, the
-            // server's own rendering of the catalog, not from the inventory.
-            // ROUTINE covers functions and procedures alike.
-            Obj::Function(s, f, args) => format!("ROUTINE {}.{}({args})", q(s), q(f)),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct DefaultAcl {
-    for_role: String,
-    /// Empty for a database-wide default.
-    schema: String,
-    objtype: char,
-    privilege: String,
-}
-
-impl DefaultAcl {
-    fn kind_sql(&self) -> &'static str {
-        match self.objtype {
-            'S' => "SEQUENCES",
-            'f' => "FUNCTIONS",
-            'T' => "TYPES",
-            'n' => "SCHEMAS",
-            _ => "TABLES",
         }
     }
 }
@@ -1614,7 +1417,7 @@ impl Engine for Postgres {
             &action,
         )
         .await?;
-        for s in Self::login_defaults(account, login.username) {
+        for s in login_defaults(account, login.username) {
             self.exec(&mut tx, &s, &action).await?;
         }
         tx.commit().await.map_err(self.sql(action))?;
@@ -1697,7 +1500,7 @@ impl Engine for Postgres {
         )
         .await?;
         if matches!(account.strategy, Strategy::Alternating) {
-            for s in Self::login_defaults(account, login.username) {
+            for s in login_defaults(account, login.username) {
                 self.exec(&mut tx, &s, &action).await?;
             }
         }
@@ -2014,6 +1817,10 @@ impl Engine for Postgres {
         Ok(())
     }
 
+    async fn sessions(&self) -> Result<Vec<String>, EngineError> {
+        self.read_sessions().await
+    }
+
     async fn catalog(&self) -> Result<super::catalog::Catalog, EngineError> {
         self.read_catalog().await
     }
@@ -2035,91 +1842,6 @@ impl Engine for Postgres {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn owner(ledger: Option<&str>, seen: Option<i64>) -> Owner {
-        Owner {
-            ledger: ledger.map(str::to_owned),
-            seen: seen.map(|s| DateTime::from_timestamp(s, 0).unwrap()),
-        }
-    }
-
-    #[test]
-    fn scoped_markers_parse_with_and_without_an_owner() {
-        let m = parse_scoped("credrotd:scoped account=etl").unwrap();
-        assert_eq!(m.account, "etl");
-        assert_eq!(
-            m.owner,
-            Owner::default(),
-            "the old form is managed and unowned"
-        );
-        let m =
-            parse_scoped("credrotd:scoped account=etl owner=ledger-1a seen=1700000000").unwrap();
-        assert_eq!(m.owner, owner(Some("ledger-1a"), Some(1_700_000_000)));
-        let m = parse_scoped("credrotd:scoped account=etl owner=abc").unwrap();
-        assert_eq!(m.owner, owner(Some("abc"), None));
-        let t = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        let m = parse_scoped(&owned_scoped_comment("etl", "prod-1", t)).unwrap();
-        assert_eq!(
-            (m.account.as_str(), m.owner),
-            ("etl", owner(Some("prod-1"), Some(1_800_000_000)))
-        );
-        assert_eq!(
-            parse_scoped(&scoped_comment("etl")).unwrap().owner,
-            Owner::default()
-        );
-    }
-
-    #[test]
-    fn odd_comments_are_not_markers_and_never_panic() {
-        let long = format!("credrotd:scoped account=a owner={}", "x".repeat(65));
-        for c in [
-            "",
-            "credrotd:scoped",
-            "credrotd:scoped ",
-            "credrotd:scoped account=",
-            "credrotd:scoped account=etl ",
-            "credrotd:scoped  account=etl",
-            "credrotd:scoped account=etl owner=",
-            "credrotd:scoped account=etl owner=UPPER",
-            "credrotd:scoped account=etl owner=under_score",
-            long.as_str(),
-            "credrotd:scoped account=etl owner=a seen=",
-            "credrotd:scoped account=etl owner=a seen=-1",
-            "credrotd:scoped account=etl owner=a seen=12x",
-            "credrotd:scoped account=etl owner=a seen=999999999999999",
-            "credrotd:scoped account=etl owner=a seen=99999999999999999999999",
-            "credrotd:scoped account=etl seen=1",
-            "credrotd:scoped account=etl owner=a seen=1 extra=1",
-            "credrotd:scoped account=etl owner=a owner=b",
-            "credrotd:scoped account=etl\nowner=a",
-            "credrotd:login account=etl",
-            "CREDROTD:SCOPED ACCOUNT=ETL",
-            "credrotd:scoped account=étl owner=ä",
-            "\u{0}credrotd:scoped account=etl",
-        ] {
-            let parsed = parse_scoped(c);
-            assert!(parsed.is_none(), "{c:?} parsed as {parsed:?}");
-        }
-        // Other accounts' markers and missing comments are not this account's.
-        assert!(!is_scoped_of(Some("credrotd:scoped account=etl2"), "etl"));
-        assert!(!is_scoped_of(None, "etl"));
-        assert!(is_scoped_of(
-            Some("credrotd:scoped account=etl owner=x seen=1"),
-            "etl"
-        ));
-    }
-
-    #[test]
-    fn valid_until_literals_cover_both_infinities() {
-        assert_eq!(valid_until(DateTime::<Utc>::MIN_UTC), "'-infinity'");
-        assert_eq!(valid_until(DateTime::<Utc>::MAX_UTC), "'infinity'");
-        let t = DateTime::from_timestamp(1_700_000_000, 500_000_000).unwrap();
-        assert_eq!(valid_until(t), "'2023-11-14T22:13:20Z'");
-        let ancient = DateTime::parse_from_rfc3339("0000-06-01T00:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        assert_eq!(valid_until(ancient), "'-infinity'");
-    }
 
     #[test]
     fn only_attributes_that_are_on_are_turned_off() {
