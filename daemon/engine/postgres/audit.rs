@@ -3,24 +3,15 @@
 //! ACL is read with `acldefault()` filling in a NULL one, so an owner's rights
 //! and PUBLIC's defaults are there as the server applies them.
 
-use postgres_protocol::escape::escape_identifier as q;
 use sqlx::{Postgres as Pg, Row, Transaction};
 
+use super::rules::DANGEROUS_MEMBERSHIPS;
+use super::sql::q;
 use super::{decode_ts, parse_scoped, ts_columns, Postgres};
 use crate::engine::catalog::{
     Attribute, Catalog, CatalogRole, Managed, ManagedKind, Membership, Object, Privilege,
 };
 use crate::engine::EngineError;
-
-/// Predefined roles whose members read or write everything, or the server's
-/// files and programs.
-const POWERFUL: [&str; 5] = [
-    "pg_read_all_data",
-    "pg_write_all_data",
-    "pg_execute_server_program",
-    "pg_read_server_files",
-    "pg_write_server_files",
-];
 
 /// Schemas that are the server's, not the application's.
 const SYSTEM_SCHEMAS: &str =
@@ -122,7 +113,7 @@ impl Postgres {
              FROM pg_roles r WHERE r.rolname !~ '^pg_' ORDER BY r.rolname",
             ts_columns("r.rolvaliduntil", "vu")
         ))
-        .bind(&POWERFUL[..])
+        .bind(DANGEROUS_MEMBERSHIPS)
         .fetch_all(&mut **tx)
         .await
         .map_err(self.sql("read roles"))?;

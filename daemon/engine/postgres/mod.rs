@@ -32,8 +32,8 @@ use crate::inventory::{Account, Database, ObjectKind, Objects, Strategy};
 use crate::secret::Secret;
 use sql::{
     decode_ts, fixed_comment, is_scoped_of, lit, login_comment, login_defaults,
-    owned_scoped_comment, parse_scoped, q, scoped_comment, setting_name, ts_columns,
-    valid_until, DefaultAcl, Obj, SAFE_ATTRIBUTES,
+    owned_scoped_comment, parse_scoped, q, scoped_comment, setting_name, ts_columns, valid_until,
+    DefaultAcl, Obj, SAFE_ATTRIBUTES,
 };
 
 /// The first server version on which `CREATEROLE` no longer implies power over
