@@ -400,6 +400,9 @@ pub struct Grant {
     /// `None` for a grant on the schema itself.
     pub objects: Option<Objects>,
     pub privileges: BTreeSet<&'static str>,
+    /// A row-level security expression (PostgreSQL, tables only): credrotd keeps
+    /// one policy per account and table `TO` the scoped role.
+    pub row_filter: Option<String>,
 }
 
 #[derive(Debug, Clone)]

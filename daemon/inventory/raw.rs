@@ -257,4 +257,5 @@ pub struct RawGrant {
     pub functions: Option<S<ObjectList>>,
     pub procedures: Option<S<ObjectList>>,
     pub privileges: S<Vec<S<String>>>,
+    pub row_filter: Option<S<String>>,
 }

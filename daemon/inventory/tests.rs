@@ -1452,6 +1452,7 @@ fn base_inventory_is_valid() {
                 kind: ObjectKind::Schema,
                 objects: None,
                 privileges: privs(&["USAGE"]),
+                row_filter: None,
             },
             Grant {
                 schema: "analytics".into(),
@@ -1459,18 +1460,21 @@ fn base_inventory_is_valid() {
                 objects: Some(Objects::All),
                 // `select` is normalized to upper case.
                 privileges: privs(&["SELECT", "INSERT"]),
+                row_filter: None,
             },
             Grant {
                 schema: "public".into(),
                 kind: ObjectKind::Table,
                 objects: Some(Objects::Named(vec!["orders".into(), "customers".into()])),
                 privileges: privs(&["SELECT"]),
+                row_filter: None,
             },
             Grant {
                 schema: "analytics".into(),
                 kind: ObjectKind::Sequence,
                 objects: Some(Objects::All),
                 privileges: privs(&["USAGE"]),
+                row_filter: None,
             },
         ]
     );
@@ -1603,6 +1607,7 @@ fn functions_take_execute() {
             kind: ObjectKind::Function,
             objects: Some(Objects::Named(vec!["refresh_totals".into()])),
             privileges: privs(&["EXECUTE"]),
+            row_filter: None,
         }
     );
 }
@@ -2204,6 +2209,7 @@ fn mysql_inventory_parses_database_table_and_routine_grants() {
         kind,
         objects,
         privileges: privs(p),
+        row_filter: None,
     };
     let named = |n: &str| Some(Objects::Named(vec![n.into()]));
     assert_eq!(
@@ -2679,4 +2685,99 @@ fn all_privileges_on_mysql_is_every_mysql_privilege_of_the_kind() {
     assert_eq!(grants[0].privileges, privs(MYSQL_DATABASE_PRIVILEGES));
     assert_eq!(grants[1].privileges, privs(MYSQL_TABLE_PRIVILEGES));
     assert_eq!(grants[4].privileges, privs(&["EXECUTE", "ALTER ROUTINE"]));
+}
+
+#[test]
+fn row_filters_are_kept_on_named_postgresql_table_grants() {
+    let inv = check_ok(&account_with(
+        "      - { schema: public, tables: [orders], privileges: [SELECT, UPDATE], row_filter: \"tenant_id = current_setting('app.tenant')::int\" }\n",
+    ))
+    .inventory;
+    let g = inv.accounts["etl_nightly"].grants.last().unwrap();
+    assert_eq!(
+        g.row_filter.as_deref(),
+        Some("tenant_id = current_setting('app.tenant')::int")
+    );
+    // Parentheses and quotes that balance are fine.
+    check_ok(&account_with(
+        "      - { schema: public, tables: [orders], privileges: [SELECT], row_filter: \"(a = ')' OR b IN (1, 2))\" }\n",
+    ));
+}
+
+#[test]
+fn row_filters_that_do_not_apply_or_could_escape_using_are_refused_where_written() {
+    let grant = |objects: &str, privileges: &str, filter: &str| {
+        account_with(&format!(
+            "      - {{ schema: public, {objects}privileges: [{privileges}], row_filter: \"{filter}\" }}\n"
+        ))
+    };
+    for (yaml, filter, needle) in [
+        (grant("", "USAGE", "a = 1"), "a = 1", "not to a schema"),
+        (
+            grant("tables: \"*\", ", "SELECT", "a = 1"),
+            "a = 1",
+            "list the tables",
+        ),
+        (
+            grant("sequences: [s], ", "USAGE", "a = 1"),
+            "a = 1",
+            "not to sequence",
+        ),
+        (
+            grant("tables: [t], ", "SELECT, TRUNCATE", "a = 1"),
+            "a = 1",
+            "TRUNCATE ignores row-level security",
+        ),
+        (
+            grant("tables: [t], ", "REFERENCES", "a = 1"),
+            "a = 1",
+            "needs SELECT, INSERT, UPDATE or DELETE",
+        ),
+        (grant("tables: [t], ", "SELECT", "   "), "   ", "is empty"),
+        (
+            grant("tables: [t], ", "SELECT", "a = 1; DROP TABLE t"),
+            "a = 1; DROP TABLE t",
+            "may not contain `;`",
+        ),
+        (
+            grant("tables: [t], ", "SELECT", "a = 1) WITH CHECK (true"),
+            "a = 1) WITH CHECK (true",
+            "closes a parenthesis",
+        ),
+        (
+            grant("tables: [t], ", "SELECT", "(a = 1"),
+            "(a = 1",
+            "leaves a parenthesis open",
+        ),
+        (
+            grant("tables: [t], ", "SELECT", "a = 1 -- x"),
+            "a = 1 -- x",
+            "comment",
+        ),
+        (
+            grant("tables: [t], ", "SELECT", "a = $$x$$"),
+            "a = $$x$$",
+            "may not contain `$`",
+        ),
+        (
+            grant("tables: [t], ", "SELECT", "a = 'x"),
+            "a = 'x",
+            "unterminated quote",
+        ),
+    ] {
+        // Located at the expression (in development: TRUNCATE's DDL policy
+        // is a warning there, not a second error).
+        let yaml = in_env("development", &yaml);
+        check_one_err_at(&yaml, END, &format!("\"{filter}\""), needle);
+    }
+    // MySQL and MariaDB have no row-level security.
+    check_one_err_at(
+        &my_with(
+            "mariadb",
+            "      - { schema: shop, tables: [orders], privileges: [SELECT], row_filter: \"a = 1\" }\n",
+        ),
+        MY_END,
+        "\"a = 1\"",
+        "MySQL and MariaDB do not have",
+    );
 }

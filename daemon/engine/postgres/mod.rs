@@ -12,6 +12,7 @@
 //! "The admin role".
 
 mod audit;
+mod policies;
 pub mod rules;
 mod sql;
 
@@ -360,6 +361,9 @@ impl Postgres {
         for group in actual.difference(&desired) {
             plan.may(format!("REVOKE {} FROM {}", q(group), q(role)), None);
         }
+
+        // Row-level security policies of `row_filter` grants.
+        self.reconcile_policies(tx, account, &mut plan).await?;
 
         // Settings (ALTER ROLE ... SET), for row-level security keyed on them.
         let actual = if existing.is_some() {

@@ -534,11 +534,106 @@ impl Validator {
                 format!("account {account:?}: DDL privileges ({}) need `allow_ddl: true` on the account", ddl.join(", ")),
             );
         }
+        let row_filter = match g.row_filter {
+            None => None,
+            Some(f) => Some(self.row_filter(account, f, engine, kind, &objects, &privileges)?),
+        };
         Some(Grant {
             schema: g.schema.value,
             kind,
             objects,
             privileges,
+            row_filter,
         })
+    }
+
+    /// A `row_filter` applies to named PostgreSQL tables and the commands that
+    /// row-level security governs; the expression goes into `USING (…)`, so it
+    /// may not close that parenthesis or start another statement.
+    fn row_filter(
+        &mut self,
+        account: &str,
+        f: S<String>,
+        engine: EngineKind,
+        kind: ObjectKind,
+        objects: &Option<Objects>,
+        privileges: &BTreeSet<&'static str>,
+    ) -> Option<String> {
+        let at = &f.referenced;
+        if engine.is_mysql() {
+            self.error(at, format!("account {account:?}: row_filter is row-level security, which MySQL and MariaDB do not have"));
+            return None;
+        }
+        if kind != ObjectKind::Table || !matches!(objects, Some(Objects::Named(_))) {
+            self.error(at, format!("account {account:?}: row_filter applies to a grant on named tables (`tables: [t]`), not to {}", match (kind, objects) {
+                (ObjectKind::Table, _) => "\"*\" (list the tables)",
+                (ObjectKind::Schema, _) => "a schema",
+                (k, _) => k.as_str(),
+            }));
+            return None;
+        }
+        if privileges.contains("TRUNCATE") {
+            self.error(at, format!("account {account:?}: TRUNCATE ignores row-level security; a row_filter grant cannot carry it"));
+            return None;
+        }
+        if !privileges
+            .iter()
+            .any(|p| ["SELECT", "INSERT", "UPDATE", "DELETE"].contains(p))
+        {
+            self.error(at, format!("account {account:?}: row_filter needs SELECT, INSERT, UPDATE or DELETE among the privileges"));
+            return None;
+        }
+        match row_filter_problem(&f.value) {
+            Some(p) => {
+                self.error(at, format!("account {account:?}: row_filter {p}"));
+                None
+            }
+            None => Some(f.value.trim().to_owned()),
+        }
+    }
+}
+
+/// Why a row filter cannot be put in `USING (…)` as it is: empty, a `;`, a
+/// comment, a `$` (dollar quoting), or parentheses that close `USING` early or
+/// stay open (outside string literals and quoted identifiers).
+pub(crate) fn row_filter_problem(expr: &str) -> Option<&'static str> {
+    if expr.trim().is_empty() {
+        return Some("is empty");
+    }
+    let mut depth = 0i32;
+    let mut quote: Option<char> = None;
+    let mut prev = '\0';
+    for c in expr.chars() {
+        match quote {
+            Some(q) => {
+                if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '\'' | '"' => quote = Some(c),
+                ';' => return Some("may not contain `;` (one expression, not statements)"),
+                '$' => return Some("may not contain `$`"),
+                '\0' => return Some("may not contain a NUL character"),
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth < 0 {
+                        return Some("closes a parenthesis it did not open");
+                    }
+                }
+                '-' if prev == '-' => return Some("may not contain a comment (`--`)"),
+                '*' if prev == '/' => return Some("may not contain a comment (`/*`)"),
+                _ => {}
+            },
+        }
+        prev = c;
+    }
+    if quote.is_some() {
+        Some("has an unterminated quote")
+    } else if depth != 0 {
+        Some("leaves a parenthesis open")
+    } else {
+        None
     }
 }
