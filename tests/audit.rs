@@ -63,7 +63,14 @@ async fn a_rotated_database_audits_clean_and_every_planted_fault_is_found() {
          CREATE FUNCTION add_one(n int) RETURNS int LANGUAGE sql AS 'SELECT n + 1'",
     )
     .await;
-    let (etl, rep) = (db.name("etl"), db.name("rep"));
+    db.exec(&format!(
+        "CREATE TABLE tenant_rows (tenant_id int);
+         ALTER TABLE tenant_rows OWNER TO {};
+         ALTER TABLE tenant_rows ENABLE ROW LEVEL SECURITY",
+        db.owner
+    ))
+    .await;
+    let (etl, rep, rls) = (db.name("etl"), db.name("rep"), db.name("rls"));
     let accounts = format!(
         "  {etl}:\n    database: main\n    grants:\n\
          \x20     - {{ schema: public, privileges: [USAGE] }}\n\
@@ -71,14 +78,17 @@ async fn a_rotated_database_audits_clean_and_every_planted_fault_is_found() {
          \x20 {rep}:\n    database: main\n    strategy: alternating\n    grants:\n\
          \x20     - {{ schema: public, privileges: [USAGE] }}\n\
          \x20     - {{ schema: public, tables: [orders], privileges: [SELECT] }}\n\
-         \x20     - {{ schema: public, tables: [events], privileges: [SELECT, INSERT] }}\n"
+         \x20     - {{ schema: public, tables: [events], privileges: [SELECT, INSERT] }}\n\
+         \x20 {rls}:\n    database: main\n    grants:\n\
+         \x20     - {{ schema: public, privileges: [USAGE] }}\n\
+         \x20     - {{ schema: public, tables: [tenant_rows], privileges: [SELECT], row_filter: \"tenant_id = 42\" }}\n"
     );
     let config = db.write_inventory(&accounts);
     let mut secrets = Vec::new();
     for _ in 0..3 {
         let out = run(&["rotate", "--all"], &config);
         assert!(out.status.success(), "{}", text(&out));
-        for a in [&etl, &rep] {
+        for a in [&etl, &rep, &rls] {
             secrets.push(db.published(a).password.expose().to_owned());
         }
     }
@@ -123,7 +133,8 @@ async fn a_rotated_database_audits_clean_and_every_planted_fault_is_found() {
          CREATE ROLE {t}_rdr IN ROLE pg_read_all_data;
          CREATE ROLE {t}_ro1; CREATE ROLE {t}_ro2; CREATE ROLE {t}_rw;
          GRANT SELECT ON customers, payroll TO {t}_ro1, {t}_ro2, {t}_rw;
-         GRANT INSERT ON customers TO {t}_rw"
+         GRANT INSERT ON customers TO {t}_rw;
+         ALTER POLICY credrotd_{rls} ON tenant_rows USING (true)"
     ))
     .await;
     let (code, findings, out) = audit_json(&config);
@@ -146,6 +157,7 @@ async fn a_rotated_database_audits_clean_and_every_planted_fault_is_found() {
         ("drift", etl.clone(), "database privilege"),
         ("drift", current_etl.clone(), "direct grant"),
         ("drift", etl.clone(), "intruder is a member"),
+        ("drift", rls.clone(), "CREATE POLICY"),
         ("expired", format!("{t}_old"), "expired at 2020-01-01"),
         ("dangerous", format!("{t}_su"), "SUPERUSER"),
         ("dangerous", format!("{t}_cdb"), "CREATEDB"),
@@ -199,7 +211,7 @@ async fn a_rotated_database_audits_clean_and_every_planted_fault_is_found() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(findings, Vec::<serde_json::Value>::new(), "{out}");
     // ... and the consumers still log in.
-    for a in [&etl, &rep] {
+    for a in [&etl, &rep, &rls] {
         let p = db.published(a);
         db.login(&p.username, p.password.expose())
             .await
@@ -353,7 +365,9 @@ async fn the_daemon_samples_sessions_audits_on_schedule_and_exports_findings() {
         d.log()
     );
     wait("a scheduled audit", &mut || {
-        http_get(port, "/metrics").contains("credrotd_audit_last_run_timestamp_seconds")
+        // (The timestamp gauge reads 0 until then; the findings appear with
+        // the first audit.)
+        http_get(port, "/metrics").contains("credrotd_audit_findings{")
     });
     assert!(
         http_get(port, "/metrics")

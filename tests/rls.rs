@@ -115,7 +115,9 @@ async fn a_credential_sees_and_writes_only_the_rows_of_its_filter() {
     );
     let plan = text(&run(&["plan"], &config));
     assert!(
-        plan.contains(&format!("DROP POLICY \"credrotd_{name}\"")),
+        plan.contains(&format!(
+            "DROP POLICY IF EXISTS \"credrotd_{name}\" ON \"public\".\"tenant_rows\"; CREATE POLICY"
+        )),
         "{plan}"
     );
     let out = run(&["rotate", &name], &config);

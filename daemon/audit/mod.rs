@@ -199,7 +199,8 @@ impl Report {
         out
     }
 
-    /// Sorted: most severe first, then by database, kind and role.
+    /// Sorted: most severe first, then by database, kind and role; a role's
+    /// findings keep their order (a plan's statements depend on each other).
     pub fn sort(&mut self) {
         self.findings.sort_by(|a, b| {
             b.severity
@@ -207,7 +208,6 @@ impl Report {
                 .then_with(|| a.database.cmp(&b.database))
                 .then_with(|| a.kind.cmp(&b.kind))
                 .then_with(|| a.role.cmp(&b.role))
-                .then_with(|| a.detail.cmp(&b.detail))
         });
     }
 }

@@ -192,13 +192,18 @@ impl Postgres {
                 {
                     continue;
                 }
-                plan.may(format!("DROP POLICY {} ON {target}", q(&name)), None);
             }
-            // Created and marked in one statement: the mark records the
-            // expressions as the server stored them, known only once created.
+            // Replaced, created and marked in one statement: the mark records
+            // the expressions as the server stored them, known only once
+            // created; and one statement keeps the fix `audit` prints whole.
+            let replace = if current.is_some() {
+                format!("DROP POLICY IF EXISTS {} ON {target}; ", q(&name))
+            } else {
+                String::new()
+            };
             plan.may(
                 format!(
-                    "DO $credrotd$ DECLARE stored text; BEGIN \
+                    "DO $credrotd$ DECLARE stored text; BEGIN {replace}\
                      CREATE POLICY {pol} ON {target} AS PERMISSIVE FOR {cmd} TO {r} {clauses}; \
                      SELECT {STORED} INTO stored FROM pg_policy p WHERE p.polrelid = {regclass}::regclass AND p.polname = {lit_name}; \
                      EXECUTE 'COMMENT ON POLICY ' || quote_ident({lit_name}) || ' ON ' || {regclass} || ' IS ' || quote_literal({marker} || stored); \
