@@ -814,3 +814,320 @@ async fn rotate_all_with_one_admin_connection() {
             .unwrap_or_else(|e| panic!("{n}'s published login fails: {e}"));
     }
 }
+
+/// `credrotd audit` and `who-can` through the binary on MariaDB: a database
+/// credrotd just rotated has no finding about its accounts; each planted
+/// fault (an orphan login, drift on the scoped role, a column grant, FILE,
+/// SUPER from any host, an anonymous user, two identical roles, an expired
+/// user) is found with the right kind and role; `who-can` follows a role
+/// granted to a user; no issued password is printed.
+///
+/// The MariaDB server is shared by the tests of this file, which run in
+/// parallel, each with its own tag, database and admin: every other test's
+/// admin (CREATE USER and PROCESS from '%'), its managed roles and logins (to
+/// this inventory, accounts it no longer lists) and the harness's DBA are
+/// findings here too. So the audit's exit code says nothing, and only the
+/// findings about this test's own roles (whose role or detail names its tag)
+/// are looked at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_and_who_can_on_mariadb() {
+    let db = MyDb::new().await;
+    setup(&db).await;
+    let t = db.tag.clone();
+    let schema = db.dbname.clone();
+    let (eph, alt) = (db.name("eph"), db.name("alt"));
+    let accounts = format!(
+        "{}{}",
+        etl(&db, &eph, "ephemeral", ""),
+        etl(&db, &alt, "alternating", "")
+    );
+    let path = db.write_inventory_with("", &accounts);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_credrotd"))
+            .env_remove("CREDROTD_CONFIG")
+            .arg("-c")
+            .arg(&path)
+            .args(args)
+            .output()
+            .expect("run credrotd");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out, text)
+    };
+    let audit = || {
+        let (out, text) = run(&["audit", "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("audit prints JSON ({e}): {text}"));
+        assert_ne!(out.status.code(), Some(2), "{text}");
+        (v, text)
+    };
+    let ours = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| {
+                f["role"].as_str().unwrap_or("").contains(t.as_str())
+                    || f["detail"].as_str().unwrap_or("").contains(t.as_str())
+            })
+            .cloned()
+            .collect()
+    };
+
+    let mut secrets = Vec::new();
+    for _ in 0..2 {
+        let (out, text) = run(&["rotate", "--all"]);
+        assert!(out.status.success(), "{text}");
+        for a in [&eph, &alt] {
+            secrets.push(db.published(a).password.expose().to_owned());
+        }
+    }
+
+    // Clean: two rotations in, a retiring ephemeral login, both twins.
+    let (v, text) = audit();
+    assert_eq!(ours(&v), Vec::<serde_json::Value>::new(), "{text}");
+    let notes = v["notes"].as_array().unwrap();
+    let admin = format!("{}@%", db.admin_user);
+    assert!(
+        notes.iter().any(|n| n["role"] == admin.as_str()
+            && n["detail"]
+                .as_str()
+                .unwrap()
+                .contains("credrotd connects as this role (MariaDB 10.")),
+        "the admin is a note: {text}"
+    );
+    assert!(
+        notes.iter().any(|n| n["role"] == "root@localhost"
+            && n["detail"]
+                .as_str()
+                .unwrap()
+                .contains("the server's own administrator")),
+        "root is a note: {text}"
+    );
+    for system in ["root@localhost", "mariadb.sys@localhost"] {
+        assert!(
+            !v["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["role"] == system),
+            "{system}: {text}"
+        );
+    }
+    let mut printed = text;
+
+    // Plant one of each, as the DBA.
+    let pw = format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    );
+    let gone = format!("{t}_gone_20260101000000");
+    db.exec(&format!(
+        "CREATE USER '{gone}'@'%' IDENTIFIED BY '{pw}';
+         INSERT INTO credrotd.managed (name, kind, account, valid_until)
+           VALUES ('{gone}', 'login', '{t}_gone', NULL);
+         GRANT DELETE ON `{schema}`.`orders` TO '{eph}';
+         GRANT SELECT (salary) ON `{schema}`.`payroll` TO '{eph}';
+         CREATE USER '{t}_filer'@'localhost' IDENTIFIED BY '{pw}';
+         GRANT FILE ON *.* TO '{t}_filer'@'localhost';
+         CREATE USER '{t}_wild'@'%' IDENTIFIED BY '{pw}';
+         GRANT SUPER ON *.* TO '{t}_wild'@'%';
+         CREATE USER ''@'{t}.invalid';
+         CREATE ROLE '{t}_ro1';
+         CREATE ROLE '{t}_ro2';
+         GRANT SELECT ON `{schema}`.`customers` TO '{t}_ro1';
+         GRANT SELECT ON `{schema}`.`customers` TO '{t}_ro2';
+         CREATE USER '{t}_old'@'%' IDENTIFIED BY '{pw}' PASSWORD EXPIRE;
+         CREATE ROLE '{t}_grp';
+         GRANT SELECT ON `{schema}`.`payroll` TO '{t}_grp';
+         CREATE USER '{t}_bob'@'%' IDENTIFIED BY '{pw}';
+         GRANT '{t}_grp' TO '{t}_bob'@'%'"
+    ))
+    .await;
+    let (v, text) = audit();
+    let findings = ours(&v);
+    let expect: Vec<(&str, &str, String, String)> = vec![
+        (
+            "orphan",
+            "error",
+            format!("{gone}@%"),
+            "which the inventory no longer lists; it can log in".into(),
+        ),
+        (
+            "drift",
+            "warning",
+            eph.clone(),
+            format!("REVOKE DELETE ON `{schema}`.`orders` FROM '{eph}'"),
+        ),
+        (
+            "drift",
+            "warning",
+            eph.clone(),
+            "column privilege the inventory does not declare: SELECT".into(),
+        ),
+        (
+            "dangerous",
+            "warning",
+            format!("{t}_filer@localhost"),
+            "login role holds FILE".into(),
+        ),
+        (
+            "dangerous",
+            "error",
+            format!("{t}_wild@%"),
+            "login role holds SUPER".into(),
+        ),
+        (
+            "dangerous",
+            "warning",
+            format!("{t}_wild@%"),
+            "from any host".into(),
+        ),
+        (
+            "dangerous",
+            "warning",
+            format!("@{t}.invalid"),
+            "anonymous".into(),
+        ),
+        (
+            "bloat",
+            "info",
+            format!("{t}_ro1"),
+            format!("roles {t}_ro1, {t}_ro2 hold the same 1 privileges"),
+        ),
+        (
+            "expired",
+            "warning",
+            format!("{t}_old@%"),
+            "but still exists and has LOGIN".into(),
+        ),
+    ];
+    for (kind, severity, role, detail) in &expect {
+        assert!(
+            findings.iter().any(|f| f["kind"] == *kind
+                && f["severity"] == *severity
+                && f["role"] == role.as_str()
+                && f["detail"].as_str().unwrap_or("").contains(detail.as_str())),
+            "missing {severity} {kind} {role} {detail:?}: {text}"
+        );
+    }
+    let fix_of = |role: &str, detail: &str| -> String {
+        findings
+            .iter()
+            .find(|f| f["role"] == role && f["detail"].as_str().unwrap_or("").contains(detail))
+            .and_then(|f| f["fix"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        fix_of(&format!("{gone}@%"), "no longer lists"),
+        format!("DROP USER '{gone}'@'%'")
+    );
+    assert_eq!(
+        fix_of(&format!("{t}_filer@localhost"), "FILE"),
+        format!("REVOKE FILE ON *.* FROM '{t}_filer'@'localhost'")
+    );
+    assert_eq!(
+        fix_of(&eph, "column privilege"),
+        format!("REVOKE SELECT (`salary`) ON `{schema}`.`payroll` FROM '{eph}'")
+    );
+    assert_eq!(
+        fix_of(&format!("@{t}.invalid"), "anonymous"),
+        format!("DROP USER ''@'{t}.invalid'")
+    );
+    // Nothing about the admin, the live logins, the role users only inherit
+    // through, or the user that holds nothing.
+    for quiet in [admin.clone(), format!("{t}_bob@%"), format!("{t}_grp")] {
+        assert!(
+            !findings.iter().any(|f| f["role"] == quiet.as_str()),
+            "{quiet}: {text}"
+        );
+    }
+    assert!(
+        !findings
+            .iter()
+            .any(|f| f["kind"] == "orphan" && f["role"] != format!("{gone}@%").as_str()),
+        "only the planted login is an orphan: {text}"
+    );
+    for f in &findings {
+        assert!(f["fix"].is_string() || f["kind"] == "bloat", "{f}");
+    }
+    printed.push_str(&text);
+
+    // who-can: through the role granted to a user.
+    let (out, text) = run(&[
+        "who-can",
+        "select",
+        &format!("{schema}.payroll"),
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{text}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let holders = v[0]["holders"].as_array().unwrap();
+    let bob = holders
+        .iter()
+        .find(|h| h["role"] == format!("{t}_bob@%").as_str())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(
+        bob["chain"],
+        serde_json::json!([format!("{t}_bob@%"), format!("{t}_grp")])
+    );
+    assert_eq!(bob["can_login"], true);
+    assert_eq!(
+        bob["via"],
+        format!("SELECT on table {schema}.payroll").as_str()
+    );
+    let roles: Vec<&str> = holders.iter().filter_map(|h| h["role"].as_str()).collect();
+    assert!(roles.contains(&"root@localhost"), "{roles:?}");
+    // The accounts' logins read only a column of it: not the table.
+    let current = db.published(&eph).username;
+    assert!(
+        !roles.contains(&eph.as_str()) && !roles.contains(&format!("{current}@%").as_str()),
+        "{roles:?}"
+    );
+    printed.push_str(&text);
+    let (out, text) = run(&["who-can", "SELECT", &format!("{schema}.payroll")]);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{t}_bob@% (login): {t}_bob@% -> {t}_grp via SELECT on table {schema}.payroll"
+        )),
+        "{text}"
+    );
+    printed.push_str(&text);
+    assert_no_secret("audit and who-can output", printed.as_bytes(), &secrets);
+}
+
+/// The daemon's session sample (stale-login detection) sees a consumer that is
+/// connected now, by user name, and not once it has gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_lists_the_users_connected_now() {
+    let db = MyDb::new().await;
+    setup(&db).await;
+    let name = db.name("seen");
+    let ctx = db
+        .context(&etl(&db, &name, "ephemeral", ""), system())
+        .await;
+    let account = ctx.account(&name).unwrap().clone();
+    rotation::rotate(&ctx, &account).await.unwrap();
+    let p = db.published(&name);
+    let engine = ctx.engines["main"].clone();
+    let session = db.login(&p.username, p.password.expose()).await.unwrap();
+    let seen = engine.sessions().await.unwrap();
+    assert!(seen.contains(&p.username), "{seen:?}");
+    session.close().await.unwrap();
+    let mut gone = false;
+    for _ in 0..50 {
+        if !engine.sessions().await.unwrap().contains(&p.username) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the closed session is still listed");
+}

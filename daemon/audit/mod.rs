@@ -376,7 +376,8 @@ impl Audit<'_> {
                     m.account
                 )),
                 (ManagedKind::Login, Some(d))
-                    if self.declared.ledger_read && !d.live.contains(&r.name) =>
+                    if self.declared.ledger_read
+                        && !d.live.iter().any(|u| is_named(&r.name, u)) =>
                 {
                     Some(format!(
                         "login of account {} that the ledger does not know",
@@ -385,7 +386,9 @@ impl Audit<'_> {
                 }
                 // A twin waits, unable to log in, for its next turn.
                 (ManagedKind::Alternating, Some(d))
-                    if self.declared.ledger_read && usable && !d.live.contains(&r.name) =>
+                    if self.declared.ledger_read
+                        && usable
+                        && !d.live.iter().any(|u| is_named(&r.name, u)) =>
                 {
                     Some(format!(
                         "login of account {} that the ledger does not know",
@@ -562,7 +565,9 @@ impl Audit<'_> {
                 _ => false,
             };
             if own
-                || d.static_role.as_deref() == Some(m.member.as_str())
+                || d.static_role
+                    .as_deref()
+                    .is_some_and(|s| is_named(&m.member, s))
                 || m.member == self.catalog.admin
             {
                 continue;
@@ -732,11 +737,11 @@ impl Audit<'_> {
                 }
                 Some(_) => {}
                 None if r.can_login && !r.bootstrap && r.name != self.catalog.admin => {
-                    let is_static = self
-                        .declared
-                        .accounts
-                        .values()
-                        .any(|d| d.static_role.as_deref() == Some(r.name.as_str()));
+                    let is_static = self.declared.accounts.values().any(|d| {
+                        d.static_role
+                            .as_deref()
+                            .is_some_and(|s| is_named(&r.name, s))
+                    });
                     if is_static {
                         continue;
                     }
@@ -787,6 +792,12 @@ impl Audit<'_> {
 
 /// What a role may do: (object, privilege) pairs.
 type GrantSet = BTreeSet<(Object, String)>;
+
+/// Whether the catalog's `role` is the login `name` the ledger or the
+/// inventory knows: MySQL names a user `user@host`.
+fn is_named(role: &str, name: &str) -> bool {
+    role == name || role.rsplit_once('@').is_some_and(|(user, _)| user == name)
+}
 
 fn fmt_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%SZ").to_string()

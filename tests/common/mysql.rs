@@ -298,6 +298,8 @@ impl Drop for MyDb {
                     };
                     let _ = sqlx::raw_sql(&stmt).execute(&mut c).await;
                 }
+                // An anonymous user a test planted at a host of its own.
+                let _ = sqlx::raw_sql(&format!("DROP USER IF EXISTS ''@'{tag}.invalid'")).execute(&mut c).await;
                 let events: Vec<String> = sqlx::query_scalar("SELECT CAST(EVENT_NAME AS CHAR) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = 'credrotd' AND DEFINER LIKE ?")
                     .bind(format!("{tag}\\_admin@%"))
                     .fetch_all(&mut c)

@@ -15,6 +15,7 @@
 //! owning ledger, last claim, intended expiry). A role without a row is not
 //! credrotd's. docs/mysql.md is the operator's reference.
 
+mod audit;
 pub mod password;
 pub mod rules;
 pub mod sql;
@@ -1733,6 +1734,14 @@ impl Engine for Mysql {
             }
         }
         Ok(gaps)
+    }
+
+    async fn sessions(&self) -> Result<Vec<String>, EngineError> {
+        self.read_sessions().await
+    }
+
+    async fn catalog(&self) -> Result<super::catalog::Catalog, EngineError> {
+        self.read_catalog().await
     }
 }
 
