@@ -1745,3 +1745,470 @@ async fn a_second_ledger_refuses_a_running_owner_and_takes_over_when_it_is_gone(
     let owner = engine.owner(&account).await.unwrap().unwrap();
     assert_eq!(owner.ledger.as_deref(), Some(b.ledger.id()));
 }
+
+// ---- Catch-up: what `audit` finds beyond the grant diff, put right by a rotation ----
+
+/// A database with [`fixtures`], credrotd as a CREATEROLE admin or as the
+/// superuser, and account `name` (as [`etl`], with `strategy`) rotated once
+/// and without drift.
+async fn catch_up_setup(
+    superuser: bool,
+    suffix: &str,
+    strategy: &str,
+) -> (
+    TestDb,
+    credrotd::rotation::Context,
+    credrotd::inventory::Account,
+    String,
+) {
+    let db = if superuser {
+        TestDb::new_superuser().await
+    } else {
+        TestDb::new().await
+    };
+    setup(&db).await;
+    let name = db.name(suffix);
+    let ctx = db.context(&etl(&name, strategy, ""), system()).await;
+    let account = ctx.account(&name).unwrap().clone();
+    rotation::rotate(&ctx, &account).await.unwrap();
+    assert_eq!(
+        ctx.engines["main"]
+            .reconcile(&account, false)
+            .await
+            .unwrap(),
+        Reconciled::default(),
+        "no drift right after a rotation"
+    );
+    (db, ctx, account, name)
+}
+
+/// The statements `credrotd plan` shows for the account (a read-only
+/// reconcile), after checking that each of `expected` is one of them.
+async fn plan_lists(
+    ctx: &credrotd::rotation::Context,
+    account: &credrotd::inventory::Account,
+    expected: &[String],
+) -> Vec<String> {
+    let plan: Vec<String> = ctx.engines["main"]
+        .reconcile(account, false)
+        .await
+        .unwrap()
+        .changes
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
+    for e in expected {
+        assert!(plan.contains(e), "plan lacks {e}: {plan:#?}");
+    }
+    plan
+}
+
+/// A rotation applies the plan; afterwards there is no drift left, and the
+/// published credential logs in with exactly the declared privileges.
+async fn rotate_clean(
+    db: &TestDb,
+    ctx: &credrotd::rotation::Context,
+    account: &credrotd::inventory::Account,
+) {
+    rotation::rotate(ctx, account).await.unwrap();
+    assert_eq!(
+        ctx.engines["main"].reconcile(account, false).await.unwrap(),
+        Reconciled::default(),
+        "drift left after a rotation"
+    );
+    let p = db.published(&account.name);
+    assert_exact_privileges(db, &p.username, p.password.expose()).await;
+}
+
+/// Whether `role` holds anything on a column, the database, a schema, a
+/// relation or a routine directly (never counting what it owns).
+async fn holds_any_direct_grant(db: &TestDb, role: &str) -> bool {
+    db.query_bool(&format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute at, aclexplode(at.attacl) a WHERE a.grantee = '{role}'::regrole)
+             OR EXISTS (SELECT 1 FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = current_database() AND a.grantee = '{role}'::regrole)
+             OR EXISTS (SELECT 1 FROM pg_namespace n, aclexplode(n.nspacl) a WHERE a.grantee = '{role}'::regrole AND n.nspowner <> a.grantee)
+             OR EXISTS (SELECT 1 FROM pg_class c, aclexplode(c.relacl) a WHERE a.grantee = '{role}'::regrole AND c.relowner <> a.grantee)
+             OR EXISTS (SELECT 1 FROM pg_proc p, aclexplode(p.proacl) a WHERE a.grantee = '{role}'::regrole AND p.proowner <> a.grantee)"
+    ))
+    .await
+}
+
+/// Whether `role` holds a privilege on the current database directly.
+async fn holds_database_privilege(db: &TestDb, role: &str) -> bool {
+    db.query_bool(&format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_database d, aclexplode(d.datacl) a
+                        WHERE d.datname = current_database() AND a.grantee = '{role}'::regrole)"
+    ))
+    .await
+}
+
+async fn column_privileges_case(superuser: bool) {
+    let (db, ctx, account, name) = catch_up_setup(superuser, "col", "ephemeral").await;
+    // analytics belongs to the owner role, whose privileges the CREATEROLE
+    // admin has; public to the superuser, which only a superuser admin can
+    // act as.
+    let mut plant = format!(
+        "GRANT UPDATE (kind) ON analytics.events TO {name};
+         GRANT SELECT (id), REFERENCES (id) ON analytics.events TO {name}"
+    );
+    let mut expected = vec![
+        format!("REVOKE UPDATE (\"kind\") ON TABLE \"analytics\".\"events\" FROM \"{name}\""),
+        format!("REVOKE SELECT (\"id\") ON TABLE \"analytics\".\"events\" FROM \"{name}\""),
+        format!("REVOKE REFERENCES (\"id\") ON TABLE \"analytics\".\"events\" FROM \"{name}\""),
+    ];
+    if superuser {
+        plant.push_str(&format!(
+            "; GRANT SELECT (salary) ON public.payroll TO {name}"
+        ));
+        expected.push(format!(
+            "REVOKE SELECT (\"salary\") ON TABLE \"public\".\"payroll\" FROM \"{name}\""
+        ));
+    }
+    db.exec(&plant).await;
+    let plan = plan_lists(&ctx, &account, &expected).await;
+    assert_eq!(plan.len(), expected.len(), "{plan:#?}");
+    rotate_clean(&db, &ctx, &account).await;
+    assert!(
+        !db.query_bool(&format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute at, aclexplode(at.attacl) a WHERE a.grantee = '{name}'::regrole)"
+        ))
+        .await,
+        "column privileges are gone"
+    );
+    // The table-level SELECT the inventory declares is still there.
+    assert!(
+        db.query_bool(&format!(
+            "SELECT has_table_privilege('{name}', 'analytics.events', 'SELECT')"
+        ))
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_revokes_undeclared_column_privileges() {
+    column_privileges_case(false).await;
+    column_privileges_case(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_revokes_database_privileges_it_can_and_reports_the_rest() {
+    // As the superuser: every direct database privilege goes.
+    let (db, ctx, account, name) = catch_up_setup(true, "dbp", "ephemeral").await;
+    let dbname = &db.dbname;
+    db.exec(&format!(
+        "GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {dbname} TO {name}"
+    ))
+    .await;
+    let expected: Vec<String> = ["CONNECT", "CREATE", "TEMPORARY"]
+        .iter()
+        .map(|p| format!("REVOKE {p} ON DATABASE \"{dbname}\" FROM \"{name}\""))
+        .collect();
+    plan_lists(&ctx, &account, &expected).await;
+    rotate_clean(&db, &ctx, &account).await;
+    assert!(!holds_database_privilege(&db, &name).await);
+    // CONNECT still comes from PUBLIC: the consumer logged in above.
+
+    // As a CREATEROLE admin: the database belongs to the superuser, whose
+    // grant only it can revoke. A stuck item with the reason, not an error;
+    // the rotation goes on.
+    let (db, ctx, account, name) = catch_up_setup(false, "dbp", "ephemeral").await;
+    let dbname = &db.dbname;
+    db.exec(&format!("GRANT CREATE ON DATABASE {dbname} TO {name}"))
+        .await;
+    let revoke = format!("REVOKE CREATE ON DATABASE \"{dbname}\" FROM \"{name}\"");
+    plan_lists(&ctx, &account, std::slice::from_ref(&revoke)).await;
+    let r = ctx.engines["main"].reconcile(&account, true).await.unwrap();
+    let stuck = r
+        .stuck
+        .iter()
+        .find(|s| s.what == revoke)
+        .unwrap_or_else(|| panic!("{r:#?}"));
+    assert!(
+        stuck.error.starts_with("had no effect")
+            && stuck.error.contains("granted by credrotd_admin")
+            && stuck.error.contains("cannot act as credrotd_admin"),
+        "{stuck:?}"
+    );
+    rotation::rotate(&ctx, &account).await.unwrap();
+    let p = db.published(&name);
+    assert_exact_privileges(&db, &p.username, p.password.expose()).await;
+    // Once the database belongs to a role whose privileges the admin has, its
+    // grants are that role's, and the next rotation revokes them.
+    db.exec(&format!("ALTER DATABASE {dbname} OWNER TO {}", db.owner))
+        .await;
+    plan_lists(&ctx, &account, &[revoke]).await;
+    rotate_clean(&db, &ctx, &account).await;
+    assert!(!holds_database_privilege(&db, &name).await);
+}
+
+async fn grant_option_case(superuser: bool) {
+    let (db, ctx, account, name) = catch_up_setup(superuser, "gopt", "ephemeral").await;
+    let mut plant = format!(
+        "GRANT SELECT, INSERT ON analytics.events TO {name} WITH GRANT OPTION;
+         GRANT USAGE ON SCHEMA analytics TO {name} WITH GRANT OPTION"
+    );
+    let mut expected = vec![
+        format!("REVOKE GRANT OPTION FOR SELECT ON TABLE \"analytics\".\"events\" FROM \"{name}\""),
+        format!("REVOKE GRANT OPTION FOR INSERT ON TABLE \"analytics\".\"events\" FROM \"{name}\""),
+        format!("REVOKE GRANT OPTION FOR USAGE ON SCHEMA \"analytics\" FROM \"{name}\""),
+    ];
+    if superuser {
+        plant.push_str(&format!(
+            "; GRANT SELECT ON public.orders TO {name} WITH GRANT OPTION"
+        ));
+        expected.push(format!(
+            "REVOKE GRANT OPTION FOR SELECT ON TABLE \"public\".\"orders\" FROM \"{name}\""
+        ));
+    }
+    db.exec(&plant).await;
+    let plan = plan_lists(&ctx, &account, &expected).await;
+    assert_eq!(plan.len(), expected.len(), "{plan:#?}");
+    rotate_clean(&db, &ctx, &account).await;
+    let mut checks = vec![
+        ("analytics.events", "SELECT"),
+        ("analytics.events", "INSERT"),
+    ];
+    if superuser {
+        checks.push(("public.orders", "SELECT"));
+    }
+    for (table, privilege) in checks {
+        assert!(
+            db.query_bool(&format!(
+                "SELECT has_table_privilege('{name}', '{table}', '{privilege}')
+                    AND NOT has_table_privilege('{name}', '{table}', '{privilege} WITH GRANT OPTION')"
+            ))
+            .await,
+            "{privilege} on {table} is kept, its grant option is not"
+        );
+    }
+    assert!(
+        db.query_bool(&format!(
+            "SELECT has_schema_privilege('{name}', 'analytics', 'USAGE')
+                AND NOT has_schema_privilege('{name}', 'analytics', 'USAGE WITH GRANT OPTION')"
+        ))
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_revokes_grant_options_and_keeps_the_privileges() {
+    grant_option_case(false).await;
+    grant_option_case(true).await;
+}
+
+async fn login_grants_case(superuser: bool, strategy: &str) {
+    let (db, ctx, account, name) = catch_up_setup(superuser, "lg", strategy).await;
+    let login = db.published(&name).username;
+    let mut plant = format!(
+        "GRANT UPDATE, DELETE ON analytics.events TO {login};
+         GRANT SELECT (kind) ON analytics.events TO {login};
+         GRANT CREATE ON SCHEMA analytics TO {login};
+         GRANT UPDATE ON SEQUENCE analytics.events_id_seq TO {login}"
+    );
+    let mut expected = vec![
+        format!("REVOKE UPDATE ON TABLE \"analytics\".\"events\" FROM \"{login}\""),
+        format!("REVOKE DELETE ON TABLE \"analytics\".\"events\" FROM \"{login}\""),
+        format!("REVOKE SELECT (\"kind\") ON TABLE \"analytics\".\"events\" FROM \"{login}\""),
+        format!("REVOKE CREATE ON SCHEMA \"analytics\" FROM \"{login}\""),
+        format!("REVOKE UPDATE ON SEQUENCE \"analytics\".\"events_id_seq\" FROM \"{login}\""),
+    ];
+    if superuser {
+        plant.push_str(&format!(
+            "; GRANT SELECT ON public.payroll TO {login};
+             GRANT EXECUTE ON FUNCTION ops.refresh_stats(int) TO {login};
+             GRANT TEMPORARY ON DATABASE {} TO {login}",
+            db.dbname
+        ));
+        expected.extend([
+            format!("REVOKE SELECT ON TABLE \"public\".\"payroll\" FROM \"{login}\""),
+            format!(
+                "REVOKE EXECUTE ON ROUTINE \"ops\".\"refresh_stats\"(n integer) FROM \"{login}\""
+            ),
+            format!(
+                "REVOKE TEMPORARY ON DATABASE \"{}\" FROM \"{login}\"",
+                db.dbname
+            ),
+        ]);
+    }
+    db.exec(&plant).await;
+    let plan = plan_lists(&ctx, &account, &expected).await;
+    assert_eq!(plan.len(), expected.len(), "{plan:#?}");
+    rotate_clean(&db, &ctx, &account).await;
+    // The login that held them (still within its overlap, or the idle twin)
+    // holds nothing of its own any more, nor does the new one.
+    assert!(
+        !holds_any_direct_grant(&db, &login).await,
+        "{login} still holds a direct grant"
+    );
+    let current = db.published(&name).username;
+    assert!(!holds_any_direct_grant(&db, &current).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_revokes_direct_grants_to_the_accounts_logins() {
+    login_grants_case(false, "ephemeral").await;
+    login_grants_case(true, "alternating").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undeclared_grant_is_revoked_as_the_grantor_the_admin_is_a_member_of() {
+    let (db, ctx, account, name) = catch_up_setup(false, "gb", "ephemeral").await;
+    let admin = &db.admin_user;
+    let grantor = db.name("grantor");
+    let stranger = db.name("stranger");
+    // Two roles that may hand on SELECT on customers and payroll (owned by the
+    // superuser); the admin is a member of one of them only.
+    db.exec(&format!(
+        "CREATE ROLE {grantor} NOLOGIN; CREATE ROLE {stranger} NOLOGIN;
+         GRANT SELECT ON public.customers, public.payroll TO {grantor}, {stranger} WITH GRANT OPTION;
+         GRANT {grantor} TO {admin};
+         SET ROLE {grantor}; GRANT SELECT ON public.customers TO {name}; RESET ROLE;
+         SET ROLE {stranger}; GRANT SELECT ON public.payroll TO {name}; RESET ROLE"
+    ))
+    .await;
+    let as_grantor = format!(
+        "SET ROLE \"{grantor}\"; REVOKE SELECT ON TABLE \"public\".\"customers\" FROM \"{name}\"; RESET ROLE"
+    );
+    let plain = format!("REVOKE SELECT ON TABLE \"public\".\"payroll\" FROM \"{name}\"");
+    let plan = plan_lists(&ctx, &account, &[as_grantor.clone(), plain.clone()]).await;
+    assert_eq!(plan.len(), 2, "{plan:#?}");
+
+    // Apply: the grantor's grant goes; the stranger's is reported, with why.
+    let r = ctx.engines["main"].reconcile(&account, true).await.unwrap();
+    assert_eq!(r.changes, vec![Change(as_grantor)], "{r:#?}");
+    assert_eq!(r.stuck.len(), 1, "{r:#?}");
+    assert_eq!(r.stuck[0].what, plain);
+    assert!(
+        r.stuck[0].error.starts_with("had no effect")
+            && r.stuck[0].error.contains(&format!("granted by {stranger}"))
+            && r.stuck[0]
+                .error
+                .contains(&format!("cannot act as {stranger} (not a member)")),
+        "{r:#?}"
+    );
+    assert!(
+        !db.query_bool(&format!(
+            "SELECT has_table_privilege('{name}', 'public.customers', 'SELECT')"
+        ))
+        .await
+    );
+    // The admin is still itself afterwards (RESET ROLE, or the savepoint).
+    let mut c = db.daemon_admin().await;
+    let who: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(&who, admin);
+    c.close().await.unwrap();
+
+    // Once the admin may act as the stranger too, a rotation revokes its grant.
+    db.exec(&format!("GRANT {stranger} TO {admin}")).await;
+    plan_lists(
+        &ctx,
+        &account,
+        &[format!("SET ROLE \"{stranger}\"; {plain}; RESET ROLE")],
+    )
+    .await;
+    rotate_clean(&db, &ctx, &account).await;
+    assert!(
+        !db.query_bool(&format!(
+            "SELECT has_table_privilege('{name}', 'public.payroll', 'SELECT')"
+        ))
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superuser_admin_revokes_as_any_grantor() {
+    let (db, ctx, account, name) = catch_up_setup(true, "gbs", "ephemeral").await;
+    let grantor = db.name("grantor");
+    db.exec(&format!(
+        "CREATE ROLE {grantor} NOLOGIN;
+         GRANT DELETE ON public.orders TO {grantor} WITH GRANT OPTION;
+         SET ROLE {grantor}; GRANT DELETE ON public.orders TO {name}; RESET ROLE"
+    ))
+    .await;
+    plan_lists(
+        &ctx,
+        &account,
+        &[format!(
+            "SET ROLE \"{grantor}\"; REVOKE DELETE ON TABLE \"public\".\"orders\" FROM \"{name}\"; RESET ROLE"
+        )],
+    )
+    .await;
+    rotate_clean(&db, &ctx, &account).await;
+    // The account's DELETE is gone; the grantor keeps its own.
+    assert!(
+        db.query_bool(&format!(
+            "SELECT NOT has_table_privilege('{name}', 'public.orders', 'DELETE')
+                AND has_table_privilege('{grantor}', 'public.orders', 'DELETE')"
+        ))
+        .await
+    );
+}
+
+async fn other_members_case(superuser: bool) {
+    let db = if superuser {
+        TestDb::new_superuser().await
+    } else {
+        TestDb::new().await
+    };
+    setup(&db).await;
+    // A static account: its role is a member of the scoped role by right, and
+    // so is another account that declares `member_of` it.
+    let name = db.name("mem");
+    let role = db.name("mem_svc");
+    let reader = db.name("memrd");
+    let intruder = db.name("intruder");
+    let group = db.name("grp");
+    db.exec(&format!("CREATE ROLE {role} LOGIN")).await;
+    let accounts = format!(
+        "{}  {reader}:\n    database: main\n    member_of: [{name}]\n    grants:\n\
+         \x20     - {{ schema: public, privileges: [USAGE] }}\n",
+        static_account(&name, &role),
+    );
+    let ctx = db.context(&accounts, system()).await;
+    let engine = ctx.engines["main"].clone();
+    let account = ctx.account(&name).unwrap().clone();
+    let reader_account = ctx.account(&reader).unwrap().clone();
+    rotation::rotate(&ctx, &account).await.unwrap();
+    rotation::rotate(&ctx, &reader_account).await.unwrap();
+    for a in [&account, &reader_account] {
+        assert_eq!(
+            engine.reconcile(a, false).await.unwrap(),
+            Reconciled::default(),
+            "{}",
+            a.name
+        );
+    }
+    db.exec(&format!(
+        "CREATE ROLE {intruder} LOGIN; CREATE ROLE {group} NOLOGIN;
+         GRANT {name} TO {intruder}, {group}"
+    ))
+    .await;
+    let expected = vec![
+        format!("REVOKE \"{name}\" FROM \"{group}\""),
+        format!("REVOKE \"{name}\" FROM \"{intruder}\""),
+    ];
+    let plan = plan_lists(&ctx, &account, &expected).await;
+    assert_eq!(
+        plan, expected,
+        "nothing about the static role or the reader"
+    );
+    rotate_clean(&db, &ctx, &account).await;
+    for m in [&intruder, &group] {
+        assert!(!is_member(&db, m, &name).await, "{m} is still a member");
+    }
+    assert!(is_member(&db, &role, &name).await, "the static role");
+    assert!(is_member(&db, &reader, &name).await, "a declared member_of");
+    assert_eq!(
+        engine.reconcile(&reader_account, false).await.unwrap(),
+        Reconciled::default()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_revokes_members_of_the_scoped_role_that_are_not_its_logins() {
+    other_members_case(false).await;
+    other_members_case(true).await;
+}

@@ -12,6 +12,7 @@
 //! "The admin role".
 
 mod audit;
+mod catchup;
 mod policies;
 pub mod rules;
 mod sql;
@@ -251,16 +252,10 @@ impl Postgres {
                 None,
             );
         }
-        for ((obj, privilege), grantors) in actual.iter().filter(|(k, _)| !desired.contains(*k)) {
-            let grantors: Vec<&str> = grantors.iter().map(String::as_str).collect();
-            plan.may(
-                format!("REVOKE {privilege} ON {} FROM {}", obj.sql(), q(role)),
-                Some(format!(
-                    "the privilege was granted by {}; only that role (or the object's owner, by revoking its grant option with CASCADE) can revoke it",
-                    grantors.join(", ")
-                )),
-            );
-        }
+        // Undeclared privileges (revoked as their grantor where possible), grant
+        // options, column and database privileges, the logins' direct grants,
+        // other members: catchup.rs.
+        self.catch_up(tx, account, &desired, &mut plan).await?;
 
         // Default privileges for objects created later ("*" grants).
         let desired = Self::desired_defaults(account, &owners);
