@@ -493,6 +493,18 @@ impl Audit<'_> {
                             Some(c.0.clone()),
                         );
                     }
+                    // What reconciliation already knows it cannot correct.
+                    for st in &plan.stuck {
+                        self.push(
+                            Kind::Drift,
+                            Severity::Warning,
+                            account,
+                            format!(
+                                "differs from the inventory and credrotd cannot correct it: {st}"
+                            ),
+                            None,
+                        );
+                    }
                 }
                 Err(e) => self.push(
                     Kind::Drift,
@@ -503,8 +515,13 @@ impl Audit<'_> {
                 ),
             }
         }
-        // What the plan does not look at: privileges of managed logins, column
-        // and database-level privileges and grant options of scoped roles.
+        // What the plan does not correct on every engine (PostgreSQL's does:
+        // its catalog says so): privileges of managed logins, column and
+        // database-level privileges and grant options of scoped roles, other
+        // members of a scoped role.
+        if self.catalog.plan_covers_grants {
+            return;
+        }
         let managed: HashMap<&str, (ManagedKind, &str)> = self
             .catalog
             .roles

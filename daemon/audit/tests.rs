@@ -90,6 +90,7 @@ fn clean() -> (Catalog, Declared) {
     let mut rep_b = managed(role("rep_b"), ManagedKind::Alternating, "rep");
     rep_b.valid_until = Some(now() - Duration::hours(20));
     let catalog = Catalog {
+        plan_covers_grants: false,
         server: "PostgreSQL 15".into(),
         admin: "credrotd_admin".into(),
         now: now(),
@@ -510,4 +511,34 @@ fn the_json_report_has_findings_and_counts_cover_every_pair() {
     assert!(f["fix"].is_string());
     assert_eq!(r.counts().len(), 18);
     assert_eq!(r.counts()[&(Kind::Orphan, Severity::Warning)], 1);
+}
+
+#[test]
+fn where_the_plan_corrects_everything_drift_comes_from_the_plan_alone() {
+    let (mut c, mut d) = clean();
+    c.plan_covers_grants = true;
+    c.privileges
+        .push(grant("etl", Object::Database("main".into()), "CREATE"));
+    c.roles.push(login("intruder"));
+    c.memberships.push(member("etl", "intruder"));
+    d.plans.insert(
+        "etl".into(),
+        Ok(Reconciled {
+            changes: vec![Change("REVOKE CREATE ON DATABASE main FROM etl".into())],
+            stuck: vec![crate::engine::Stuck {
+                what: "REVOKE etl FROM intruder".into(),
+                error: "permission denied".into(),
+            }],
+        }),
+    );
+    let r = analyse(&c, &d);
+    let drift: Vec<&str> = r
+        .findings
+        .iter()
+        .filter(|f| f.kind == Kind::Drift)
+        .map(|f| f.detail.as_str())
+        .collect();
+    assert_eq!(drift.len(), 2, "{}", r.table());
+    assert!(drift[0].contains("REVOKE CREATE ON DATABASE main FROM etl"));
+    assert!(drift[1].contains("cannot correct it: REVOKE etl FROM intruder: permission denied"));
 }

@@ -17,6 +17,11 @@ pub struct Catalog {
     pub roles: Vec<CatalogRole>,
     pub memberships: Vec<Membership>,
     pub privileges: Vec<Privilege>,
+    /// Reconciliation (and so `plan`) already corrects the privileges of
+    /// managed logins, column and database privileges, grant options and
+    /// foreign members of scoped roles: the audit reports them from the plan,
+    /// not a second time from the catalog.
+    pub plan_covers_grants: bool,
 }
 
 /// A role (PostgreSQL), or a user or role (MySQL: users are `user@host`).

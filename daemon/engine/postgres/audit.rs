@@ -87,6 +87,7 @@ impl Postgres {
             server,
             admin,
             now,
+            plan_covers_grants: true,
             ..Catalog::default()
         };
         self.catalog_roles(&mut tx, &mut catalog).await?;
