@@ -79,6 +79,8 @@ async fn a_rotated_database_audits_clean_and_every_planted_fault_is_found() {
          \x20     - {{ schema: public, privileges: [USAGE] }}\n\
          \x20     - {{ schema: public, tables: [orders], privileges: [SELECT] }}\n\
          \x20     - {{ schema: public, tables: [events], privileges: [SELECT, INSERT] }}\n\
+         \x20     - {{ schema: public, sequences: [orders_id_seq], privileges: [USAGE] }}\n\
+         \x20     - {{ schema: public, functions: [add_one], privileges: [EXECUTE] }}\n\
          \x20 {rls}:\n    database: main\n    grants:\n\
          \x20     - {{ schema: public, privileges: [USAGE] }}\n\
          \x20     - {{ schema: public, tables: [tenant_rows], privileges: [SELECT], row_filter: \"tenant_id = 42\" }}\n"
@@ -119,7 +121,8 @@ async fn a_rotated_database_audits_clean_and_every_planted_fault_is_found() {
          GRANT CREATE ON SCHEMA public TO {etl};
          GRANT USAGE ON SEQUENCE orders_id_seq TO {etl};
          GRANT EXECUTE ON FUNCTION add_one(int) TO {etl};
-         SET ROLE {admin}; REVOKE INSERT ON events FROM {rep}; RESET ROLE;
+         SET ROLE {admin}; REVOKE INSERT ON events FROM {rep}; REVOKE USAGE ON SCHEMA public FROM {rep};
+         REVOKE USAGE ON SEQUENCE orders_id_seq FROM {rep}; REVOKE EXECUTE ON FUNCTION add_one(int) FROM {rep}; RESET ROLE;
          GRANT SELECT (salary) ON payroll TO {etl};
          GRANT SELECT ON orders TO {rep} WITH GRANT OPTION;
          GRANT CREATE ON DATABASE {dbname} TO {etl};
@@ -156,6 +159,9 @@ async fn a_rotated_database_audits_clean_and_every_planted_fault_is_found() {
         ("drift", etl.clone(), "ON SEQUENCE"),
         ("drift", etl.clone(), "add_one"),
         ("drift", rep.clone(), "GRANT INSERT ON TABLE"),
+        ("drift", rep.clone(), "GRANT USAGE ON SCHEMA"),
+        ("drift", rep.clone(), "GRANT USAGE ON SEQUENCE"),
+        ("drift", rep.clone(), "GRANT EXECUTE ON"),
         ("drift", etl.clone(), "REVOKE SELECT (\"salary\") ON TABLE"),
         ("drift", rep.clone(), "REVOKE GRANT OPTION FOR SELECT"),
         ("drift", etl.clone(), "REVOKE CREATE ON DATABASE"),
