@@ -1097,11 +1097,30 @@ async fn audit_one(
         declared
             .accounts
             .insert(account.name.clone(), DeclaredAccount { live, static_role });
-        let plan = engine
-            .reconcile(account, false)
-            .await
-            .map_err(|e| e.to_string());
-        declared.plans.insert(account.name.clone(), plan);
     }
+    // Plans, as many at once as rotations run (each is one read-only
+    // transaction on the admin pool).
+    use futures::stream::{self, StreamExt};
+    let accounts: Vec<&crate::inventory::Account> = inventory
+        .accounts
+        .values()
+        .filter(|a| a.database == name)
+        .collect();
+    let plans: Vec<_> = accounts.into_iter().map(|a| plan_of(engine, a)).collect();
+    declared.plans = stream::iter(plans)
+        .buffer_unordered(inventory.rotation.concurrency.max(1))
+        .collect()
+        .await;
     Ok(analyse(&catalog, &declared))
+}
+
+async fn plan_of(
+    engine: &dyn crate::engine::Engine,
+    account: &crate::inventory::Account,
+) -> (String, Result<Reconciled, String>) {
+    let plan = engine
+        .reconcile(account, false)
+        .await
+        .map_err(|e| e.to_string());
+    (account.name.clone(), plan)
 }
