@@ -646,3 +646,269 @@ async fn a_database_that_is_down_does_not_hold_up_the_others() {
     assert!(d.alive());
     assert!(d.stop().success());
 }
+
+/// Makes sure this test process may hold `want` open files: the soft
+/// RLIMIT_NOFILE is raised with `prlimit(1)` when it is lower (the crate's nix
+/// does not enable its `resource` feature).
+fn ensure_open_files(want: u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .map(|s| s.parse::<u64>().unwrap_or(u64::MAX))
+        .expect("Max open files in /proc/self/limits");
+    if soft >= want {
+        return;
+    }
+    let status = Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={want}:{want}"))
+        .status()
+        .expect("prlimit (util-linux) raises RLIMIT_NOFILE");
+    assert!(status.success(), "prlimit --nofile={want} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_socket_idle_connections_do_not_starve_a_request() {
+    let db = TestDb::new().await;
+    let a = db.name("idle");
+    let path = db.write_inventory_with(&admin_top(&db), &account(&a, ""));
+    let mut d = Daemon::start(&db, &path, &[]);
+    d.wait_ready();
+    ensure_open_files(1_000 + 512);
+
+    // A thousand connections that never send a byte, far over the cap of 64...
+    let idle: Vec<UnixStream> = (0..1_000)
+        .map(|i| {
+            UnixStream::connect(&d.socket).unwrap_or_else(|e| panic!("idle connection {i}: {e}"))
+        })
+        .collect();
+    // ...and a few that send half a request head.
+    let slow: Vec<UnixStream> = (0..8)
+        .map(|_| {
+            let mut s = UnixStream::connect(&d.socket).unwrap();
+            s.write_all(b"GET /v1/status HTTP/1.1\r\nhost: t\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+
+    // A real request is answered (not after the idle ones time out: `raw`'s
+    // 30 s read timeout only keeps a regression from hanging the suite).
+    let (code, body) = d.http("GET", "/v1/status", "");
+    assert_eq!(code, 200, "{body}\n{}", d.log());
+    assert!(body.contains(&a), "{body}");
+    let ctl = Command::new(env!("CARGO_BIN_EXE_credrotd"))
+        .args(["ctl", "--socket"])
+        .arg(&d.socket)
+        .arg("health")
+        .output()
+        .unwrap();
+    assert!(
+        ctl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ctl.stderr)
+    );
+    assert!(
+        d.log()
+            .contains("at its connection cap: closed the idlest connection"),
+        "the cap was reached and idle connections made room"
+    );
+
+    // The daemon does not hold on to them: all but the newest were closed at
+    // once (eviction), the rest at the header timeout (EOF on read).
+    for s in &idle {
+        s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    }
+    wait_until(
+        "the idle connections are closed",
+        Duration::from_secs(30),
+        || {
+            idle.iter()
+                .filter(|s| matches!((&**s).read(&mut [0u8; 1]), Ok(0)))
+                .count()
+                == idle.len()
+        },
+    );
+    drop(idle);
+    drop(slow);
+    assert!(d.alive());
+    assert!(d.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_socket_refuses_oversized_bodies_and_cuts_off_slow_clients() {
+    let db = TestDb::new().await;
+    let a = db.name("lim");
+    let path = db.write_inventory_with(&admin_top(&db), &account(&a, ""));
+    let mut d = Daemon::start(&db, &path, &[]);
+    d.wait_ready();
+
+    // The slow clients first, in threads: each waits for its timeout.
+    let socket = d.socket.clone();
+    let slow = |request: &'static [u8]| {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let mut s = UnixStream::connect(&socket).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(request).unwrap();
+            let mut out = Vec::new();
+            let read = s.read_to_end(&mut out);
+            (
+                read.map_err(|e| e.kind()),
+                String::from_utf8_lossy(&out).into_owned(),
+            )
+        })
+    };
+    let idle = slow(b"");
+    let slow_head = slow(b"GET /healthz HTTP/1.1\r\nhost: t\r\n");
+    let slow_body =
+        slow(b"POST /v1/reload HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\n{\"a\":");
+
+    // Oversized bodies get 413: declared (refused unread), sent, and chunked.
+    let (code, body) = raw(
+        &d.socket,
+        b"POST /v1/reload HTTP/1.1\r\nhost: t\r\ncontent-length: 10000000\r\nconnection: close\r\n\r\n{}",
+    );
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("larger than 65536 bytes"), "{body}");
+    let (code, body) = d.http("POST", "/v1/reload", &"x".repeat(65_537));
+    assert_eq!(code, 413, "{body}");
+    let chunk = "x".repeat(40_000);
+    let chunked = format!(
+        "POST /v1/reload HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{n:x}\r\n{chunk}\r\n{n:x}\r\n{chunk}\r\n0\r\n\r\n",
+        n = chunk.len()
+    );
+    let (code, body) = raw(&d.socket, chunked.as_bytes());
+    assert_eq!(code, 413, "{body}");
+    // A body of exactly the limit is read (reload ignores it).
+    let (code, body) = d.http("POST", "/v1/reload", &"x".repeat(65_536));
+    assert_eq!(code, 200, "{body}");
+
+    // An idle client and one stuck in its request head are disconnected without
+    // an answer (hyper's header timeout); one stuck in its body gets 408.
+    for (what, client) in [("idle", idle), ("slow head", slow_head)] {
+        let (read, out) = client.join().unwrap();
+        assert_eq!(read, Ok(0), "{what}: not disconnected ({out})");
+        assert_eq!(out, "", "{what}");
+    }
+    let (read, out) = slow_body.join().unwrap();
+    assert!(read.is_ok(), "slow body: {read:?} {out}");
+    assert!(
+        out.starts_with("HTTP/1.1 408") && out.contains("not received within"),
+        "{out}"
+    );
+
+    // When every held connection has a request in flight (bodies trickling in),
+    // a newcomer is answered 503 instead of evicting one. Top up the busy ones
+    // until the cap is reached: a probe that arrives before a busy one's head
+    // was read may still evict it.
+    let mut busy = Vec::new();
+    let busy_one = || {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        s.write_all(b"POST /v1/reload HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\n{")
+            .unwrap();
+        s
+    };
+    busy.extend((0..64).map(|_| busy_one()));
+    let mut refused = String::new();
+    wait_until(
+        "a connection refused at the cap",
+        Duration::from_secs(8),
+        || {
+            let (code, body) = d.http("GET", "/healthz", "");
+            if code == 503 {
+                refused = body;
+                return true;
+            }
+            busy.push(busy_one());
+            false
+        },
+    );
+    assert!(refused.contains("too many admin connections"), "{refused}");
+    drop(busy);
+    wait_until(
+        "the busy connections are gone",
+        Duration::from_secs(10),
+        || d.http("GET", "/healthz", "").0 == 200,
+    );
+
+    assert_eq!(d.http("GET", "/healthz", "").0, 200);
+    assert!(d.alive());
+    assert!(d.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_socket_lets_in_a_peer_by_a_supplementary_group() {
+    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+    use std::os::unix::process::CommandExt;
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test switches uid and groups and needs root (CI runs as root)"
+    );
+    let db = TestDb::new().await;
+    let a = db.name("grp");
+    let top = format!(
+        "admin: {{ socket: {}, allow_uids: [{}], allow_gids: [4242] }}\n",
+        db.dir.path().join("admin.sock").display(),
+        nix::unistd::geteuid().as_raw()
+    );
+    let path = db.write_inventory_with(&top, &account(&a, ""));
+    let mut d = Daemon::start(&db, &path, &[]);
+    d.wait_ready();
+    // Let anyone reach the socket: only SO_PEERCRED and the groups decide.
+    std::fs::set_permissions(db.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    // uid 65534 and primary gid 65534 are not allowed; `groups` are its
+    // supplementary groups.
+    let ctl_as = |groups: &[u32], what: &str| {
+        let groups: Vec<Gid> = groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_credrotd"));
+        cmd.args(["ctl", "--socket"]).arg(&d.socket).arg(what);
+        // SAFETY: only async-signal-safe calls (setgroups/setgid/setuid) between
+        // fork and exec; `groups` is allocated before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                setgroups(&groups)?;
+                setgid(Gid::from_raw(65534))?;
+                setuid(Uid::from_raw(65534))?;
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+
+    for (groups, what) in [(&[4242][..], "health"), (&[27, 4242][..], "status")] {
+        let out = ctl_as(groups, what);
+        assert!(
+            out.status.success(),
+            "groups {groups:?}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            d.log()
+        );
+        if what == "status" {
+            assert!(String::from_utf8_lossy(&out.stdout).contains(&a));
+        }
+    }
+    assert!(d.log().contains("peer allowed by a supplementary group"));
+
+    for groups in [&[][..], &[4243][..], &[65534, 27][..]] {
+        let out = ctl_as(groups, "health");
+        assert_eq!(out.status.code(), Some(1), "groups {groups:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("403") && stdout.contains("not allowed"),
+            "groups {groups:?}: {stdout}"
+        );
+    }
+    let log = d.log();
+    assert!(
+        log.contains("refused a peer") && log.contains("groups=Ok([4243])"),
+        "refusals are logged with the groups read:\n{log}"
+    );
+    assert!(d.alive());
+    assert!(d.stop().success());
+}

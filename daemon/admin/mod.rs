@@ -1,7 +1,24 @@
 //! The admin socket: HTTP/1.1 + JSON over a Unix socket (so `curl --unix-socket`
 //! works), with the peer's uid/gid (SO_PEERCRED) checked against the inventory's
-//! `admin.allow_uids` / `allow_gids`. The handlers live in [`crate::service`]; the
-//! wire types in [`crate::api`]; the client (`credrotd ctl`) in [`client`].
+//! `admin.allow_uids` / `allow_gids` (supplementary groups included, from
+//! SO_PEERGROUPS). The handlers live in [`crate::service`]; the wire types
+//! in [`crate::api`]; the client (`credrotd ctl`) in [`client`].
+//!
+//! Limits, so that a local client cannot wedge the socket:
+//! - at most [`MAX_CONNECTIONS`] connections are held open at once. When a new
+//!   connection arrives at the cap, the connection that has been idle longest (no
+//!   request in flight: it has not sent a complete request head, or is between
+//!   keep-alive requests) is closed to make room; only when every held connection
+//!   has a request in flight is the newcomer answered 503 and closed. Evicting the
+//!   idlest rather than refusing the newest is what keeps idle or slow clients from
+//!   starving a real request: a client that connects and sends its request at once
+//!   is the newest, so a flood of idle connections evicts itself first. (Queueing
+//!   the newcomer instead would make it wait for idle connections to time out.)
+//! - a request head must arrive within [`HEADER_TIMEOUT`] of the connection being
+//!   accepted (or of the previous response on a keep-alive connection);
+//! - a request body must arrive within [`BODY_TIMEOUT`] (else 408) and be at most
+//!   [`MAX_BODY`] bytes (else 413; a larger `content-length` is refused unread);
+//! - a connection lives at most [`CONNECTION_LIFETIME`].
 
 pub mod client;
 
@@ -9,23 +26,33 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tokio::net::UnixListener;
-use tokio::task::JoinSet;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::api::{ErrorBody, Health, RevokeRequest};
 use crate::service::{ApiError, Service};
 
 /// Largest request body accepted.
-const MAX_BODY: usize = 64 * 1024;
+pub const MAX_BODY: usize = 64 * 1024;
+/// Most admin connections held open at once (see the module documentation for
+/// what happens at the cap).
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time allowed for a request head to arrive.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for a request body to arrive.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a connection is kept, whatever it does.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
 /// Errors setting up the admin socket.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +78,163 @@ impl Allow {
     fn permits(&self, uid: u32, gid: u32) -> bool {
         self.uids.contains(&uid) || self.gids.contains(&gid)
     }
+
+    fn permits_any_group(&self, groups: &[u32]) -> bool {
+        groups.iter().any(|g| self.gids.contains(g))
+    }
+
+    /// Checks the peer of an accepted connection; logs a refusal. Returns whether
+    /// it may use the socket, and its uid.
+    fn check(&self, stream: &UnixStream) -> (bool, u32) {
+        let cred = match stream.peer_cred() {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "admin socket: refused a peer whose credentials could not be read");
+                return (false, u32::MAX);
+            }
+        };
+        let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
+        if self.permits(uid, gid) {
+            return (true, uid);
+        }
+        // SO_PEERCRED carries the primary gid only: the supplementary groups come
+        // from SO_PEERGROUPS.
+        let groups = if self.gids.is_empty() {
+            Err("not looked up (allow_gids is empty)")
+        } else {
+            peer_groups(stream)
+        };
+        if groups.as_deref().is_ok_and(|g| self.permits_any_group(g)) {
+            debug!(
+                uid,
+                gid, pid, "admin socket: peer allowed by a supplementary group"
+            );
+            return (true, uid);
+        }
+        warn!(
+            uid,
+            gid,
+            pid,
+            groups = ?groups,
+            "admin socket: refused a peer that is not in admin.allow_uids/allow_gids"
+        );
+        (false, uid)
+    }
+}
+
+/// The peer's supplementary groups as they were at `connect()`, from the
+/// kernel (`SO_PEERGROUPS`, Linux 4.13): no pid to look up, so no race with a
+/// reused pid, and it works where `/proc` hides other users' processes (the
+/// unit's `ProtectProc=invisible`). Otherwise why not.
+fn peer_groups(stream: &UnixStream) -> Result<Vec<u32>, &'static str> {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let size = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * size) as libc::socklen_t;
+        // SAFETY: `groups` is a live buffer of `len` bytes, into which the
+        // kernel writes at most `len` bytes; `len` is a valid out-parameter.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            groups.truncate(len as usize / size);
+            return Ok(groups);
+        }
+        // ERANGE: the buffer was too small; `len` says how large it must be.
+        let needed = len as usize / size;
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE)
+            && needed > groups.len()
+            && needed <= 65_536
+        {
+            groups.resize(needed, 0);
+            continue;
+        }
+        return Err("SO_PEERGROUPS failed");
+    }
+}
+
+/// Whether a held connection has a request in flight, and when it was last busy
+/// (accepted, or a request finished): what eviction at the cap goes by.
+struct Activity {
+    in_flight: AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn last(&self) -> Instant {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+}
+
+/// A request in flight; marks the connection idle again when dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+type Held = HashMap<tokio::task::Id, (Arc<Activity>, AbortHandle)>;
+
+/// Closes the held connection idle the longest; false when every one has a
+/// request in flight.
+fn evict_idlest(held: &mut Held) -> bool {
+    let idlest = held
+        .iter()
+        .filter(|(_, (a, _))| a.in_flight.load(Ordering::SeqCst) == 0)
+        .min_by_key(|(_, (a, _))| a.last())
+        .map(|(id, _)| *id);
+    match idlest.and_then(|id| held.remove(&id)) {
+        Some((activity, handle)) => {
+            debug!(idle = ?activity.last().elapsed(), "admin socket at its connection cap: closed the idlest connection");
+            handle.abort();
+            true
+        }
+        None => false,
+    }
+}
+
+/// Answers 503 on a connection refused at the cap, without waiting for it: one
+/// non-blocking read (so that a request already sent is consumed rather than
+/// turning the close into a reset) and one non-blocking write, then the close.
+fn refuse_busy(stream: UnixStream) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = stream.into_std() else {
+        return;
+    };
+    let _ = stream.read(&mut [0u8; 4096]);
+    let body = format!(
+        "{{\"error\":\"too many admin connections (at most {MAX_CONNECTIONS}), all busy\"}}"
+    );
+    let _ = stream.write(
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
 }
 
 /// Binds the socket: removes a stale one, refuses one a live process listens
@@ -92,48 +276,42 @@ pub async fn serve(
     service: Arc<Service>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let allow = Arc::new(allow);
     let mut conns = JoinSet::new();
+    let mut held = Held::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(done) = conns.join_next_with_id(), if !conns.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                held.remove(&id);
+            }
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(s) => s,
+                let stream = match accepted {
+                    Ok((s, _)) => s,
                     Err(e) => {
                         warn!(error = %e, "admin socket accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 };
-                let cred = stream.peer_cred();
-                let (uid, gid) = match &cred {
-                    Ok(c) => (c.uid(), c.gid()),
-                    Err(_) => (u32::MAX, u32::MAX),
-                };
-                let permitted = cred.is_ok() && allow.permits(uid, gid);
-                if !permitted {
-                    warn!(uid, gid, "admin socket: refused a peer that is not in admin.allow_uids/allow_gids");
+                if held.len() >= MAX_CONNECTIONS && !evict_idlest(&mut held) {
+                    warn!(max = MAX_CONNECTIONS, "admin socket: refused a connection, every held one has a request in flight");
+                    refuse_busy(stream);
+                    continue;
                 }
-                let service = service.clone();
-                conns.spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let service = service.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(&service, req, permitted, uid).await) }
-                    });
-                    // A client that sends nothing useful is cut off, not kept.
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(stream), svc);
-                    if let Err(e) = tokio::time::timeout(Duration::from_secs(300), conn)
-                        .await
-                        .unwrap_or_else(|_| Ok(()))
-                    {
-                        debug!(error = %e, "admin connection ended with an error");
-                    }
-                });
+                let activity = Arc::new(Activity::new());
+                let handle = conns.spawn(connection(
+                    stream,
+                    allow.clone(),
+                    service.clone(),
+                    activity.clone(),
+                ));
+                held.insert(handle.id(), (activity, handle));
             }
         }
     }
@@ -146,6 +324,36 @@ pub async fn serve(
         conns.shutdown().await;
     }
     let _ = std::fs::remove_file(&path);
+}
+
+/// Serves one accepted connection.
+async fn connection(
+    stream: UnixStream,
+    allow: Arc<Allow>,
+    service: Arc<Service>,
+    activity: Arc<Activity>,
+) {
+    let (permitted, uid) = allow.check(&stream);
+    let svc = hyper::service::service_fn(move |req| {
+        let service = service.clone();
+        let in_flight = activity.start();
+        async move {
+            let response = handle(&service, req, permitted, uid).await;
+            drop(in_flight);
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    // A client that sends nothing useful is cut off, not kept.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), svc);
+    if let Err(e) = tokio::time::timeout(CONNECTION_LIFETIME, conn)
+        .await
+        .unwrap_or_else(|_| Ok(()))
+    {
+        debug!(error = %e, "admin connection ended with an error");
+    }
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
@@ -202,12 +410,36 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let q = query(&req);
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {MAX_BODY} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return too_large();
+    }
+    let read = Limited::new(req.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("request body unreadable: {e}"),
+            )
+        }
         Err(_) => {
             return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large or unreadable",
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body not received within {}s",
+                    BODY_TIMEOUT.as_secs()
+                ),
             )
         }
     };
@@ -305,5 +537,74 @@ async fn handle(
             StatusCode::NOT_FOUND,
             format!("no such endpoint: {method} {path}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_peer_groups_are_the_connecting_process_groups() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut read = peer_groups(&a).expect("SO_PEERGROUPS");
+        let mut want: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_raw())
+            .collect();
+        read.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(read, want);
+    }
+
+    #[test]
+    fn allow_by_uid_primary_gid_or_a_supplementary_group() {
+        let allow = Allow {
+            uids: vec![0],
+            gids: vec![4242],
+        };
+        assert!(allow.permits(0, 1));
+        assert!(allow.permits(7, 4242));
+        assert!(!allow.permits(7, 7));
+        assert!(allow.permits_any_group(&[27, 4242]));
+        assert!(!allow.permits_any_group(&[27]));
+        assert!(!allow.permits_any_group(&[]));
+    }
+
+    #[test]
+    fn eviction_closes_the_idlest_connection_without_a_request_in_flight() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut set = JoinSet::new();
+            let mut held = Held::new();
+            let mut ids = Vec::new();
+            let mut guards = Vec::new();
+            for busy in [false, true, false] {
+                let activity = Arc::new(Activity::new());
+                if busy {
+                    guards.push(activity.start());
+                }
+                let h = set.spawn(std::future::pending::<()>());
+                ids.push(h.id());
+                held.insert(h.id(), (activity, h));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // The oldest idle one goes first, the busy one never.
+            assert!(evict_idlest(&mut held));
+            assert!(!held.contains_key(&ids[0]));
+            assert!(evict_idlest(&mut held));
+            assert!(!held.contains_key(&ids[2]));
+            assert!(!evict_idlest(&mut held), "only a busy connection is left");
+            assert!(held.contains_key(&ids[1]));
+            // Its request done, it is idle and may go.
+            guards.clear();
+            assert!(evict_idlest(&mut held));
+            assert!(held.is_empty());
+            set.shutdown().await;
+        });
     }
 }
