@@ -68,38 +68,46 @@ type Held = BTreeMap<(Target, String), Vec<Grant>>;
 
 /// Every ACL entry naming one of the roles `$1` as grantee, on the current
 /// database, schemas, relations, columns and routines; never the owner's own
-/// entry. Columns: grantee, kind, schema, name, identity arguments, column,
+/// entry. Only the objects whose ACL mentions one of them (`acl_mentions!`).
+/// Columns: grantee, kind, schema, name, identity arguments, column,
 /// privilege, grantor, owner, grantable.
-const HELD: &str = "
-WITH r AS (SELECT oid FROM pg_roles WHERE rolname = ANY($1))
-SELECT pg_get_userbyid(a.grantee)::text, 'database'::text, ''::text, d.datname::text, ''::text, ''::text, a.privilege_type,
+const HELD: &str = concat!(
+    acl_mentions!("rolname = ANY($1)"),
+    "SELECT pg_get_userbyid(a.grantee)::text, 'database'::text, ''::text, d.datname::text, ''::text, ''::text, a.privilege_type,
        pg_get_userbyid(a.grantor)::text, pg_get_userbyid(d.datdba)::text, a.is_grantable
-FROM pg_database d, aclexplode(d.datacl) a
-WHERE d.datname = current_database() AND a.grantee IN (SELECT oid FROM r) AND d.datdba <> a.grantee
+FROM pg_database d, unnest(d.datacl) i(item), aclexplode(ARRAY[i.item]) a
+WHERE d.datname = current_database()
+  AND d.oid IN (SELECT objid FROM m WHERE classid = 'pg_database'::regclass)
+  AND a.grantee IN (SELECT oid FROM r) AND d.datdba <> a.grantee
 UNION ALL
 SELECT pg_get_userbyid(a.grantee)::text, 'schema', '', n.nspname::text, '', '', a.privilege_type,
        pg_get_userbyid(a.grantor)::text, pg_get_userbyid(n.nspowner)::text, a.is_grantable
-FROM pg_namespace n, aclexplode(n.nspacl) a
-WHERE a.grantee IN (SELECT oid FROM r) AND n.nspowner <> a.grantee
+FROM pg_namespace n, unnest(n.nspacl) i(item), aclexplode(ARRAY[i.item]) a
+WHERE n.oid IN (SELECT objid FROM m WHERE classid = 'pg_namespace'::regclass)
+  AND a.grantee IN (SELECT oid FROM r) AND n.nspowner <> a.grantee
 UNION ALL
 SELECT pg_get_userbyid(a.grantee)::text, CASE WHEN c.relkind = 'S' THEN 'sequence' ELSE 'table' END, n.nspname::text,
        c.relname::text, '', '', a.privilege_type,
        pg_get_userbyid(a.grantor)::text, pg_get_userbyid(c.relowner)::text, a.is_grantable
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a
-WHERE a.grantee IN (SELECT oid FROM r) AND c.relowner <> a.grantee
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, unnest(c.relacl) i(item), aclexplode(ARRAY[i.item]) a
+WHERE c.oid IN (SELECT objid FROM m WHERE classid = 'pg_class'::regclass AND objsubid = 0)
+  AND a.grantee IN (SELECT oid FROM r) AND c.relowner <> a.grantee
 UNION ALL
 SELECT pg_get_userbyid(a.grantee)::text, 'column', n.nspname::text, c.relname::text, '', at.attname::text, a.privilege_type,
        pg_get_userbyid(a.grantor)::text, pg_get_userbyid(c.relowner)::text, a.is_grantable
 FROM pg_attribute at JOIN pg_class c ON c.oid = at.attrelid
-     JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(at.attacl) a
-WHERE at.attacl IS NOT NULL AND at.attnum > 0 AND NOT at.attisdropped
+     JOIN pg_namespace n ON n.oid = c.relnamespace, unnest(at.attacl) i(item), aclexplode(ARRAY[i.item]) a
+WHERE (at.attrelid, at.attnum) IN (SELECT objid, objsubid FROM m WHERE classid = 'pg_class'::regclass AND objsubid > 0)
+  AND at.attacl IS NOT NULL AND at.attnum > 0 AND NOT at.attisdropped
   AND a.grantee IN (SELECT oid FROM r) AND c.relowner <> a.grantee
 UNION ALL
 SELECT pg_get_userbyid(a.grantee)::text, 'routine', n.nspname::text, p.proname::text, pg_get_function_identity_arguments(p.oid),
        '', a.privilege_type,
        pg_get_userbyid(a.grantor)::text, pg_get_userbyid(p.proowner)::text, a.is_grantable
-FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace, aclexplode(p.proacl) a
-WHERE a.grantee IN (SELECT oid FROM r) AND p.proowner <> a.grantee";
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace, unnest(p.proacl) i(item), aclexplode(ARRAY[i.item]) a
+WHERE p.oid IN (SELECT objid FROM m WHERE classid = 'pg_proc'::regclass)
+  AND a.grantee IN (SELECT oid FROM r) AND p.proowner <> a.grantee"
+);
 
 type HeldRow = (
     String,
