@@ -2212,3 +2212,57 @@ async fn reconciliation_revokes_members_of_the_scoped_role_that_are_not_its_logi
     other_members_case(false).await;
     other_members_case(true).await;
 }
+
+/// An alternating login keeps its role settings from turn to turn: a setting
+/// the inventory dropped, or one added by hand, is reset at its next turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_left_on_an_alternating_login_are_reset_at_its_next_turn() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    db.grant_parameter("app.tenant_id").await;
+    db.grant_parameter("app.region").await;
+    let name = db.name("alts");
+    let settings_of = |login: String| {
+        let db = &db;
+        async move {
+            let mut got = db
+                .query_strings(&format!(
+                    "SELECT unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
+                     WHERE r.rolname = '{login}' AND s.setdatabase = 0"
+                ))
+                .await;
+            got.sort();
+            got
+        }
+    };
+    let both = "    settings: { app.tenant_id: \"1\", app.region: \"eu\" }\n";
+    let ctx = db.context(&etl(&name, "alternating", both), system()).await;
+    let account = ctx.account(&name).unwrap().clone();
+    rotation::rotate(&ctx, &account).await.unwrap();
+    let a = format!("{name}_a");
+    assert_eq!(
+        settings_of(a.clone()).await,
+        vec![
+            "app.region=eu".to_owned(),
+            "app.tenant_id=1".to_owned(),
+            format!("role={name}")
+        ]
+    );
+    db.exec(&format!("ALTER ROLE {a} SET search_path = 'x'"))
+        .await;
+
+    let one = "    settings: { app.tenant_id: \"1\" }\n";
+    let ctx = db.context(&etl(&name, "alternating", one), system()).await;
+    let account = ctx.account(&name).unwrap().clone();
+    rotation::rotate(&ctx, &account).await.unwrap(); // _b's turn
+    rotation::rotate(&ctx, &account).await.unwrap(); // _a's turn again
+    assert_eq!(db.published(&name).username, a);
+    assert_eq!(
+        settings_of(a.clone()).await,
+        vec!["app.tenant_id=1".to_owned(), format!("role={name}")]
+    );
+    let p = db.published(&name);
+    db.login(&p.username, p.password.expose())
+        .await
+        .expect("the current twin logs in");
+}

@@ -1539,6 +1539,22 @@ impl Engine for Postgres {
         )
         .await?;
         if matches!(account.strategy, Strategy::Alternating) {
+            // A fixed login keeps its settings from turn to turn: what the
+            // inventory no longer sets (or someone added) goes first.
+            for (k, _) in self.role_settings(&mut tx, login.username).await? {
+                if k != "role" && !account.settings.contains_key(&k) {
+                    self.exec(
+                        &mut tx,
+                        &format!(
+                            "ALTER ROLE {} RESET {}",
+                            q(login.username),
+                            setting_name(&k)
+                        ),
+                        &action,
+                    )
+                    .await?;
+                }
+            }
             for s in login_defaults(account, login.username) {
                 self.exec(&mut tx, &s, &action).await?;
             }
