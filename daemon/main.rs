@@ -6,8 +6,17 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before any secret is read: no core dumps, no ptrace and no
+    // /proc/<pid>/environ or /mem for other processes of the same user (an
+    // application sharing credrotd's uid, a sidecar sharing its process
+    // namespace). Children (notify commands, the demo's servers) get the
+    // default back at exec.
+    let not_dumpable = nix::sys::prctl::set_dumpable(false);
     let cli = credrotd::cli::Cli::parse();
     credrotd::cli::init_logging(cli.log_format);
+    if let Err(e) = not_dumpable {
+        tracing::warn!(error = %e, "cannot mark the process non-dumpable; other processes of this user may read its memory and environment");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

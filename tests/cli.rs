@@ -541,3 +541,63 @@ async fn a_failed_cli_rotation_is_what_status_shows() {
         "{row:?}"
     );
 }
+
+/// Another process of credrotd's user cannot read its environment (where
+/// `password_env` secrets live) or memory: the binary marks itself
+/// non-dumpable before reading anything. The control — an ordinary process of
+/// the same user — shows that the same read works otherwise.
+#[test]
+fn another_process_of_the_same_user_cannot_read_credrotds_environment() {
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    let dir = tempfile::tempdir().unwrap();
+    // A socket that accepts and never answers keeps `ctl` waiting.
+    let socket = dir.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let spawn_as_nobody = |cmd: &mut Command| {
+        cmd.uid(NOBODY)
+            .gid(NOBODY)
+            .env("CREDROTD_TEST_SECRET", "env-secret-0123456789")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut credrotd = spawn_as_nobody(
+        Command::new(env!("CARGO_BIN_EXE_credrotd"))
+            .args(["ctl", "--socket"])
+            .arg(&socket)
+            .arg("health"),
+    );
+    let _accepted = listener.accept().unwrap();
+    let mut ordinary = spawn_as_nobody(Command::new("sleep").arg("30"));
+    let read_environ_as_nobody = |pid: u32| {
+        Command::new("cat")
+            .arg(format!("/proc/{pid}/environ"))
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .output()
+            .unwrap()
+    };
+    let control = read_environ_as_nobody(ordinary.id());
+    let attempt = read_environ_as_nobody(credrotd.id());
+    let _ = credrotd.kill();
+    let _ = ordinary.kill();
+    let _ = credrotd.wait();
+    let _ = ordinary.wait();
+    assert!(
+        String::from_utf8_lossy(&control.stdout).contains("env-secret-0123456789"),
+        "control: the same user reads an ordinary process's environment: {control:?}"
+    );
+    assert!(
+        !attempt.status.success()
+            && !String::from_utf8_lossy(&attempt.stdout).contains("env-secret"),
+        "credrotd's environment was readable: {attempt:?}"
+    );
+}
