@@ -8,30 +8,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::{assert_no_secret, TestDb};
+use common::{assert_no_secret, output_text as text, run_credrotd as run, TestDb};
 
 /// Held by each test for its whole run.
 static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn run(args: &[&str], config: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_credrotd"))
-        .env_remove("CREDROTD_CONFIG")
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("run credrotd")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn audit_json(config: &Path) -> (i32, Vec<serde_json::Value>, String) {
     let out = run(&["audit", "--format", "json"], config);

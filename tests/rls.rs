@@ -5,29 +5,8 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-use common::TestDb;
+use common::{output_text as text, run_credrotd as run, TestDb};
 use sqlx::Connection;
-
-fn run(args: &[&str], config: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_credrotd"))
-        .env_remove("CREDROTD_CONFIG")
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("run credrotd")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn account(name: &str, table: &str, privileges: &str, filter: &str) -> String {
     format!(

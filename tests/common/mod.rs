@@ -460,3 +460,24 @@ pub fn version_of(db: &TestDb, account: &str) -> i64 {
         .and_then(|v| v["version"].as_i64())
         .unwrap_or(0)
 }
+
+/// Runs the `credrotd` binary with `-c config` and `args` (no inherited
+/// `CREDROTD_CONFIG`), to completion.
+pub fn run_credrotd(args: &[&str], config: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_credrotd"))
+        .env_remove("CREDROTD_CONFIG")
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run credrotd")
+}
+
+/// A finished command's stdout then stderr, as text.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
