@@ -56,8 +56,9 @@ if [ "$ENGINE" = postgres ]; then
             cp "$CREDROTD_TEST_PG_LOG" "$BENCH_KEEP_LOG" || true
         fi
         PGPASSWORD="$password" psql -X -q "$base_url" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+        # The bench's roles, and the privilege roles credrotd made for grants in its database.
         PGPASSWORD="$password" psql -X -q -tA "$base_url" \
-            -c "SELECT format('DROP ROLE IF EXISTS %I;', rolname) FROM pg_roles WHERE rolname LIKE '${tag}%' ORDER BY length(rolname) DESC" \
+            -c "SELECT format('DROP ROLE IF EXISTS %I;', rolname) FROM pg_roles WHERE rolname LIKE '${tag}%' OR shobj_description(oid, 'pg_authid') = 'credrotd:privileges set=' || rolname || ' database=$db' ORDER BY length(rolname) DESC" \
             2>/dev/null | PGPASSWORD="$password" psql -X -q "$base_url" >/dev/null 2>&1 || true
         rm -rf "$work"
         stop_test_pg
@@ -159,3 +160,8 @@ for round in first second; do
     read -r wall rss < "$work/time"
     echo "  $round rotation: wall ${wall}s, peak RSS $((rss / 1024)) MiB"
 done
+if [ "$ENGINE" = postgres ]; then
+    # One ACL entry per distinct grant set (privilege roles), not per account.
+    acl=$(PGPASSWORD="$password" psql -X -q -tA "$db_url" -c "SELECT cardinality(relacl) FROM pg_class WHERE oid = 'app.items'::regclass")
+    echo "  app.items ACL entries after both rounds: $acl"
+fi

@@ -90,6 +90,8 @@ async fn a_rotated_database_audits_clean_and_every_planted_fault_is_found() {
 
     // Plant one of each.
     let current_etl = db.published(&etl).username;
+    // The account's declared privileges are its privilege role's.
+    let rep_held = db.privilege_role(&rep).await;
     let dbname = &db.dbname;
     let admin = &db.admin_user;
     let superuser = db
@@ -103,10 +105,10 @@ async fn a_rotated_database_audits_clean_and_every_planted_fault_is_found() {
          GRANT CREATE ON SCHEMA public TO {etl};
          GRANT USAGE ON SEQUENCE orders_id_seq TO {etl};
          GRANT EXECUTE ON FUNCTION add_one(int) TO {etl};
-         SET ROLE {admin}; REVOKE INSERT ON events FROM {rep}; REVOKE USAGE ON SCHEMA public FROM {rep};
-         REVOKE USAGE ON SEQUENCE orders_id_seq FROM {rep}; REVOKE EXECUTE ON FUNCTION add_one(int) FROM {rep}; RESET ROLE;
+         SET ROLE {admin}; REVOKE INSERT ON events FROM {rep_held}; REVOKE USAGE ON SCHEMA public FROM {rep_held};
+         REVOKE USAGE ON SEQUENCE orders_id_seq FROM {rep_held}; REVOKE EXECUTE ON FUNCTION add_one(int) FROM {rep_held}; RESET ROLE;
          GRANT SELECT (salary) ON payroll TO {etl};
-         GRANT SELECT ON orders TO {rep} WITH GRANT OPTION;
+         GRANT SELECT ON orders TO {rep_held} WITH GRANT OPTION;
          GRANT CREATE ON DATABASE {dbname} TO {etl};
          GRANT SELECT ON customers TO {current_etl};
          CREATE ROLE {t}_intruder LOGIN; GRANT {etl} TO {t}_intruder;

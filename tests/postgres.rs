@@ -525,11 +525,13 @@ async fn reconciliation_undoes_changes_made_behind_its_back() {
     assert_eq!(who, name, "sessions run as the scoped role");
     c.close().await.unwrap();
 
-    // Someone edits the scoped role by hand, with the admin's rights (a grant
-    // the admin made can only be revoked by the admin, a grant option holder).
+    // Someone edits the scoped role and its privilege role by hand, with the
+    // admin's rights (a grant the admin made can only be revoked by the admin,
+    // a grant option holder). The scoped role holds no privilege of its own.
+    let held = db.privilege_role(&name).await;
     db.exec_as_daemon_admin(&format!(
-        "GRANT DELETE ON public.orders TO {name}; GRANT SELECT ON public.payroll TO {name};
-         REVOKE SELECT ON public.orders FROM {name}; REVOKE {group} FROM {name};
+        "GRANT DELETE ON public.orders TO {name}; GRANT SELECT ON public.payroll TO {held};
+         REVOKE SELECT ON public.orders FROM {held}; REVOKE {group} FROM {name};
          ALTER ROLE {name} SET app.tenant_id = '7'; ALTER ROLE {name} SET search_path = 'x'"
     ))
     .await;
@@ -542,9 +544,9 @@ async fn reconciliation_undoes_changes_made_behind_its_back() {
         .map(|c| c.0)
         .collect();
     for needle in [
-        "GRANT SELECT ON TABLE \"public\".\"orders\"",
-        "REVOKE DELETE ON TABLE \"public\".\"orders\"",
-        "REVOKE SELECT ON TABLE \"public\".\"payroll\"",
+        &format!("GRANT SELECT ON TABLE \"public\".\"orders\" TO \"{held}\""),
+        &format!("REVOKE DELETE ON TABLE \"public\".\"orders\" FROM \"{name}\""),
+        &format!("REVOKE SELECT ON TABLE \"public\".\"payroll\" FROM \"{held}\""),
         "GRANT \"",
         "app\".\"tenant_id\" = '42'",
         "RESET \"search_path\"",
@@ -579,13 +581,13 @@ async fn reconciliation_undoes_changes_made_behind_its_back() {
     // and the rest of reconciliation still applies.
     db.exec(&format!("GRANT UPDATE ON public.customers TO {name}"))
         .await;
-    db.exec_as_daemon_admin(&format!("REVOKE SELECT ON public.orders FROM {name}"))
+    db.exec_as_daemon_admin(&format!("REVOKE SELECT ON public.orders FROM {held}"))
         .await;
     let r = engine.reconcile(&account, true).await.unwrap();
     assert_eq!(
         r.changes,
         vec![Change(format!(
-            "GRANT SELECT ON TABLE \"public\".\"orders\" TO \"{name}\""
+            "GRANT SELECT ON TABLE \"public\".\"orders\" TO \"{held}\""
         ))],
         "{r:#?}"
     );
@@ -1376,7 +1378,8 @@ async fn reconcile_reports_vanished_objects_and_refused_grants_as_stuck() {
         admin = db.admin_user
     ))
     .await;
-    db.exec_as_daemon_admin(&format!("REVOKE SELECT ON public.orders FROM {name}"))
+    let held = db.privilege_role(&name).await;
+    db.exec_as_daemon_admin(&format!("REVOKE SELECT ON public.orders FROM {held}"))
         .await;
     let missing = [
         format!("table public.customers (granted to account {name})"),
@@ -1396,7 +1399,7 @@ async fn reconcile_reports_vanished_objects_and_refused_grants_as_stuck() {
     for m in &missing {
         assert!(r.stuck.iter().any(|s| &s.what == m), "{m}: {r:#?}");
     }
-    let q = |t: &str| format!("GRANT SELECT ON TABLE \"public\".\"{t}\" TO \"{name}\"");
+    let q = |t: &str| format!("GRANT SELECT ON TABLE \"public\".\"{t}\" TO \"{held}\"");
     // A hard refusal (no privilege at all) is undone to its savepoint...
     let refused = r
         .stuck
@@ -1943,21 +1946,23 @@ async fn reconciliation_revokes_database_privileges_it_can_and_reports_the_rest(
 
 async fn grant_option_case(superuser: bool) {
     let (db, ctx, account, name) = catch_up_setup(superuser, "gopt", "ephemeral").await;
+    // The declared privileges are the privilege role's.
+    let held = db.privilege_role(&name).await;
     let mut plant = format!(
-        "GRANT SELECT, INSERT ON analytics.events TO {name} WITH GRANT OPTION;
-         GRANT USAGE ON SCHEMA analytics TO {name} WITH GRANT OPTION"
+        "GRANT SELECT, INSERT ON analytics.events TO {held} WITH GRANT OPTION;
+         GRANT USAGE ON SCHEMA analytics TO {held} WITH GRANT OPTION"
     );
     let mut expected = vec![
-        format!("REVOKE GRANT OPTION FOR SELECT ON TABLE \"analytics\".\"events\" FROM \"{name}\""),
-        format!("REVOKE GRANT OPTION FOR INSERT ON TABLE \"analytics\".\"events\" FROM \"{name}\""),
-        format!("REVOKE GRANT OPTION FOR USAGE ON SCHEMA \"analytics\" FROM \"{name}\""),
+        format!("REVOKE GRANT OPTION FOR SELECT ON TABLE \"analytics\".\"events\" FROM \"{held}\""),
+        format!("REVOKE GRANT OPTION FOR INSERT ON TABLE \"analytics\".\"events\" FROM \"{held}\""),
+        format!("REVOKE GRANT OPTION FOR USAGE ON SCHEMA \"analytics\" FROM \"{held}\""),
     ];
     if superuser {
         plant.push_str(&format!(
-            "; GRANT SELECT ON public.orders TO {name} WITH GRANT OPTION"
+            "; GRANT SELECT ON public.orders TO {held} WITH GRANT OPTION"
         ));
         expected.push(format!(
-            "REVOKE GRANT OPTION FOR SELECT ON TABLE \"public\".\"orders\" FROM \"{name}\""
+            "REVOKE GRANT OPTION FOR SELECT ON TABLE \"public\".\"orders\" FROM \"{held}\""
         ));
     }
     db.exec(&plant).await;
@@ -2265,4 +2270,111 @@ async fn settings_left_on_an_alternating_login_are_reset_at_its_next_turn() {
     db.login(&p.username, p.password.expose())
         .await
         .expect("the current twin logs in");
+}
+
+/// Accounts that declare the same grants hold them through one privilege role:
+/// a table's ACL gets one entry for all of them (per-account entries stop
+/// fitting in the table's catalog row at a few thousand accounts), the scoped
+/// roles hold nothing directly, and each login still has exactly its grants.
+/// Concurrent first reconciliations of such accounts share the role without
+/// failing; an account whose grants change moves to another privilege role, and
+/// the one nobody uses any more is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn accounts_with_the_same_grants_share_one_privilege_role() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let names: Vec<String> = (0..6).map(|i| db.name(&format!("same{i}"))).collect();
+    let inventory: String = names.iter().map(|n| etl(n, "ephemeral", "")).collect();
+    let ctx = db.context(&inventory, system()).await;
+    let engine = ctx.engines["main"].clone();
+    let accounts: Vec<_> = names
+        .iter()
+        .map(|n| ctx.account(n).unwrap().clone())
+        .collect();
+    // First reconciliations, all at once: one creates the privilege role, the
+    // others join it; none fails or is stuck.
+    let results =
+        futures::future::join_all(accounts.iter().map(|a| engine.reconcile(a, true))).await;
+    for r in results {
+        let r = r.expect("concurrent reconciliation");
+        assert!(r.stuck.is_empty(), "{r:#?}");
+    }
+    let held = db.privilege_role(&names[0]).await;
+    for (n, a) in names.iter().zip(&accounts) {
+        assert_eq!(db.privilege_role(n).await, held, "{n}");
+        assert!(
+            !holds_any_direct_grant(&db, n).await,
+            "{n} holds a grant itself"
+        );
+        rotation::rotate(&ctx, a).await.unwrap();
+        let p = db.published(n);
+        assert_exact_privileges(&db, &p.username, p.password.expose()).await;
+    }
+    let entries = |table: &'static str| {
+        let db = &db;
+        async move {
+            db.query_strings(&format!(
+                "SELECT pg_get_userbyid(a.grantee)::text || ' ' || a.privilege_type FROM pg_class c, aclexplode(c.relacl) a
+                 WHERE c.oid = '{table}'::regclass AND a.grantee <> c.relowner
+                   AND pg_get_userbyid(a.grantee) <> '{}' ORDER BY 1",
+                db.admin_user
+            ))
+            .await
+        }
+    };
+    let by = |p: &str| format!("{held} {p}");
+    assert_eq!(entries("public.orders").await, vec![by("SELECT")]);
+    assert_eq!(
+        entries("analytics.events").await,
+        vec![by("INSERT"), by("SELECT")]
+    );
+
+    // One account drops its grant on public.orders: it moves to a privilege
+    // role of its own; the shared one stays for the others.
+    let narrower = |a: &credrotd::inventory::Account| {
+        let mut a = a.clone();
+        a.grants
+            .retain(|g| g.schema != "public" || g.objects.is_none());
+        a
+    };
+    let first = narrower(&accounts[0]);
+    let r = engine.reconcile(&first, true).await.unwrap();
+    assert!(r.stuck.is_empty(), "{r:#?}");
+    let other = db.privilege_role(&names[0]).await;
+    assert_ne!(other, held);
+    assert_eq!(db.privilege_role(&names[1]).await, held);
+    assert!(
+        !db.query_bool(&format!(
+            "SELECT has_table_privilege('{}', 'public.orders', 'SELECT')",
+            names[0]
+        ))
+        .await
+    );
+    assert!(
+        db.query_bool(&format!(
+            "SELECT has_table_privilege('{}', 'analytics.events', 'INSERT')",
+            names[0]
+        ))
+        .await
+    );
+    // When the last account leaves it, the shared role is dropped.
+    for a in &accounts[1..] {
+        let r = engine.reconcile(&narrower(a), true).await.unwrap();
+        assert!(r.stuck.is_empty(), "{r:#?}");
+    }
+    for n in &names {
+        assert_eq!(db.privilege_role(n).await, other, "{n}");
+    }
+    assert!(
+        db.query_bool(&format!(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{held}')"
+        ))
+        .await,
+        "{held} is left behind"
+    );
+    assert!(entries("public.orders").await.is_empty());
+    assert_eq!(
+        engine.reconcile(&first, false).await.unwrap(),
+        Reconciled::default()
+    );
 }

@@ -623,9 +623,9 @@ impl Audit<'_> {
             .roles
             .iter()
             .filter(|r| {
-                r.managed
-                    .as_ref()
-                    .is_some_and(|m| m.kind == ManagedKind::Scoped)
+                r.managed.as_ref().is_some_and(|m| {
+                    matches!(m.kind, ManagedKind::Scoped | ManagedKind::Privileges)
+                })
             })
             .map(|r| r.name.as_str())
             .collect();

@@ -63,6 +63,10 @@ pub enum ManagedKind {
     Login,
     /// One of an alternating account's two logins.
     Alternating,
+    /// A privilege role (PostgreSQL): the holder of one distinct set of
+    /// declared grants, shared by the scoped roles of the accounts that declare
+    /// it; its `account` is empty.
+    Privileges,
 }
 
 /// A power a role holds beyond its grants.

@@ -358,6 +358,19 @@ impl TestDb {
         }
     }
 
+    /// The privilege role (`credrotd_p_…`) the scoped role `scoped` is a member
+    /// of: the holder of its object privileges.
+    pub async fn privilege_role(&self, scoped: &str) -> String {
+        let roles = self
+            .query_strings(&format!(
+                "SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+                 WHERE m.member = '{scoped}'::regrole AND g.rolname LIKE 'credrotd\\_p\\_%'"
+            ))
+            .await;
+        assert_eq!(roles.len(), 1, "privilege roles of {scoped}: {roles:?}");
+        roles.into_iter().next().unwrap()
+    }
+
     /// Roles whose names start with this test's tag, but for the harness's own
     /// (`<tag>_admin`, `<tag>_owner`).
     pub async fn roles(&self) -> Vec<String> {
@@ -388,8 +401,22 @@ impl Drop for TestDb {
                     .fetch_all(&mut c)
                     .await
                     .unwrap_or_default();
-                for db in dbs {
+                for db in &dbs {
                     let _ = c.execute(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)").as_str()).await;
+                }
+                // The privilege roles credrotd made for grants in those databases.
+                let privilege_roles: Vec<String> = sqlx::query_scalar(
+                    "SELECT r.rolname::text FROM pg_roles r
+                     WHERE shobj_description(r.oid, 'pg_authid') LIKE 'credrotd:privileges set=% database=%'
+                       AND split_part(shobj_description(r.oid, 'pg_authid'), ' database=', 2) = ANY($1)",
+                )
+                .bind(&dbs)
+                .fetch_all(&mut c)
+                .await
+                .unwrap_or_default();
+                for r in privilege_roles {
+                    let _ = c.execute(format!("DROP OWNED BY \"{r}\"").as_str()).await;
+                    let _ = c.execute(format!("DROP ROLE IF EXISTS \"{r}\"").as_str()).await;
                 }
                 let roles: Vec<String> = sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1 ORDER BY rolname = $2, length(rolname) DESC")
                     .bind(format!("{tag}%"))

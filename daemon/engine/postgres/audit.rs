@@ -7,7 +7,7 @@ use sqlx::{Postgres as Pg, Row, Transaction};
 
 use super::rules::DANGEROUS_MEMBERSHIPS;
 use super::sql::q;
-use super::{decode_ts, parse_scoped, ts_columns, Postgres};
+use super::{decode_ts, is_privilege_role, parse_scoped, ts_columns, Postgres};
 use crate::engine::catalog::{
     Attribute, Catalog, CatalogRole, Managed, ManagedKind, Membership, Object, Privilege,
 };
@@ -36,6 +36,13 @@ fn managed(comment: Option<&str>) -> Option<Managed> {
             kind: ManagedKind::Scoped,
             account: m.account,
             owner: m.owner.ledger,
+        });
+    }
+    if is_privilege_role(Some(comment)) {
+        return Some(Managed {
+            kind: ManagedKind::Privileges,
+            account: String::new(),
+            owner: None,
         });
     }
     let (kind, account) = if let Some(a) = comment.strip_prefix("credrotd:login account=") {

@@ -2,8 +2,9 @@
 //! finds and the grant/revoke diff in `diff()` does not look at. Every
 //! statement is a `plan.may`, so a refusal is a stuck item, never an error.
 //!
-//! - privileges the scoped role holds and the inventory does not declare are
-//!   revoked, each as the role that granted it where the admin may act as that
+//! - privileges the account's privilege role holds and the inventory does not
+//!   declare, and any the scoped role holds directly (it has its privileges
+//!   only through the privilege role), are revoked, each as the role that granted it where the admin may act as that
 //!   role (`SET ROLE grantor; REVOKE …; RESET ROLE`): before PostgreSQL 19,
 //!   `REVOKE … GRANTED BY` takes only the current user on object privileges,
 //!   and a plain `REVOKE` removes only the grant of the role the server picks
@@ -12,9 +13,9 @@
 //! - column privileges and privileges on the database itself;
 //! - any direct grant to one of the account's login roles (they get their
 //!   privileges only through the scoped role);
-//! - members of the scoped role other than the account's logins, its static
-//!   role, the admin and other accounts' scoped roles (whose own `member_of`
-//!   reconciliation owns that membership).
+//! - members of the scoped role or the privilege role other than the
+//!   account's logins, its static role, the admin and accounts' scoped roles
+//!   (whose own reconciliation owns that membership).
 //!
 //! Objects owned by the scoped role are left alone, as everywhere in `diff()`.
 //!
@@ -151,6 +152,7 @@ impl Postgres {
         &self,
         tx: &mut Transaction<'_, Pg>,
         account: &Account,
+        holder: Option<&str>,
         desired: &BTreeSet<(Obj, String)>,
         plan: &mut Plan,
     ) -> Result<(), EngineError> {
@@ -183,6 +185,7 @@ impl Postgres {
         .map_err(self.sql(format!("list login roles of {}", account.name)))?;
         let mut grantees = logins.clone();
         grantees.push(role.to_owned());
+        grantees.extend(holder.map(str::to_owned));
         let mut held = self.held(tx, &grantees, role).await?;
         for login in &logins {
             for ((target, privilege), grants) in held.remove(login).unwrap_or_default() {
@@ -196,28 +199,39 @@ impl Postgres {
             }
         }
 
-        for ((target, privilege), grants) in held.remove(role).unwrap_or_default() {
-            let undeclared = match &target {
-                Target::Obj(obj) => !desired.contains(&(obj.clone(), privilege.clone())),
-                // Never declared on PostgreSQL.
-                Target::Column(..) | Target::Database(_) => true,
-            };
-            let on = target.privilege_on(&privilege);
-            if undeclared {
-                let revoke = format!("REVOKE {on} FROM {}", q(role));
-                self.revoke(tx, &mut acting, plan, revoke, &grants, "privilege")
-                    .await?;
-            } else {
-                let grants: Vec<Grant> = grants.into_iter().filter(|g| g.grantable).collect();
-                if !grants.is_empty() {
-                    let revoke = format!("REVOKE GRANT OPTION FOR {on} FROM {}", q(role));
-                    self.revoke(tx, &mut acting, plan, revoke, &grants, "grant option")
+        // The scoped role holds nothing directly: its privileges come from the
+        // privilege role, which holds exactly what is declared.
+        let nothing = BTreeSet::new();
+        let holders = std::iter::once((role, &nothing)).chain(holder.map(|p| (p, desired)));
+        for (grantee, desired) in holders {
+            for ((target, privilege), grants) in held.remove(grantee).unwrap_or_default() {
+                let undeclared = match &target {
+                    Target::Obj(obj) => !desired.contains(&(obj.clone(), privilege.clone())),
+                    // Never declared on PostgreSQL.
+                    Target::Column(..) | Target::Database(_) => true,
+                };
+                let on = target.privilege_on(&privilege);
+                if undeclared {
+                    let revoke = format!("REVOKE {on} FROM {}", q(grantee));
+                    self.revoke(tx, &mut acting, plan, revoke, &grants, "privilege")
                         .await?;
+                } else {
+                    let grants: Vec<Grant> = grants.into_iter().filter(|g| g.grantable).collect();
+                    if !grants.is_empty() {
+                        let revoke = format!("REVOKE GRANT OPTION FOR {on} FROM {}", q(grantee));
+                        self.revoke(tx, &mut acting, plan, revoke, &grants, "grant option")
+                            .await?;
+                    }
                 }
             }
         }
 
-        self.other_members(tx, account, &mut acting, plan).await
+        if let Some(p) = holder {
+            self.other_members(tx, account, p, &mut acting, plan)
+                .await?;
+        }
+        self.other_members(tx, account, role, &mut acting, plan)
+            .await
     }
 
     /// What each of `grantees` holds directly (one catalog scan for all),
@@ -373,17 +387,18 @@ impl Postgres {
         Ok(())
     }
 
-    /// Members of the scoped role that are none of: the account's logins, its
-    /// static role, the admin, another account's scoped role (whose own
-    /// `member_of` reconciliation decides that membership).
+    /// Members of `role` (the scoped role, or the account's privilege role)
+    /// that are none of: the account's logins, its static role, the admin,
+    /// another account's scoped role (whose own reconciliation decides that
+    /// membership).
     async fn other_members(
         &self,
         tx: &mut Transaction<'_, Pg>,
         account: &Account,
+        role: &str,
         acting: &mut Acting,
         plan: &mut Plan,
     ) -> Result<(), EngineError> {
-        let role = account.scoped_role();
         let rows: Vec<(String, Option<String>, String)> = sqlx::query_as(
             "SELECT u.rolname::text, shobj_description(u.oid, 'pg_authid'),
                     pg_get_userbyid(m.grantor)::text

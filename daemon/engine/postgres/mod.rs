@@ -63,9 +63,10 @@ use super::{
 use crate::inventory::{Account, Database, ObjectKind, Objects, Strategy};
 use crate::secret::Secret;
 use sql::{
-    decode_ts, fixed_comment, is_scoped_of, lit, login_comment, login_defaults,
-    owned_scoped_comment, parse_scoped, q, scoped_comment, setting_name, ts_columns, valid_until,
-    DefaultAcl, Obj, SAFE_ATTRIBUTES,
+    changes_roles_only, decode_ts, fixed_comment, is_privilege_role, is_scoped_of, lit,
+    login_comment, login_defaults, owned_scoped_comment, parse_scoped, privilege_role,
+    privileges_comment, q, scoped_comment, setting_name, ts_columns, valid_until, DefaultAcl, Obj,
+    SAFE_ATTRIBUTES,
 };
 
 /// The first server version on which `CREATEROLE` no longer implies power over
@@ -79,6 +80,8 @@ const PG15: i32 = 150_000;
 /// A PostgreSQL target database.
 pub struct Postgres {
     name: String,
+    /// The database the admin connects to: privilege roles are per database.
+    database: String,
     pool: PgPool,
     /// Options for verify logins: the admin URL's host, port and database.
     base: PgConnectOptions,
@@ -133,6 +136,10 @@ impl Postgres {
         };
         // Verify logins go exactly where the admin connection goes, with its TLS
         // settings (sslmode, root certificate) and socket, as the new user.
+        let database = opts
+            .get_database()
+            .unwrap_or_else(|| opts.get_username())
+            .to_owned();
         let base = opts.clone().application_name("credrotd-verify");
         let presence_opts = opts.clone().application_name("credrotd-presence");
         let pool = PgPoolOptions::new()
@@ -141,6 +148,7 @@ impl Postgres {
             .connect_lazy_with(opts);
         Ok(Postgres {
             name: db.name.clone(),
+            database,
             pool,
             base,
             endpoint,
@@ -265,79 +273,68 @@ impl Postgres {
             }
         }
 
-        // Privileges on objects. A schema or object that no longer exists is
+        // Privileges on objects go to the account's privilege role, which every
+        // account that declares the same grants shares (sql::privilege_role);
+        // the scoped role holds none directly (catch_up revokes what it holds)
+        // and is a member of it. A schema or object that no longer exists is
         // reported and skipped, never an error.
+        let holder = privilege_role(&self.database, &account.grants);
+        let holder_exists = match &holder {
+            Some(p) => self.privilege_role_state(tx, p, &mut plan).await?,
+            None => false,
+        };
         let owners = self.schema_owners(tx, account, &mut plan).await?;
         let desired = self
             .desired_privileges(tx, account, &owners, &mut plan)
             .await?;
-        let actual = if existing.is_some() {
-            self.actual_privileges(tx, role).await?
-        } else {
-            BTreeMap::new()
-        };
-        for (obj, privilege) in desired.iter().filter(|k| !actual.contains_key(*k)) {
-            plan.may(
-                format!("GRANT {privilege} ON {} TO {}", obj.sql(), q(role)),
-                None,
-            );
+        if let Some(p) = &holder {
+            let actual = if holder_exists {
+                self.actual_privileges(tx, p).await?
+            } else {
+                BTreeMap::new()
+            };
+            for (obj, privilege) in desired.iter().filter(|k| !actual.contains_key(*k)) {
+                plan.may(
+                    format!("GRANT {privilege} ON {} TO {}", obj.sql(), q(p)),
+                    None,
+                );
+            }
         }
         // Undeclared privileges (revoked as their grantor where possible), grant
         // options, column and database privileges, the logins' direct grants,
         // other members: catchup.rs.
-        self.catch_up(tx, account, &desired, &mut plan).await?;
+        self.catch_up(tx, account, holder.as_deref(), &desired, &mut plan)
+            .await?;
 
-        // Default privileges for objects created later ("*" grants).
-        let desired = Self::desired_defaults(account, &owners);
-        let actual = if existing.is_some() {
-            self.actual_defaults(tx, role).await?
-        } else {
-            BTreeSet::new()
-        };
+        // Default privileges for objects created later ("*" grants), on the
+        // privilege role; the scoped role keeps none of its own.
         let mut stmts = Vec::new();
-        for d in desired.difference(&actual) {
-            stmts.push((
-                &d.for_role,
-                format!(
-                    "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT {} ON {} TO {}",
-                    q(&d.for_role),
-                    q(&d.schema),
-                    d.privilege,
-                    d.kind_sql(),
-                    q(role)
-                ),
-            ));
-        }
-        for d in actual.difference(&desired) {
-            let schema = if d.schema.is_empty() {
-                String::new()
+        if let Some(p) = &holder {
+            let actual = if holder_exists {
+                self.actual_defaults(tx, p).await?
             } else {
-                format!(" IN SCHEMA {}", q(&d.schema))
+                BTreeSet::new()
             };
-            stmts.push((
-                &d.for_role,
-                format!(
-                    "ALTER DEFAULT PRIVILEGES FOR ROLE {}{schema} REVOKE {} ON {} FROM {}",
-                    q(&d.for_role),
-                    d.privilege,
-                    d.kind_sql(),
-                    q(role)
-                ),
-            ));
+            let desired = Self::desired_defaults(account, &owners);
+            stmts.extend(default_statements(p, &desired, &actual));
+        }
+        if existing.is_some() {
+            let actual = self.actual_defaults(tx, role).await?;
+            stmts.extend(default_statements(role, &BTreeSet::new(), &actual));
         }
         // Only a role with the privileges of `for_role` may change its default
         // privileges; known before trying, so a plan says so too.
-        let mut allowed: BTreeMap<&str, bool> = BTreeMap::new();
+        let mut allowed: BTreeMap<String, bool> = BTreeMap::new();
         for (for_role, sql) in stmts {
-            let ok = match allowed.get(for_role.as_str()) {
+            let ok = match allowed.get(&for_role) {
                 Some(ok) => *ok,
                 None => {
                     let ok: bool = sqlx::query_scalar("SELECT pg_has_role($1, 'USAGE')")
-                        .bind(for_role)
+                        .bind(&for_role)
                         .fetch_one(&mut **tx)
                         .await
                         .map_err(self.sql(format!("check membership in {for_role}")))?;
-                    allowed.insert(for_role, ok);
+                    allowed.insert(for_role.clone(), ok);
                     ok
                 }
             };
@@ -351,7 +348,7 @@ impl Postgres {
             }
         }
 
-        // Memberships.
+        // Memberships: the declared groups and the privilege role.
         let actual: BTreeSet<String> = if existing.is_some() {
             sqlx::query_scalar(
                 "SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
@@ -366,8 +363,13 @@ impl Postgres {
         } else {
             BTreeSet::new()
         };
-        let desired: BTreeSet<String> = account.member_of.iter().cloned().collect();
+        let mut desired: BTreeSet<String> = account.member_of.iter().cloned().collect();
+        desired.extend(holder.clone());
         for group in desired.difference(&actual) {
+            if Some(group) == holder.as_ref() {
+                plan.must(format!("GRANT {} TO {}", q(group), q(role)));
+                continue;
+            }
             match self.role(&mut **tx, group).await? {
                 None => plan.missing(format!(
                     "role {group} (member_of of account {})",
@@ -385,6 +387,8 @@ impl Postgres {
         }
         for group in actual.difference(&desired) {
             plan.may(format!("REVOKE {} FROM {}", q(group), q(role)), None);
+            self.retire_privilege_role(tx, group, role, &mut plan)
+                .await?;
         }
 
         // Row-level security policies of `row_filter` grants.
@@ -436,6 +440,183 @@ impl Postgres {
         Ok(plan)
     }
 
+    /// Plans, locks what the plan touches, plans again under the locks and
+    /// applies. The account's own lock keeps two processes from applying its
+    /// change twice; the database-wide lock is taken only when the plan changes
+    /// an object's ACL (concurrent `GRANT`s on one object fail with "tuple
+    /// concurrently updated"), which after the first rotation of each distinct
+    /// grant set is rare: most plans only create a role and join it to its
+    /// privilege role. `None` when the locked plan needs the database-wide
+    /// lock that `database_wide` did not take (taking it now could deadlock).
+    async fn apply(
+        &self,
+        account: &Account,
+        database_wide: bool,
+    ) -> Result<Option<Reconciled>, EngineError> {
+        let mut tx = self.begin().await?;
+        let plan = self.diff(&mut tx, account).await?;
+        if plan.stmts.is_empty() {
+            tx.rollback().await.map_err(self.sql("end transaction"))?;
+            return Ok(Some(Reconciled {
+                changes: Vec::new(),
+                stuck: plan.stuck,
+            }));
+        }
+        let wide = database_wide || !plan.roles_only();
+        let mut keys = vec![lock_key("account", account.scoped_role())];
+        if wide {
+            keys.push(RECONCILE_LOCK);
+        }
+        keys.extend(plan.locks.iter().map(|p| lock_key("privileges", p)));
+        for key in keys {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.sql("take reconcile lock"))?;
+        }
+        let plan = self.diff(&mut tx, account).await?;
+        if !wide && !plan.roles_only() {
+            tx.rollback().await.map_err(self.sql("end transaction"))?;
+            return Ok(None);
+        }
+        let action = format!("reconcile role {}", account.name);
+        let mut stuck = plan.stuck;
+        let mut applied = Vec::new();
+        for s in plan.stmts {
+            if s.essential {
+                self.exec(&mut tx, &s.sql, &action).await?;
+                applied.push(s);
+                continue;
+            }
+            // One refused statement (no grant option, not a member of the
+            // owner, ...) is undone and reported; the others still apply.
+            self.exec(&mut tx, "SAVEPOINT credrotd_reconcile", &action)
+                .await?;
+            match tx.execute(s.sql.as_str()).await {
+                Ok(_) => {
+                    self.exec(&mut tx, "RELEASE SAVEPOINT credrotd_reconcile", &action)
+                        .await?;
+                    applied.push(s);
+                }
+                Err(sqlx::Error::Database(e)) => {
+                    self.exec(&mut tx, "ROLLBACK TO SAVEPOINT credrotd_reconcile", &action)
+                        .await?;
+                    stuck.push(Stuck {
+                        what: s.sql,
+                        error: e.message().to_owned(),
+                    });
+                }
+                Err(source) => {
+                    return Err(EngineError::Sql {
+                        database: self.name.clone(),
+                        action,
+                        source,
+                    })
+                }
+            }
+        }
+        // GRANT and REVOKE only warn when they change nothing (a privilege granted
+        // by another role, a grant option on some privileges only): what the
+        // catalog still wants after applying had no effect.
+        let after = self.diff(&mut tx, account).await?;
+        let remaining: BTreeSet<&str> = after.stmts.iter().map(|s| s.sql.as_str()).collect();
+        let mut changes = Vec::new();
+        for s in applied {
+            if !s.essential && remaining.contains(s.sql.as_str()) {
+                let why = s
+                    .hint
+                    .unwrap_or_else(|| "the admin may not change it".to_owned());
+                stuck.push(Stuck {
+                    what: s.sql,
+                    error: format!("had no effect: {why}"),
+                });
+            } else {
+                changes.push(Change(s.sql));
+            }
+        }
+        tx.commit().await.map_err(self.sql("commit reconcile"))?;
+        Ok(Some(Reconciled { changes, stuck }))
+    }
+
+    /// Plans the account's privilege role `p` into existence (or back to safe
+    /// attributes) and returns whether it exists already. A role of that name
+    /// that is not marked as a privilege role is never touched.
+    async fn privilege_role_state(
+        &self,
+        tx: &mut Transaction<'_, Pg>,
+        p: &str,
+        plan: &mut Plan,
+    ) -> Result<bool, EngineError> {
+        plan.locks.insert(p.to_owned());
+        match self.role(&mut **tx, p).await? {
+            None => {
+                plan.must(format!("CREATE ROLE {} NOLOGIN {SAFE_ATTRIBUTES}", q(p)));
+                plan.must(format!(
+                    "COMMENT ON ROLE {} IS {}",
+                    q(p),
+                    lit(&privileges_comment(p, &self.database))
+                ));
+                Ok(false)
+            }
+            Some(r) if is_privilege_role(r.comment.as_deref()) => {
+                if let Some(attrs) = r.unsafe_attributes(true) {
+                    plan.must(format!("ALTER ROLE {} {attrs}", q(p)));
+                }
+                Ok(true)
+            }
+            Some(_) => Err(EngineError::NotManaged {
+                database: self.name.clone(),
+                role: p.to_owned(),
+            }),
+        }
+    }
+
+    /// When the scoped role `role` leaves `group` and `group` is a privilege
+    /// role that nobody else is a member of and that owns nothing, plans its
+    /// removal: its privileges in this database go with `DROP OWNED` (which
+    /// needs the admin to have its privileges: the `GRANT` first), then the
+    /// role. A privilege role that owns objects (a login made them after `SET
+    /// ROLE`) is left alone: dropping it would drop them.
+    async fn retire_privilege_role(
+        &self,
+        tx: &mut Transaction<'_, Pg>,
+        group: &str,
+        role: &str,
+        plan: &mut Plan,
+    ) -> Result<(), EngineError> {
+        let unused: Option<(Option<String>, bool)> = sqlx::query_as(
+            "SELECT shobj_description(g.oid, 'pg_authid'),
+                    NOT EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.roleid = g.oid
+                                  AND m.member NOT IN (SELECT oid FROM pg_roles
+                                                       WHERE rolname IN ($2, current_user)))
+                    AND NOT EXISTS (SELECT 1 FROM pg_shdepend d
+                                    WHERE d.refclassid = 'pg_authid'::regclass
+                                      AND d.refobjid = g.oid AND d.deptype = 'o')
+             FROM pg_roles g WHERE g.rolname = $1",
+        )
+        .bind(group)
+        .bind(role)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(self.sql(format!("read members of {group}")))?;
+        let Some((comment, unused)) = unused else {
+            return Ok(());
+        };
+        if !is_privilege_role(comment.as_deref()) {
+            return Ok(());
+        }
+        plan.locks.insert(group.to_owned());
+        if unused {
+            let g = q(group);
+            plan.may(
+                format!("GRANT {g} TO CURRENT_USER; DROP OWNED BY {g}; DROP ROLE {g}"),
+                None,
+            );
+        }
+        Ok(())
+    }
+
     /// The owner of every schema the account's grants name; a schema that does
     /// not exist is reported as stuck and left out.
     async fn schema_owners(
@@ -470,9 +651,11 @@ impl Postgres {
     /// The objects each grant covers now, by kind: `(schema, name, identity
     /// arguments)` (arguments empty for tables, sequences and schemas). Names the
     /// grant lists that do not exist are reported as stuck and left out; a grant
-    /// on a schema that does not exist covers nothing. Objects the scoped role
-    /// owns itself (made by the account's logins) are left out: their owner
-    /// holds every privilege, and only its own members could grant on them.
+    /// on a schema that does not exist covers nothing. Objects a scoped role
+    /// owns (made by an account's logins) are left out: their owner holds every
+    /// privilege, only its own members could grant on them, and the privilege
+    /// role is shared by every account that declares the same grants, so what
+    /// it is granted must not depend on which of them is reconciled.
     async fn grant_objects(
         &self,
         tx: &mut Transaction<'_, Pg>,
@@ -499,6 +682,7 @@ impl Postgres {
                 };
                 let rows: Vec<(String, bool)> = sqlx::query_as(
                     "SELECT c.relname::text, pg_get_userbyid(c.relowner) = $3
+                            OR coalesce(shobj_description(c.relowner, 'pg_authid'), '') LIKE 'credrotd:scoped %'
                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                      WHERE n.nspname = $1 AND strpos($2, c.relkind::text) > 0 ORDER BY 1",
                 )
@@ -536,6 +720,7 @@ impl Postgres {
                 let rows: Vec<(String, String, bool)> = sqlx::query_as(
                     "SELECT p.proname::text, pg_get_function_identity_arguments(p.oid),
                             pg_get_userbyid(p.proowner) = $2
+                            OR coalesce(shobj_description(p.proowner, 'pg_authid'), '') LIKE 'credrotd:scoped %'
                      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                      WHERE n.nspname = $1 AND p.prokind IN ('f', 'p') ORDER BY 1, 2",
                 )
@@ -1223,6 +1408,47 @@ impl Postgres {
 }
 
 /// Whether the selection names `name` (or everything).
+/// The statements that bring `grantee`'s default privileges from `actual` to
+/// `desired`, each with the role whose defaults it changes.
+fn default_statements(
+    grantee: &str,
+    desired: &BTreeSet<DefaultAcl>,
+    actual: &BTreeSet<DefaultAcl>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for d in desired.difference(actual) {
+        out.push((
+            d.for_role.clone(),
+            format!(
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT {} ON {} TO {}",
+                q(&d.for_role),
+                q(&d.schema),
+                d.privilege,
+                d.kind_sql(),
+                q(grantee)
+            ),
+        ));
+    }
+    for d in actual.difference(desired) {
+        let schema = if d.schema.is_empty() {
+            String::new()
+        } else {
+            format!(" IN SCHEMA {}", q(&d.schema))
+        };
+        out.push((
+            d.for_role.clone(),
+            format!(
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {}{schema} REVOKE {} ON {} FROM {}",
+                q(&d.for_role),
+                d.privilege,
+                d.kind_sql(),
+                q(grantee)
+            ),
+        ));
+    }
+    out
+}
+
 fn covers(sel: &Objects, name: &str) -> bool {
     match sel {
         Objects::All => true,
@@ -1287,6 +1513,10 @@ impl RoleRow {
 struct Plan {
     stmts: Vec<Stmt>,
     stuck: Vec<Stuck>,
+    /// The privilege roles the plan creates, joins or leaves: applying it
+    /// holds each one's lock, so that one account never joins a privilege role
+    /// another is dropping.
+    locks: BTreeSet<String>,
 }
 
 struct Stmt {
@@ -1316,6 +1546,11 @@ impl Plan {
         });
     }
 
+    /// Whether every statement changes roles only, no object's ACL.
+    fn roles_only(&self) -> bool {
+        self.stmts.iter().all(|s| changes_roles_only(&s.sql))
+    }
+
     fn missing(&mut self, what: String) {
         if !self.stuck.iter().any(|s| s.what == what) {
             self.stuck.push(Stuck {
@@ -1338,95 +1573,45 @@ impl Gaps {
     }
 }
 
-/// Serializes grant changes in one database: concurrent GRANTs on one object can
-/// fail with "tuple concurrently updated".
+/// Serializes changes to object ACLs in one database: concurrent GRANTs on one
+/// object can fail with "tuple concurrently updated".
 const RECONCILE_LOCK: i64 = 0x6372_6564_726f_7401;
+
+/// The advisory-lock key (one int8) of an account's scoped role or of a
+/// privilege role, by name.
+fn lock_key(what: &str, name: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("credrotd {what} {name}").as_bytes());
+    i64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]])
+}
 
 #[async_trait]
 impl Engine for Postgres {
     async fn reconcile(&self, account: &Account, apply: bool) -> Result<Reconciled, EngineError> {
-        let mut tx = self.begin().await?;
         if !apply {
+            let mut tx = self.begin().await?;
             self.exec(
                 &mut tx,
                 "SET TRANSACTION READ ONLY",
                 "start read-only transaction",
             )
             .await?;
-        }
-        let plan = self.diff(&mut tx, account).await?;
-        if !apply || plan.stmts.is_empty() {
+            let plan = self.diff(&mut tx, account).await?;
             tx.rollback().await.map_err(self.sql("end transaction"))?;
             return Ok(Reconciled {
                 changes: plan.stmts.into_iter().map(|s| Change(s.sql)).collect(),
                 stuck: plan.stuck,
             });
         }
-        // Plan again under the lock so that two processes never apply the same
-        // change twice.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(RECONCILE_LOCK)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.sql("take reconcile lock"))?;
-        let plan = self.diff(&mut tx, account).await?;
-        let action = format!("reconcile role {}", account.name);
-        let mut stuck = plan.stuck;
-        let mut applied = Vec::new();
-        for s in plan.stmts {
-            if s.essential {
-                self.exec(&mut tx, &s.sql, &action).await?;
-                applied.push(s);
-                continue;
+        let mut database_wide = false;
+        loop {
+            if let Some(done) = self.apply(account, database_wide).await? {
+                return Ok(done);
             }
-            // One refused statement (no grant option, not a member of the
-            // owner, ...) is undone and reported; the others still apply.
-            self.exec(&mut tx, "SAVEPOINT credrotd_reconcile", &action)
-                .await?;
-            match tx.execute(s.sql.as_str()).await {
-                Ok(_) => {
-                    self.exec(&mut tx, "RELEASE SAVEPOINT credrotd_reconcile", &action)
-                        .await?;
-                    applied.push(s);
-                }
-                Err(sqlx::Error::Database(e)) => {
-                    self.exec(&mut tx, "ROLLBACK TO SAVEPOINT credrotd_reconcile", &action)
-                        .await?;
-                    stuck.push(Stuck {
-                        what: s.sql,
-                        error: e.message().to_owned(),
-                    });
-                }
-                Err(source) => {
-                    return Err(EngineError::Sql {
-                        database: self.name.clone(),
-                        action,
-                        source,
-                    })
-                }
-            }
+            // The catalog moved between the unlocked plan and the locked one,
+            // which now changes an object's ACL: again, under the wider lock.
+            database_wide = true;
         }
-        // GRANT and REVOKE only warn when they change nothing (a privilege granted
-        // by another role, a grant option on some privileges only): what the
-        // catalog still wants after applying had no effect.
-        let after = self.diff(&mut tx, account).await?;
-        let remaining: BTreeSet<&str> = after.stmts.iter().map(|s| s.sql.as_str()).collect();
-        let mut changes = Vec::new();
-        for s in applied {
-            if !s.essential && remaining.contains(s.sql.as_str()) {
-                let why = s
-                    .hint
-                    .unwrap_or_else(|| "the admin may not change it".to_owned());
-                stuck.push(Stuck {
-                    what: s.sql,
-                    error: format!("had no effect: {why}"),
-                });
-            } else {
-                changes.push(Change(s.sql));
-            }
-        }
-        tx.commit().await.map_err(self.sql("commit reconcile"))?;
-        Ok(Reconciled { changes, stuck })
     }
 
     async fn create_login(&self, account: &Account, login: &Login<'_>) -> Result<(), EngineError> {
@@ -1836,10 +2021,10 @@ impl Engine for Postgres {
         let role = account.scoped_role();
         let action = format!("claim role {role}");
         let mut tx = self.begin().await?;
-        // The reconcile lock: a claim never interleaves with a reconciliation of
-        // the same database, which reads the marker.
+        // The account's reconcile lock: a claim never interleaves with a
+        // reconciliation of the account, which reads the marker.
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(RECONCILE_LOCK)
+            .bind(lock_key("account", role))
             .execute(&mut *tx)
             .await
             .map_err(self.sql(action.clone()))?;

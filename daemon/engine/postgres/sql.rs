@@ -15,7 +15,7 @@ use sqlx::postgres::PgRow;
 use sqlx::Row;
 
 use crate::engine::{valid_ledger_id, Owner};
-use crate::inventory::Account;
+use crate::inventory::{Account, Grant, Objects};
 
 /// The comment that marks a scoped role as credrotd's, without an owner (what
 /// reconciliation writes on a new role, and what older versions wrote).
@@ -93,6 +93,87 @@ pub(super) fn login_comment(account: &str) -> String {
 /// The comment that marks an alternating login role.
 pub(super) fn fixed_comment(account: &str) -> String {
     format!("credrotd:alternating account={account}")
+}
+
+/// The prefix of the comment that marks a privilege role.
+const PRIVILEGES_PREFIX: &str = "credrotd:privileges set=";
+
+/// The comment that marks a privilege role: the role that holds one distinct set
+/// of declared grants in one database, whose members are the scoped roles of
+/// every account that declares that set. The database is named for the
+/// operator (and the test harness's clean-up); it is last, as it may hold spaces.
+pub(super) fn privileges_comment(role: &str, database: &str) -> String {
+    format!("{PRIVILEGES_PREFIX}{role} database={database}")
+}
+
+/// Whether `comment` marks a privilege role.
+pub(super) fn is_privilege_role(comment: Option<&str>) -> bool {
+    comment.is_some_and(|c| c.starts_with(PRIVILEGES_PREFIX))
+}
+
+/// The privilege role of an account's grants in database `database`, or `None`
+/// when it declares none: `credrotd_p_` and 16 hex digits of a hash of the
+/// database and the grants, in an order-free canonical form (row filters are
+/// left out: their policies are per account, on the scoped role). Accounts that
+/// declare the same grants share it, so an object's ACL holds one entry per
+/// distinct set rather than one per account: a table's ACL lives in its
+/// `pg_class` row, which has no TOAST table, and thousands of entries no
+/// longer fit ("row is too big"). The database is in the hash because roles are
+/// cluster-wide and a privilege role must never carry one database's grants to
+/// another's accounts.
+pub(super) fn privilege_role(database: &str, grants: &[Grant]) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    if grants.is_empty() {
+        return None;
+    }
+    let lines: std::collections::BTreeSet<String> = grants
+        .iter()
+        .map(|g| {
+            let objects = match &g.objects {
+                None => "schema".to_owned(),
+                Some(Objects::All) => "*".to_owned(),
+                Some(Objects::Named(names)) => {
+                    let names: std::collections::BTreeSet<&String> = names.iter().collect();
+                    format!("{names:?}")
+                }
+            };
+            format!(
+                "{:?} {} {objects} {:?}",
+                g.schema,
+                g.kind.as_str(),
+                g.privileges
+            )
+        })
+        .collect();
+    let mut h = Sha256::new();
+    h.update(format!("credrotd privileges v1\n{database:?}\n").as_bytes());
+    for l in &lines {
+        h.update(l.as_bytes());
+        h.update(b"\n");
+    }
+    let digest = h.finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("credrotd_p_{hex}"))
+}
+
+/// Whether a plan statement changes only roles (creation, attributes,
+/// comments, memberships), never an object's ACL: such statements may run
+/// concurrently with other accounts' reconciliations, while concurrent
+/// `GRANT`s on one object fail with "tuple concurrently updated". Every name
+/// in a statement is quoted ([`q`]), so a membership statement starts with
+/// `GRANT "` / `REVOKE "`, and an object privilege statement never does;
+/// an entry of several statements never counts as roles only.
+pub(super) fn changes_roles_only(sql: &str) -> bool {
+    !sql.contains("; ")
+        && [
+            "CREATE ROLE ",
+            "COMMENT ON ROLE ",
+            "ALTER ROLE ",
+            "GRANT \"",
+            "REVOKE \"",
+        ]
+        .iter()
+        .any(|p| sql.starts_with(p))
 }
 
 pub(super) const SAFE_ATTRIBUTES: &str =
@@ -224,6 +305,84 @@ pub(super) fn login_defaults(account: &Account, username: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory::ObjectKind;
+
+    fn grant(schema: &str, objects: Option<Objects>, privileges: &[&'static str]) -> Grant {
+        Grant {
+            schema: schema.into(),
+            kind: if objects.is_some() {
+                ObjectKind::Table
+            } else {
+                ObjectKind::Schema
+            },
+            objects,
+            privileges: privileges.iter().copied().collect(),
+            row_filter: None,
+        }
+    }
+
+    #[test]
+    fn accounts_with_the_same_grants_share_a_privilege_role() {
+        let named = |n: &[&str]| Some(Objects::Named(n.iter().map(|s| s.to_string()).collect()));
+        let a = [
+            grant("public", None, &["USAGE"]),
+            grant(
+                "public",
+                named(&["orders", "customers"]),
+                &["SELECT", "INSERT"],
+            ),
+        ];
+        // Same grants in another order, names in another order, a row filter.
+        let mut b = [
+            grant(
+                "public",
+                named(&["customers", "orders"]),
+                &["INSERT", "SELECT"],
+            ),
+            grant("public", None, &["USAGE"]),
+        ];
+        b[0].row_filter = Some("region = 'eu'".into());
+        let p = privilege_role("shop", &a).unwrap();
+        assert!(p.starts_with("credrotd_p_") && p.len() == 27, "{p}");
+        assert_eq!(privilege_role("shop", &b).as_deref(), Some(p.as_str()));
+        // Another database, another privilege, another object: another role.
+        assert_ne!(privilege_role("shop2", &a).unwrap(), p);
+        let c = [
+            grant("public", None, &["USAGE"]),
+            grant("public", named(&["orders", "customers"]), &["SELECT"]),
+        ];
+        assert_ne!(privilege_role("shop", &c).unwrap(), p);
+        let d = [
+            grant("public", None, &["USAGE"]),
+            grant("public", Some(Objects::All), &["SELECT", "INSERT"]),
+        ];
+        assert_ne!(privilege_role("shop", &d).unwrap(), p);
+        assert_eq!(privilege_role("shop", &[]), None);
+    }
+
+    #[test]
+    fn only_role_statements_skip_the_database_wide_lock() {
+        for sql in [
+            "CREATE ROLE \"etl\" NOLOGIN",
+            "COMMENT ON ROLE \"etl\" IS 'x'",
+            "ALTER ROLE \"etl\" SET \"app\".\"tenant\" = '7'",
+            "GRANT \"credrotd_p_00\" TO \"etl\"",
+            "REVOKE \"readers\" FROM \"etl\"",
+        ] {
+            assert!(changes_roles_only(sql), "{sql}");
+        }
+        for sql in [
+            "GRANT SELECT ON TABLE \"public\".\"orders\" TO \"etl\"",
+            "REVOKE SELECT ON TABLE \"public\".\"orders\" FROM \"etl\"",
+            "REVOKE GRANT OPTION FOR SELECT ON TABLE \"public\".\"t\" FROM \"etl\"",
+            "ALTER DEFAULT PRIVILEGES FOR ROLE \"o\" IN SCHEMA \"s\" GRANT SELECT ON TABLES TO \"p\"",
+            "SET ROLE \"g\"; REVOKE SELECT ON TABLE \"public\".\"t\" FROM \"etl\"; RESET ROLE",
+            "GRANT \"p\" TO CURRENT_USER; DROP OWNED BY \"p\"; DROP ROLE \"p\"",
+            "CREATE POLICY \"credrotd_etl\" ON \"public\".\"t\" TO \"etl\" USING (true)",
+        ] {
+            assert!(!changes_roles_only(sql), "{sql}");
+        }
+    }
 
     fn owner(ledger: Option<&str>, seen: Option<i64>) -> Owner {
         Owner {
