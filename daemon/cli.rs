@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use futures::stream::{self, StreamExt};
 
 use crate::api::AccountStatus;
 use crate::clock::{SharedClock, SystemClock};
@@ -184,7 +183,13 @@ pub struct RebuildArgs {
 
 #[derive(Debug, Args)]
 pub struct RevokeArgs {
-    pub account: String,
+    /// Accounts whose credentials to revoke (without `--previous-only`, each is
+    /// suspended until `credrotd rotate ACCOUNT`).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub accounts: Vec<String>,
+    /// Every account of the inventory.
+    #[arg(long)]
+    pub all: bool,
     /// Revoke only credentials still in their overlap window.
     #[arg(long)]
     pub previous_only: bool,
@@ -537,27 +542,19 @@ async fn rotate(path: &std::path::Path, args: RotateArgs) -> Result<ExitCode> {
     // The sagas run in a task of their own: a Ctrl-C waits for the steps in
     // flight to finish (a second one abandons them; the ledger makes them
     // resumable), so it never leaves a step half-done.
-    let work = {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            stream::iter(names)
-                .map(|name| {
-                    let ctx = &ctx;
-                    async move {
-                        let started = std::time::Instant::now();
-                        let res =
-                            scheduler::rotate_account(ctx, &name, trigger, Duration::from_secs(60))
-                                .await;
-                        // What `status` shows is what happened here too.
-                        scheduler::observe_rotation(ctx, &name, &res, started.elapsed()).await;
-                        (name, res)
-                    }
-                })
-                .buffer_unordered(concurrency)
-                .collect::<Vec<_>>()
-                .await
-        })
-    };
+    let work = each_account(
+        ctx.clone(),
+        names,
+        concurrency,
+        move |ctx, name| async move {
+            let started = std::time::Instant::now();
+            let res =
+                scheduler::rotate_account(&ctx, &name, trigger, Duration::from_secs(60)).await;
+            // What `status` shows is what happened here too.
+            scheduler::observe_rotation(&ctx, &name, &res, started.elapsed()).await;
+            res
+        },
+    );
     let results = finish_despite_ctrl_c(work).await?;
     let mut failed = 0;
     let mut ok = 0;
@@ -596,6 +593,48 @@ async fn rotate(path: &std::path::Path, args: RotateArgs) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// Runs `saga` for each account, at most `concurrency` at a time, each as a task
+/// of its own (so that they run on every worker thread rather than being
+/// polled in turn by one), in a task of its own: a Ctrl-C waits for the steps
+/// in flight to finish (a second one abandons them; the ledger makes them
+/// resumable), so it never leaves a step half-done. Results come in the order
+/// the sagas finish; a saga's panic is the run's.
+fn each_account<T, F, Fut>(
+    ctx: Arc<Context>,
+    names: Vec<String>,
+    concurrency: usize,
+    saga: F,
+) -> tokio::task::JoinHandle<Vec<(String, T)>>
+where
+    T: Send + 'static,
+    F: Fn(Arc<Context>, String) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let mut sagas = tokio::task::JoinSet::new();
+        for name in names {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let run = saga(ctx.clone(), name.clone());
+            sagas.spawn(async move {
+                let _slot = slot;
+                (name, run.await)
+            });
+        }
+        let mut results = Vec::new();
+        while let Some(done) = sagas.join_next().await {
+            match done {
+                Ok(r) => results.push(r),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {}
+            }
+        }
+        results
     })
 }
 
@@ -664,42 +703,73 @@ async fn rebuild(path: &std::path::Path, args: RebuildArgs) -> Result<ExitCode> 
 
 async fn revoke(path: &std::path::Path, args: RevokeArgs) -> Result<ExitCode> {
     let inventory = load(path)?;
+    let names: Vec<String> = if args.all {
+        inventory.accounts.keys().cloned().collect()
+    } else {
+        for n in &args.accounts {
+            if !inventory.accounts.contains_key(n) {
+                anyhow::bail!("account {n} is not in the inventory {}", path.display());
+            }
+        }
+        args.accounts
+    };
+    let concurrency = inventory.rotation.concurrency;
     let ctx = Arc::new(context(inventory, Arc::new(SystemClock), false).await?);
-    ctx.account(&args.account)?;
-    let work = {
-        let ctx = ctx.clone();
-        let (name, previous_only) = (args.account.clone(), args.previous_only);
-        tokio::spawn(async move {
-            let account = ctx.account(&name)?;
+    let previous_only = args.previous_only;
+    let work = each_account(
+        ctx.clone(),
+        names,
+        concurrency,
+        move |ctx, name| async move {
+            let account = ctx.account(&name)?.clone();
             ctx.with_lease(&name, Duration::from_secs(60), |lease| {
                 let ctx = &ctx;
+                let account = &account;
                 async move { rotation::revoke(ctx, &lease, account, previous_only).await }
             })
             .await
-        })
-    };
-    let res = finish_despite_ctrl_c(work).await?;
+        },
+    );
+    let mut results = finish_despite_ctrl_c(work).await?;
     ctx.ledger.close().await;
-    match res {
-        Ok(revoked) if revoked.is_empty() => {
-            println!("{}: nothing to revoke", args.account);
-            Ok(ExitCode::SUCCESS)
-        }
-        Ok(revoked) => {
-            println!("{}: revoked {}", args.account, revoked.join(", "));
-            if !args.previous_only {
-                println!(
-                    "{}: suspended; `credrotd rotate {}` issues a new credential",
-                    args.account, args.account
-                );
+    results.sort_by(|a, b| a.0.cmp(&b.0));
+    let quiet = results.len() > 50;
+    let (mut revoked_n, mut failed) = (0, 0);
+    for (name, res) in &results {
+        match res {
+            Ok(revoked) => {
+                revoked_n += revoked.len();
+                if quiet {
+                    continue;
+                }
+                if revoked.is_empty() {
+                    println!("{name}: nothing to revoke");
+                } else {
+                    println!("{name}: revoked {}", revoked.join(", "));
+                }
+                if !previous_only {
+                    println!("{name}: suspended; `credrotd rotate {name}` issues a new credential");
+                }
             }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            println!("{}: FAILED: {e}", args.account);
-            Ok(ExitCode::FAILURE)
+            Err(e) => {
+                failed += 1;
+                println!("{name}: FAILED: {e}");
+            }
         }
     }
+    if results.len() > 1 {
+        let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        println!(
+            "{} of {} revoked, {failed} failed",
+            plural(revoked_n, "credential"),
+            plural(results.len() - failed, "account")
+        );
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// The ledger, if it exists: read-only commands never create one.

@@ -213,6 +213,52 @@ async fn rotate_status_revoke_round_trip_without_a_daemon() {
     db.login(&p.username, p.password.expose()).await.unwrap();
     passwords.push(p.password.expose().to_owned());
 
+    // Several accounts in one run: every previous credential goes, the
+    // current ones stay; then both accounts at once, by name.
+    let previous = |acc: &str| {
+        let rows: Vec<credrotd::api::AccountStatus> =
+            serde_json::from_slice(&run(&["status", "--format", "json"], &path).stdout).unwrap();
+        let row = rows.into_iter().find(|r| r.account == acc).unwrap();
+        row.previous.map(|p| p.username)
+    };
+    let out = run(&["rotate", "--all"], &path);
+    assert!(out.status.success(), "{}", text(&out));
+    let in_overlap = previous(&a).expect("the credential before keeps its overlap");
+    let out = run(&["revoke", "--all", "--previous-only"], &path);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("of 2 accounts revoked, 0 failed"),
+        "{}",
+        text(&out)
+    );
+    outputs.push_str(&text(&out));
+    assert!(!db.roles().await.contains(&in_overlap));
+    assert_eq!(previous(&a), None);
+    for acc in [&a, &b] {
+        let p = db.published(acc);
+        db.login(&p.username, p.password.expose())
+            .await
+            .expect("current survives revoke --all --previous-only");
+    }
+    let out = run(&["revoke", &a, &b], &path);
+    assert!(out.status.success(), "{}", text(&out));
+    outputs.push_str(&text(&out));
+    for acc in [&a, &b] {
+        assert!(
+            text(&out).contains(&format!("{acc}: suspended")),
+            "{}",
+            text(&out)
+        );
+        let p = db.published(acc);
+        assert!(db.login(&p.username, p.password.expose()).await.is_err());
+    }
+    let out = run(&["revoke"], &path);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an account or --all is required"
+    );
+
     assert_no_secret(
         "credrotd's output at RUST_LOG=trace",
         outputs.as_bytes(),
