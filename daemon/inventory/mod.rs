@@ -533,7 +533,16 @@ pub fn load(path: &Path) -> Result<Checked, InventoryError> {
 
 /// Validates inventory text; `path` names it in messages and anchors relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Checked, InventoryError> {
-    let raw: RawInventory = match serde_saphyr::from_str(text) {
+    // serde-saphyr's default budget (250,000 nodes, 1,000,000 events) refuses an
+    // inventory of about 10,000 accounts; the alias limits that stop an
+    // expansion attack stay at their defaults.
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_nodes: 20_000_000,
+            max_events: 80_000_000,
+        },
+    };
+    let raw: RawInventory = match serde_saphyr::from_str_with_options(text, options) {
         Ok(raw) => raw,
         Err(e) => {
             let loc = e.location().unwrap_or(Location::UNKNOWN);

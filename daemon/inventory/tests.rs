@@ -2781,3 +2781,22 @@ fn row_filters_that_do_not_apply_or_could_escape_using_are_refused_where_written
         "MySQL and MariaDB do not have",
     );
 }
+
+/// More YAML nodes than the parser's default budget (250,000) are read: an
+/// inventory of 10,000 accounts with two grants each has about 330,000, and the
+/// default refused it. (One long table list here: cheaper to validate.)
+#[test]
+fn inventories_beyond_the_parsers_default_node_budget_are_read() {
+    let mut text = String::from(
+        "version: 1\nenvironment: development\nstate: sqlite:///var/lib/credrotd/state.db\n\
+         defaults: { schedule: \"0 0 3 * * *\", overlap: 1h, store: local }\n\
+         databases:\n  main: { engine: postgres, url: \"postgres://a@127.0.0.1:5432/x\", password_file: /run/pw }\n\
+         stores:\n  local: { kind: file, dir: /run/s }\naccounts:\n  bulk:\n    database: main\n\
+         \x20   purpose: bulk\n    owner: ops\n    grants:\n      - schema: app\n        privileges: [SELECT]\n        tables:\n",
+    );
+    for i in 0..260_000 {
+        text.push_str(&format!("          - t{i}\n"));
+    }
+    let checked = parse(Path::new("bulk.yaml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(checked.inventory.accounts.len(), 1);
+}
