@@ -518,18 +518,28 @@ async fn ctl(config: &std::path::Path, args: CtlArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Every account of the inventory with `all`, otherwise the ones named, each of
+/// which must be in it.
+fn accounts_named(
+    inventory: &Inventory,
+    path: &std::path::Path,
+    all: bool,
+    named: Vec<String>,
+) -> Result<Vec<String>> {
+    if all {
+        return Ok(inventory.accounts.keys().cloned().collect());
+    }
+    for n in &named {
+        if !inventory.accounts.contains_key(n) {
+            anyhow::bail!("account {n} is not in the inventory {}", path.display());
+        }
+    }
+    Ok(named)
+}
+
 async fn rotate(path: &std::path::Path, args: RotateArgs) -> Result<ExitCode> {
     let inventory = load(path)?;
-    let names: Vec<String> = if args.all {
-        inventory.accounts.keys().cloned().collect()
-    } else {
-        for n in &args.accounts {
-            if !inventory.accounts.contains_key(n) {
-                anyhow::bail!("account {n} is not in the inventory {}", path.display());
-            }
-        }
-        args.accounts
-    };
+    let names = accounts_named(&inventory, path, args.all, args.accounts)?;
     // Naming an account is an operator's explicit request (it lifts a
     // break-glass suspension); `--all` is not.
     let trigger = if args.all {
@@ -703,16 +713,7 @@ async fn rebuild(path: &std::path::Path, args: RebuildArgs) -> Result<ExitCode> 
 
 async fn revoke(path: &std::path::Path, args: RevokeArgs) -> Result<ExitCode> {
     let inventory = load(path)?;
-    let names: Vec<String> = if args.all {
-        inventory.accounts.keys().cloned().collect()
-    } else {
-        for n in &args.accounts {
-            if !inventory.accounts.contains_key(n) {
-                anyhow::bail!("account {n} is not in the inventory {}", path.display());
-            }
-        }
-        args.accounts
-    };
+    let names = accounts_named(&inventory, path, args.all, args.accounts)?;
     let concurrency = inventory.rotation.concurrency;
     let ctx = Arc::new(context(inventory, Arc::new(SystemClock), false).await?);
     let previous_only = args.previous_only;
