@@ -336,6 +336,7 @@ impl Saga<'_> {
                 .await;
         }
         self.ensure_owner(state.foreign_owner.is_some()).await?;
+        self.extend_current_if_due("a rotation is starting").await;
         self.reconcile().await?;
         self.claim().await;
 
@@ -789,9 +790,13 @@ impl Saga<'_> {
             return Ok(None);
         }
         // A promotion that came late (after failed attempts) must not let the
-        // predecessor's own expiry cut the overlap short. Best effort: the new
-        // credential is already current.
-        if prev.expires_at < retire_at && prev.strategy != "adopted" {
+        // predecessor's own expiry cut the overlap short; and a predecessor the
+        // expiry guard extended beyond the overlap (plus the usual margin) dies
+        // at the overlap's end again. Best effort: the new credential is
+        // already current, and retirement refuses it at `retire_at` anyway.
+        let late = prev.expires_at < retire_at;
+        let stretched = prev.expires_at > retire_at + to_chrono(self.account.expiry_margin);
+        if (late || stretched) && prev.strategy != "adopted" {
             match self.ctx.engine_of(&prev) {
                 Ok(engine) => match engine.extend_login(&prev.username, retire_at).await {
                     Ok(()) => {
@@ -803,7 +808,7 @@ impl Saga<'_> {
                         {
                             warn!(account = %self.name(), error = %e, "cannot record the extended expiry");
                         }
-                        info!(previous = %prev.username, until = %retire_at, "extended the previous credential's expiry to the end of its overlap");
+                        info!(previous = %prev.username, until = %retire_at, "set the previous credential's expiry to the end of its overlap");
                     }
                     Err(e) => {
                         warn!(account = %self.name(), previous = %prev.username, error = %e, "cannot extend the previous credential to the end of its overlap")
@@ -1705,6 +1710,56 @@ pub async fn guard_expiry(
 }
 
 impl Saga<'_> {
+    /// Extends the current credential when it would expire within one step,
+    /// before anything else of a saga runs. A saga that dies half-way (a
+    /// `kill -9`, an OOM, a crash loop) records no failure, so the expiry guard
+    /// would never see it; without this, a daemon killed during every attempt
+    /// lets the credential the stores serve run out while its successor is
+    /// rolled back again and again. Bounded by `max_lifetime` like the guard.
+    async fn extend_current_if_due(&self, why: &str) {
+        let live = match self.ctx.ledger.live(self.name()).await {
+            Ok(live) => live,
+            Err(e) => {
+                warn!(account = %self.name(), error = %e, "cannot read the ledger to check the current credential's expiry");
+                return;
+            }
+        };
+        let Some(cur) = live
+            .into_iter()
+            .rev()
+            .find(|c| c.state == CredState::Current)
+        else {
+            return;
+        };
+        if cur.expires_at <= self.now() {
+            // Expired already: extending it would revive a login that consumers
+            // have been refused on; recovery rotates at once instead.
+            return;
+        }
+        match self.keep_alive(&cur).await {
+            Ok(Some(until)) => {
+                info!(account = %self.name(), username = %cur.username, from = %cur.expires_at, until = %until, why, "extended the current credential's expiry: it would have run out before this saga could replace it");
+                self.ctx
+                    .event(
+                        self.name(),
+                        Some(cur.version),
+                        "extended",
+                        &format!(
+                            "expiry of {} moved from {} to {} ({why})",
+                            cur.username,
+                            cur.expires_at.to_rfc3339(),
+                            until.to_rfc3339()
+                        ),
+                    )
+                    .await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(account = %self.name(), username = %cur.username, error = %e, "cannot extend the current credential's expiry")
+            }
+        }
+    }
+
     /// Extends a credential that consumers may still be using so that it
     /// outlives the next retries: when it would expire within one step it moves
     /// to two steps ahead, `step = max(retry_max, overlap) + expiry_margin`,
@@ -1899,6 +1954,7 @@ pub async fn recover_leased(
         return Ok(report);
     }
     saga.drain_outbox().await;
+    saga.extend_current_if_due("recovery after a restart").await;
 
     // A current credential that no longer logs in (dropped or expired behind our
     // back) must be replaced now.

@@ -1060,6 +1060,71 @@ async fn a_late_promotion_extends_the_predecessor_to_the_end_of_its_overlap() {
     );
 }
 
+/// A saga that dies half-way records no failure, so the expiry guard never
+/// sees it: a daemon killed during every attempt (a crash loop, an OOM) would
+/// let the credential the stores serve run out while each successor is rolled
+/// back. Every saga, and recovery, first extends a current credential that
+/// would expire within one step (`max(retry_max, overlap) + expiry_margin`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_that_dies_half_way_has_first_extended_the_current_credential() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let name = db.name("dying");
+    let clock = ManualClock::new(Utc::now());
+    let extra = "    schedule: \"0 0 * * * *\"\n    overlap: 10m\n    expiry_margin: 5m\n";
+    let accounts = etl(&name, "ephemeral", extra);
+    let ctx = db.context(&accounts, Arc::new(clock.clone())).await;
+    let account = ctx.account(&name).unwrap().clone();
+    rotation::rotate(&ctx, &account).await.unwrap();
+    let v1 = ctx.ledger.live(&name).await.unwrap().remove(0);
+    let step = chrono::Duration::minutes(15);
+
+    // Far from its expiry, a saga leaves the current credential alone.
+    let mut crashing = db.context(&accounts, Arc::new(clock.clone())).await;
+    crashing.crash_after = Some(CredState::Created);
+    let err = rotation::rotate(&crashing, &account).await.unwrap_err();
+    assert!(matches!(err, RotationError::Crash(_)), "{err}");
+    assert_eq!(
+        valid_until(&db, &v1.username).await.unwrap().timestamp(),
+        v1.expires_at.timestamp()
+    );
+    rotation::recover_account(&ctx, &account).await.unwrap();
+
+    // Two minutes before it expires, a saga starts and dies before promoting.
+    let now = v1.expires_at - chrono::Duration::minutes(2);
+    clock.set(now);
+    let err = rotation::rotate(&crashing, &account).await.unwrap_err();
+    assert!(matches!(err, RotationError::Crash(_)), "{err}");
+    let vu = valid_until(&db, &v1.username).await.unwrap();
+    assert_eq!(
+        vu.timestamp(),
+        (now + step + step).timestamp(),
+        "the current credential was extended to two steps ahead before the saga died"
+    );
+    let v1_now = ctx.ledger.get(v1.id).await.unwrap();
+    assert_eq!(v1_now.state, CredState::Current);
+    assert_eq!(
+        v1_now.expires_at.timestamp(),
+        vu.timestamp(),
+        "the ledger says so"
+    );
+
+    // Recovery does the same when the credential is again within a step.
+    let later = vu - chrono::Duration::minutes(1);
+    clock.set(later);
+    rotation::recover_account(&ctx, &account).await.unwrap();
+    assert_eq!(
+        valid_until(&db, &v1.username).await.unwrap().timestamp(),
+        (later + step + step).timestamp(),
+        "recovery extended it too"
+    );
+    let p = db.published(&name);
+    assert_eq!(p.username, v1.username, "the store still serves v1");
+    db.login(&p.username, p.password.expose())
+        .await
+        .expect("and it logs in");
+}
+
 // ---- Issue 7: infinity, a CREATEROLE admin, stuck items, owner marker, plan ----
 
 /// A static account on `role`, granting what `etl()` grants.
