@@ -219,6 +219,15 @@ pub fn init_logging(format: LogFormat) {
 }
 
 /// Runs the parsed command line.
+/// The secret environment variables this command's inventory names (none for
+/// commands that do not read an inventory's secrets).
+pub fn secret_env_names(cli: &Cli) -> Vec<String> {
+    match cli.command {
+        Command::Demo(_) | Command::Ctl(_) => Vec::new(),
+        _ => inventory::secret_env_names(&cli.config),
+    }
+}
+
 pub async fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Check => check(&cli.config),

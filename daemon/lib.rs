@@ -38,6 +38,7 @@ pub mod rotation;
 pub mod schedule;
 pub mod scheduler;
 pub mod secret;
+pub mod secret_env;
 pub mod service;
 pub mod store;
 pub mod systemd;

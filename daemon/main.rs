@@ -13,7 +13,13 @@ fn main() -> ExitCode {
     // default back at exec.
     let not_dumpable = nix::sys::prctl::set_dumpable(false);
     let cli = credrotd::cli::Cli::parse();
+    // Still one thread: move the secrets the inventory names out of the
+    // environment (see `secret_env`).
+    let taken = credrotd::secret_env::take(credrotd::cli::secret_env_names(&cli));
     credrotd::cli::init_logging(cli.log_format);
+    if !taken.is_empty() {
+        tracing::debug!(variables = ?taken, "secret environment variables moved into memory and removed from the environment");
+    }
     if let Err(e) = not_dumpable {
         tracing::warn!(error = %e, "cannot mark the process non-dumpable; other processes of this user may read its memory and environment");
     }

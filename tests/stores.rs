@@ -1618,3 +1618,121 @@ async fn aws_revert_keeps_a_secret_credrotd_did_not_create() {
         aws_cleanup(&sm, name).await;
     }
 }
+
+/// Secrets passed in the environment (`password_env`, `token_env`, the AWS
+/// SDK's keys) are moved into memory before any thread starts and their values
+/// wiped from the environment: `/proc/<pid>/environ` of the running daemon —
+/// read here as root, which non-dumpability does not stop — holds none of
+/// them, while the daemon still uses all three to issue and publish. The
+/// control (a child started with the same environment) shows the read works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_the_environment_are_taken_out_of_it_and_still_used() {
+    use std::process::{Command, Stdio};
+    let db = TestDb::new().await;
+    let root = root();
+    let sm = sm().await;
+    let account = db.name("envsecrets");
+    let path = format!("credrotd/{}/env", db.tag);
+    let pg_password = std::fs::read_to_string(&db.password_file).unwrap();
+    let pg_password = pg_password.trim_end().to_owned();
+    let vault_token = scoped_token(&root, "credrotd").await;
+    let aws_secret = format!(
+        "aws-secret-{:08x}{:08x}",
+        common::rand_u32(),
+        common::rand_u32()
+    );
+    let secrets_dir = db.secrets_dir();
+    std::fs::create_dir_all(&secrets_dir).unwrap();
+    let yaml = format!(
+        "version: 1\nenvironment: development\nstate: sqlite://{ledger}\n\
+         defaults: {{ schedule: \"0 0 3 * * *\", overlap: 1h }}\n\
+         databases:\n  main:\n    engine: postgres\n    url: {url}\n    password_env: CREDROTD_T_PG_PASSWORD\n\
+         stores:\n  local: {{ kind: file, dir: {secrets}, mode: \"0400\" }}\n  \
+         vault: {{ kind: vault, address: \"{vault}\", auth: {{ method: token, token_env: CREDROTD_T_VAULT_TOKEN }} }}\n  \
+         aws: {{ kind: aws_secrets_manager, region: eu-west-1, endpoint: \"{aws}\" }}\n\
+         accounts:\n  {account}:\n    database: main\n    store: [local, vault, aws]\n    path: {path}\n    grants:\n      - {{ schema: public, privileges: [USAGE] }}\n",
+        ledger = db.ledger_path().display(),
+        url = db.url,
+        secrets = secrets_dir.display(),
+        vault = vault_addr(),
+        aws = aws_endpoint(),
+    );
+    let inventory = db.dir.path().join("inventory.yaml");
+    std::fs::write(&inventory, yaml).unwrap();
+    let log = db.dir.path().join("daemon.log");
+    let env = [
+        ("CREDROTD_T_PG_PASSWORD", pg_password.as_str()),
+        ("CREDROTD_T_VAULT_TOKEN", vault_token.as_str()),
+        ("AWS_ACCESS_KEY_ID", "credrotd-env-test"),
+        ("AWS_SECRET_ACCESS_KEY", aws_secret.as_str()),
+    ];
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_credrotd"));
+    daemon
+        .arg("-c")
+        .arg(&inventory)
+        .arg("run")
+        .env("RUST_LOG", "debug,sqlx=warn,hyper=info,aws=info")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut control = Command::new("sleep");
+    control.arg("60");
+    for (k, v) in env {
+        daemon.env(k, v);
+        control.env(k, v);
+    }
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut daemon = Kill(daemon.spawn().unwrap());
+    let control = Kill(control.spawn().unwrap());
+    let file = secrets_dir.join(format!("{account}.json"));
+    common::wait_until(
+        "the first credential in every store",
+        std::time::Duration::from_secs(60),
+        || {
+            assert!(
+                daemon.0.try_wait().unwrap().is_none(),
+                "daemon exited:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            file.exists()
+        },
+    );
+    // Current means every store: the file is written last, by promotion.
+    let published = db.published(&account);
+    db.login(&published.username, published.password.expose())
+        .await
+        .expect("the credential logs in");
+    let (vu, _, _) = creds(&from_vault(&root, &path).await);
+    let (au, _, _) = creds(&from_aws(&sm, &path).await);
+    assert_eq!(
+        (vu.as_str(), au.as_str()),
+        (published.username.as_str(), published.username.as_str())
+    );
+
+    let environ = |pid: u32| std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let control_env = environ(control.0.id());
+    let daemon_env = environ(daemon.0.id());
+    let values = [pg_password.clone(), vault_token.clone(), aws_secret.clone()];
+    for v in &values {
+        assert!(
+            control_env.windows(v.len()).any(|w| w == v.as_bytes()),
+            "control: the secret is readable in an ordinary process's environ"
+        );
+    }
+    assert_no_secret("the daemon's /proc/<pid>/environ", &daemon_env, &values);
+    let text = String::from_utf8_lossy(&daemon_env);
+    assert!(
+        text.contains("CREDROTD_CONFIG") || text.contains("RUST_LOG="),
+        "other variables stay: {text:?}"
+    );
+    drop(daemon);
+    assert_no_secret("the daemon's log", &std::fs::read(&log).unwrap(), &values);
+    vault_cleanup(&root, &path).await;
+    aws_cleanup(&sm, &path).await;
+}

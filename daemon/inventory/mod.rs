@@ -13,7 +13,7 @@
 mod raw;
 mod validate;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -176,9 +176,9 @@ impl PasswordSource {
                     text.trim_end_matches(['\r', '\n']).to_owned(),
                 )))
             }
-            PasswordSource::Env(var) => match std::env::var(var) {
-                Ok(v) => Ok(Some(Secret::new(v))),
-                Err(_) => Err(std::io::Error::new(
+            PasswordSource::Env(var) => match crate::secret_env::var(var) {
+                Some(v) => Ok(Some(v)),
+                None => Err(std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     format!("environment variable {var} is not set"),
                 )),
@@ -272,7 +272,7 @@ impl TokenSource {
                     .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
                 Ok(Secret::new(text.trim().to_owned()))
             }
-            TokenSource::Env(var) => std::env::var(var).map(Secret::new).map_err(|_| {
+            TokenSource::Env(var) => crate::secret_env::var(var).ok_or_else(|| {
                 std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     format!("environment variable {var} is not set"),
@@ -531,18 +531,71 @@ pub fn load(path: &Path) -> Result<Checked, InventoryError> {
     parse(path, &text)
 }
 
-/// Validates inventory text; `path` names it in messages and anchors relative paths.
-pub fn parse(path: &Path, text: &str) -> Result<Checked, InventoryError> {
+/// The environment variables an inventory file reads secrets from
+/// (`password_env`, `token_env`), and the AWS SDK's keys when it has an AWS
+/// store: what `main` takes out of the environment before any thread starts.
+/// Reads only those keys; an unreadable or invalid file gives what could be
+/// found (the command itself reports the error).
+pub fn secret_env_names(path: &Path) -> Vec<String> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Top {
+        databases: HashMap<String, Db>,
+        stores: HashMap<String, Store>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Db {
+        password_env: Option<String>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Store {
+        kind: Option<String>,
+        auth: Option<Auth>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Auth {
+        token_env: Option<String>,
+    }
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let Ok(top) = serde_saphyr::from_str_with_options::<Top>(&text, parse_options()) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = top
+        .databases
+        .into_values()
+        .filter_map(|d| d.password_env)
+        .collect();
+    for s in top.stores.into_values() {
+        if s.kind.as_deref() == Some("aws_secrets_manager") {
+            names.extend(crate::secret_env::AWS_VARS.map(str::to_owned));
+        }
+        names.extend(s.auth.and_then(|a| a.token_env));
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn parse_options() -> serde_saphyr::Options {
     // serde-saphyr's default budget (250,000 nodes, 1,000,000 events) refuses an
     // inventory of about 10,000 accounts; the alias limits that stop an
     // expansion attack stay at their defaults.
-    let options = serde_saphyr::options! {
+    serde_saphyr::options! {
         budget: serde_saphyr::budget! {
             max_nodes: 20_000_000,
             max_events: 80_000_000,
         },
-    };
-    let raw: RawInventory = match serde_saphyr::from_str_with_options(text, options) {
+    }
+}
+
+/// Validates inventory text; `path` names it in messages and anchors relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<Checked, InventoryError> {
+    let raw: RawInventory = match serde_saphyr::from_str_with_options(text, parse_options()) {
         Ok(raw) => raw,
         Err(e) => {
             let loc = e.location().unwrap_or(Location::UNKNOWN);

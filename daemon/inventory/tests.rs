@@ -2800,3 +2800,35 @@ fn inventories_beyond_the_parsers_default_node_budget_are_read() {
     let checked = parse(Path::new("bulk.yaml"), &text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(checked.inventory.accounts.len(), 1);
 }
+
+/// `main` takes these variables out of the environment before any thread
+/// starts: every `password_env`, every `token_env`, and the AWS SDK's keys when
+/// an AWS store is declared. A file that cannot be read or parsed gives none.
+#[test]
+fn secret_env_names_are_the_variables_the_inventory_reads_secrets_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("inv.yaml");
+    std::fs::write(
+        &p,
+        "version: 1\nstate: sqlite:///x.db\n\
+         databases:\n  a: { engine: postgres, url: \"postgres://u@h/x\", password_env: PG_A }\n  \
+         b: { engine: mysql, url: \"mysql://u@h/x\", password_file: /run/pw }\n\
+         stores:\n  v: { kind: vault, address: \"http://v\", auth: { method: token, token_env: VAULT_T } }\n  \
+         s: { kind: aws_secrets_manager, region: eu-west-1 }\n\
+         accounts:\n  x: { database: a, unknown_key_ignored_here: 1 }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        secret_env_names(&p),
+        [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "PG_A",
+            "VAULT_T"
+        ]
+    );
+    std::fs::write(&p, "databases: [").unwrap();
+    assert!(secret_env_names(&p).is_empty());
+    assert!(secret_env_names(&dir.path().join("missing.yaml")).is_empty());
+}

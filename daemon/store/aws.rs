@@ -122,6 +122,25 @@ impl AwsStore {
                 if let Some(e) = &self.config.endpoint {
                     loader = loader.endpoint_url(e);
                 }
+                // Keys taken out of the environment at start-up (`secret_env`)
+                // are handed over here; otherwise the SDK's default chain.
+                if let (Some(id), Some(secret)) = (
+                    crate::secret_env::var("AWS_ACCESS_KEY_ID"),
+                    crate::secret_env::var("AWS_SECRET_ACCESS_KEY"),
+                ) {
+                    if crate::secret_env::was_taken("AWS_SECRET_ACCESS_KEY") {
+                        loader = loader.credentials_provider(
+                            aws_sdk_secretsmanager::config::Credentials::new(
+                                id.expose(),
+                                secret.expose(),
+                                crate::secret_env::var("AWS_SESSION_TOKEN")
+                                    .map(|t| t.expose().to_owned()),
+                                None,
+                                "credrotd-environment",
+                            ),
+                        );
+                    }
+                }
                 Client::new(&loader.load().await)
             })
             .await

@@ -748,6 +748,13 @@ impl World {
     pub async fn pass(&mut self) -> HashMap<(String, String), Doc> {
         self.stats.passes += 1;
         let accounts = self.accounts.clone();
+        // The catalog is read before the stores: the stores then show the
+        // rotation that was in flight when the catalog showed its two logins
+        // (or a later one), never an older one. Read after them, a slow pass
+        // on a loaded machine paired a rotation finished meanwhile with the
+        // stores' stale view and called it an overdue predecessor.
+        let now = Utc::now();
+        let roles = self.catalog().await;
         let mut held = HashMap::new();
         let mut ok = HashSet::new();
         for a in &accounts {
@@ -758,8 +765,6 @@ impl World {
             }
         }
         self.overlap_promise(&accounts, &held).await;
-        let roles = self.catalog().await;
-        let now = Utc::now();
         for a in &accounts {
             let live: BTreeSet<String> = roles
                 .iter()
