@@ -1125,6 +1125,55 @@ async fn a_saga_that_dies_half_way_has_first_extended_the_current_credential() {
         .expect("and it logs in");
 }
 
+/// credrotd's SCRAM-SHA-256 verifier (PBKDF2 from the `pbkdf2` crate) is the
+/// one PostgreSQL computes itself for the same password, salt and iterations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_verifiers_are_the_ones_postgresql_computes() {
+    let db = TestDb::new().await;
+    let mut c = db.admin().await;
+    c.execute("SET password_encryption = 'scram-sha-256'")
+        .await
+        .unwrap();
+    for (i, password) in ["pencil", "p\u{e4}ss w\u{f6}rd", "\u{2163}roman-four", "x"]
+        .into_iter()
+        .enumerate()
+    {
+        let role = db.name(&format!("scram{i}"));
+        c.execute(
+            format!(
+                "CREATE ROLE {role} PASSWORD '{}'",
+                password.replace('\'', "''")
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+        let stored: String =
+            sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
+                .bind(&role)
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
+        c.execute(format!("DROP ROLE {role}").as_str())
+            .await
+            .unwrap();
+        // SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>
+        let rest = stored.strip_prefix("SCRAM-SHA-256$").unwrap();
+        let (params, _) = rest.split_once('$').unwrap();
+        let (iterations, salt) = params.split_once(':').unwrap();
+        use base64::Engine as _;
+        let salt = base64::engine::general_purpose::STANDARD
+            .decode(salt)
+            .unwrap();
+        let ours = credrotd::engine::postgres::scram::verifier_with(
+            password.as_bytes(),
+            &salt,
+            iterations.parse().unwrap(),
+        );
+        assert_eq!(ours, stored, "password #{i}");
+    }
+}
+
 // ---- Issue 7: infinity, a CREATEROLE admin, stuck items, owner marker, plan ----
 
 /// A static account on `role`, granting what `etl()` grants.

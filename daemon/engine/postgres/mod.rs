@@ -45,6 +45,7 @@ mod audit;
 mod catchup;
 mod policies;
 pub mod rules;
+pub mod scram;
 mod sql;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -1615,8 +1616,7 @@ impl Engine for Postgres {
     }
 
     async fn create_login(&self, account: &Account, login: &Login<'_>) -> Result<(), EngineError> {
-        let verifier =
-            postgres_protocol::password::scram_sha_256(login.password.expose().as_bytes());
+        let verifier = scram::verifier(login.password.expose().as_bytes());
         let mut tx = self.begin().await?;
         let action = format!("create login role {}", login.username);
         self.exec(
@@ -1702,8 +1702,7 @@ impl Engine for Postgres {
     }
 
     async fn set_password(&self, account: &Account, login: &Login<'_>) -> Result<(), EngineError> {
-        let verifier =
-            postgres_protocol::password::scram_sha_256(login.password.expose().as_bytes());
+        let verifier = scram::verifier(login.password.expose().as_bytes());
         let mut tx = self.begin().await?;
         let action = format!("set password of {}", login.username);
         if self.role(&mut *tx, login.username).await?.is_none() {
