@@ -384,14 +384,119 @@ fn api_error(e: ApiError) -> Response<Full<Bytes>> {
     error(status, e.to_string())
 }
 
-fn query(req: &Request<Incoming>) -> HashMap<String, String> {
-    req.uri()
-        .query()
-        .unwrap_or("")
+/// What an admin request asks for, decided from its method, path, query and
+/// body alone (no I/O): the part of request handling that untrusted input
+/// reaches first, kept pure so that it can be fuzzed (`fuzz/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Ready,
+    Status,
+    Account(String),
+    Rotate(String),
+    Revoke {
+        account: String,
+        previous_only: bool,
+    },
+    Reload,
+    Audit,
+    Events {
+        since: i64,
+    },
+}
+
+/// A request the router refuses: the status and the message to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        message: message.into(),
+    }
+}
+
+/// The query string's `key=value` pairs (the last of a repeated key wins).
+fn query(q: Option<&str>) -> HashMap<&str, &str> {
+    q.unwrap_or("")
         .split('&')
         .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
+}
+
+/// Routes one request. Account names are passed on as written; the service
+/// answers 404 for a name the inventory does not have.
+pub fn route(
+    method: &Method,
+    path: &str,
+    query_string: Option<&str>,
+    body: &[u8],
+) -> Result<Route, Refusal> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let q = query(query_string);
+    let route = match (method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => Route::Health,
+        (&Method::GET, ["readyz"]) => Route::Ready,
+        (&Method::GET, ["v1", "status"]) => Route::Status,
+        (&Method::GET, ["v1", "accounts", name]) => Route::Account((*name).to_owned()),
+        (&Method::POST, ["v1", "accounts", name, "rotate"]) => Route::Rotate((*name).to_owned()),
+        (&Method::POST, ["v1", "accounts", name, "revoke"]) => {
+            let request: RevokeRequest = if body.iter().all(u8::is_ascii_whitespace) {
+                RevokeRequest::default()
+            } else {
+                serde_json::from_slice(body).map_err(|e| {
+                    refuse(
+                        StatusCode::BAD_REQUEST,
+                        format!("malformed revoke request: {e}"),
+                    )
+                })?
+            };
+            Route::Revoke {
+                account: (*name).to_owned(),
+                previous_only: request.previous_only,
+            }
+        }
+        (&Method::POST, ["v1", "reload"]) => Route::Reload,
+        (&Method::GET, ["v1", "audit"]) => Route::Audit,
+        (&Method::GET, ["v1", "events"]) => {
+            let since = match q.get("since").map(|s| s.parse::<i64>()) {
+                None => 0,
+                Some(Ok(n)) => n,
+                Some(Err(_)) => {
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        "since must be an event id (an integer)",
+                    ))
+                }
+            };
+            Route::Events { since }
+        }
+        (
+            _,
+            ["healthz"]
+            | ["readyz"]
+            | ["v1", "status"]
+            | ["v1", "accounts", _]
+            | ["v1", "events"]
+            | ["v1", "audit"],
+        )
+        | (_, ["v1", "accounts", _, "rotate" | "revoke"] | ["v1", "reload"]) => {
+            return Err(refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path}"),
+            ))
+        }
+        _ => {
+            return Err(refuse(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: {method} {path}"),
+            ))
+        }
+    };
+    Ok(route)
 }
 
 async fn handle(
@@ -408,8 +513,7 @@ async fn handle(
     }
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let q = query(&req);
+    let query_string = req.uri().query().map(str::to_owned);
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -444,99 +548,45 @@ async fn handle(
         }
     };
     debug!(%method, %path, uid, "admin request");
-    match (&method, segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => json(
+    let route = match route(&method, &path, query_string.as_deref(), &body) {
+        Ok(r) => r,
+        Err(Refusal { status, message }) => return error(status, message),
+    };
+    fn answer<T: Serialize>(r: Result<T, ApiError>) -> Response<Full<Bytes>> {
+        match r {
+            Ok(v) => json(StatusCode::OK, &v),
+            Err(e) => api_error(e),
+        }
+    }
+    match route {
+        Route::Health => json(
             StatusCode::OK,
             &Health {
                 status: "ok".into(),
             },
         ),
-        (&Method::GET, ["readyz"]) => {
-            if service.is_ready() {
-                json(
-                    StatusCode::OK,
-                    &Health {
-                        status: "ready".into(),
-                    },
-                )
-            } else {
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &Health {
-                        status: "starting".into(),
-                    },
-                )
-            }
-        }
-        (&Method::GET, ["v1", "status"]) => match service.status().await {
-            Ok(s) => json(StatusCode::OK, &s),
-            Err(e) => api_error(e),
-        },
-        (&Method::GET, ["v1", "accounts", name]) => match service.account(name).await {
-            Ok(a) => json(StatusCode::OK, &a),
-            Err(e) => api_error(e),
-        },
-        (&Method::POST, ["v1", "accounts", name, "rotate"]) => match service.rotate(name).await {
-            Ok(r) => json(StatusCode::OK, &r),
-            Err(e) => api_error(e),
-        },
-        (&Method::POST, ["v1", "accounts", name, "revoke"]) => {
-            let request: RevokeRequest = if body.iter().all(u8::is_ascii_whitespace) {
-                RevokeRequest::default()
-            } else {
-                match serde_json::from_slice(&body) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            format!("malformed revoke request: {e}"),
-                        )
-                    }
-                }
-            };
-            match service.revoke(name, request.previous_only).await {
-                Ok(r) => json(StatusCode::OK, &r),
-                Err(e) => api_error(e),
-            }
-        }
-        (&Method::POST, ["v1", "reload"]) => match service.reload().await {
-            Ok(r) => json(StatusCode::OK, &r),
-            Err(e) => api_error(e),
-        },
-        (&Method::GET, ["v1", "audit"]) => json(StatusCode::OK, &service.audit().await),
-        (&Method::GET, ["v1", "events"]) => {
-            let since = match q.get("since").map(|s| s.parse::<i64>()) {
-                None => 0,
-                Some(Ok(n)) => n,
-                Some(Err(_)) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "since must be an event id (an integer)",
-                    )
-                }
-            };
-            match service.events(since).await {
-                Ok(e) => json(StatusCode::OK, &e),
-                Err(e) => api_error(e),
-            }
-        }
-        (
-            _,
-            ["healthz"]
-            | ["readyz"]
-            | ["v1", "status"]
-            | ["v1", "accounts", _]
-            | ["v1", "events"]
-            | ["v1", "audit"],
-        )
-        | (_, ["v1", "accounts", _, "rotate" | "revoke"] | ["v1", "reload"]) => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not allowed on {path}"),
+        Route::Ready if service.is_ready() => json(
+            StatusCode::OK,
+            &Health {
+                status: "ready".into(),
+            },
         ),
-        _ => error(
-            StatusCode::NOT_FOUND,
-            format!("no such endpoint: {method} {path}"),
+        Route::Ready => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &Health {
+                status: "starting".into(),
+            },
         ),
+        Route::Status => answer(service.status().await),
+        Route::Account(name) => answer(service.account(&name).await),
+        Route::Rotate(name) => answer(service.rotate(&name).await),
+        Route::Revoke {
+            account,
+            previous_only,
+        } => answer(service.revoke(&account, previous_only).await),
+        Route::Reload => answer(service.reload().await),
+        Route::Audit => json(StatusCode::OK, &service.audit().await),
+        Route::Events { since } => answer(service.events(since).await),
     }
 }
 
@@ -556,6 +606,55 @@ mod tests {
         read.sort_unstable();
         want.sort_unstable();
         assert_eq!(read, want);
+    }
+
+    #[test]
+    fn routes_are_decided_from_method_path_query_and_body() {
+        let get = Method::GET;
+        let post = Method::POST;
+        assert_eq!(route(&get, "/healthz", None, b""), Ok(Route::Health));
+        assert_eq!(
+            route(
+                &post,
+                "/v1/accounts/etl/revoke",
+                None,
+                br#"{"previous_only":true}"#
+            ),
+            Ok(Route::Revoke {
+                account: "etl".into(),
+                previous_only: true
+            })
+        );
+        assert_eq!(
+            route(&post, "/v1/accounts/etl/revoke", None, b" \n"),
+            Ok(Route::Revoke {
+                account: "etl".into(),
+                previous_only: false
+            })
+        );
+        assert_eq!(
+            route(&get, "/v1/events", Some("since=42&x=1"), b""),
+            Ok(Route::Events { since: 42 })
+        );
+        let bad =
+            |m: &Method, p: &str, q: Option<&str>, b: &[u8]| route(m, p, q, b).unwrap_err().status;
+        assert_eq!(
+            bad(&get, "/v1/events", Some("since=x"), b""),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            bad(&post, "/v1/accounts/etl/revoke", None, b"{"),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            bad(&post, "/v1/status", None, b""),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            bad(&get, "/v1/accounts/etl/rotate", None, b""),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(bad(&get, "/nope", None, b""), StatusCode::NOT_FOUND);
     }
 
     #[test]
