@@ -2048,7 +2048,7 @@ fn production_requires_verified_tls_to_postgres_on_another_host() {
                     check_warn(
                         &in_env(env, &yaml),
                         8,
-                        &format!("production would refuse this: database \"orders\": "),
+                        "production would refuse this: database \"orders\": ",
                     );
                     check_warn(&in_env(env, &yaml), 8, needle);
                 }
