@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod mysql;
 pub mod postgres;
+pub mod transport;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -24,7 +24,7 @@ defaults: { schedule: "0 0 3 * * *", overlap: 1h, store: local }
 databases:
   orders:
     engine: postgres
-    url: postgres://credrotd_admin@db1:5432/orders
+    url: postgres://credrotd_admin@db1:5432/orders?sslmode=verify-full
     password_file: secrets/orders
 stores:
   local: { kind: file, dir: /run/credrotd/secrets }
@@ -928,7 +928,7 @@ fn bad_inventories() -> Vec<Case> {
         case(
             "engine postgres with a mysql url",
             edit(&[(
-                "url: postgres://credrotd_admin@db1:5432/orders",
+                "url: postgres://credrotd_admin@db1:5432/orders?sslmode=verify-full",
                 "url: mysql://credrotd_admin@db1:3306/orders",
             )]),
             8,
@@ -1168,7 +1168,7 @@ fn bad_inventories() -> Vec<Case> {
         case(
             "url not postgres",
             edit(&[(
-                "url: postgres://credrotd_admin@db1:5432/orders",
+                "url: postgres://credrotd_admin@db1:5432/orders?sslmode=verify-full",
                 "url: db1:5432/orders",
             )]),
             8,
@@ -1304,10 +1304,15 @@ fn policy_breaches() -> (String, Vec<(u64, &'static str)>) {
             ("    owner: data-platform\n", ""),
             ("[select, INSERT]", "[ALL]"),
             ("analytics, privileges: [USAGE] }", "analytics, privileges: [USAGE, CREATE] }"),
+            ("?sslmode=verify-full", "?sslmode=require"),
         ])
     );
     let expected = vec![
         (8, "carries a password inline"),
+        (
+            8,
+            "is not verified TLS: sslmode=require encrypts but accepts any certificate",
+        ),
         (11, "every local user"),
         (ACCOUNT, "`purpose` is required"),
         (ACCOUNT, "`owner` is required"),
@@ -1415,7 +1420,10 @@ fn base_inventory_is_valid() {
 
     let db = &inv.databases["orders"];
     assert_eq!(db.engine, EngineKind::Postgres);
-    assert_eq!(db.url, "postgres://credrotd_admin@db1:5432/orders");
+    assert_eq!(
+        db.url,
+        "postgres://credrotd_admin@db1:5432/orders?sslmode=verify-full"
+    );
     assert_eq!(db.max_connections, 4);
 
     let StoreKind::File { dir, mode } = &inv.stores["local"].kind else {
@@ -1805,7 +1813,7 @@ fn assert_no_secret(yaml: &str) {
 #[test]
 fn inline_password_is_refused_without_showing_it() {
     let yaml = edit(&[(
-        "url: postgres://credrotd_admin@db1:5432/orders",
+        "url: postgres://credrotd_admin@db1:5432/orders?sslmode=verify-full",
         "url: postgres://u:S3cretValue@h/db",
     )]);
     check_err(&yaml, 8, "carries a password inline");
@@ -1832,7 +1840,7 @@ fn a_password_under_an_unknown_key_is_not_shown() {
 #[test]
 fn a_url_of_the_wrong_scheme_is_refused_without_showing_its_password() {
     let yaml = edit(&[(
-        "url: postgres://credrotd_admin@db1:5432/orders",
+        "url: postgres://credrotd_admin@db1:5432/orders?sslmode=verify-full",
         "url: mysql://u:S3cretValue@h/db",
     )]);
     check_err(&yaml, 8, "url: expected postgres://");
@@ -1842,7 +1850,7 @@ fn a_url_of_the_wrong_scheme_is_refused_without_showing_its_password() {
 #[test]
 fn a_password_in_the_url_query_is_refused_without_showing_it() {
     let yaml = edit(&[(
-        "url: postgres://credrotd_admin@db1:5432/orders",
+        "url: postgres://credrotd_admin@db1:5432/orders?sslmode=verify-full",
         "url: postgres://credrotd_admin@db1:5432/orders?sslmode=require&password=S3cretValue",
     )]);
     check_err(&yaml, 8, "password");
@@ -1866,7 +1874,10 @@ fn a_syntax_error_on_a_secret_line_does_not_show_it() {
         "url: \"postgres://u:S3cretValue@h/db",
         "url: [postgres://u:S3cretValue@h/db",
     ] {
-        let yaml = edit(&[("url: postgres://credrotd_admin@db1:5432/orders", url)]);
+        let yaml = edit(&[(
+            "url: postgres://credrotd_admin@db1:5432/orders?sslmode=verify-full",
+            url,
+        )]);
         assert!(errors_of(&yaml).is_ok(), "{url} must be refused");
         assert_no_secret(&yaml);
     }
@@ -1944,12 +1955,176 @@ fn aws_warns_when_a_schedule_writes_more_often_than_every_10_minutes() {
     check_warn(&yaml, 18, "AWS advises at most about once per 10 minutes");
 }
 
+// ---------------------------------------------------------------------------
+// TLS to databases: another host only over TLS that checks the server's
+// certificate and name; loopback and Unix sockets are exempt.
+
+/// The `url:` line of [`BASE`].
+const PG_URL: &str = "url: postgres://credrotd_admin@db1:5432/orders?sslmode=verify-full";
+
+/// A PostgreSQL URL, and `None` when production takes it, else a fragment of
+/// the error (always on line 8, at the URL).
+fn postgres_tls_cases() -> Vec<(&'static str, Option<&'static str>)> {
+    vec![
+        ("postgres://a@db1:5432/orders?sslmode=verify-full", None),
+        (
+            "postgres://a@db1:5432/orders?sslmode=Verify-Full&sslrootcert=/etc/credrotd/ca.pem",
+            None,
+        ),
+        ("postgresql://a@db1/orders?ssl-mode=verify-full", None),
+        // sqlx applies the query in order: the last mode wins.
+        (
+            "postgres://a@db1/orders?sslmode=disable&sslmode=verify-full",
+            None,
+        ),
+        ("postgres://a@127.0.0.1:5432/orders", None),
+        ("postgres://a@127.8.9.10/orders?sslmode=disable", None),
+        ("postgres://a@localhost/orders", None),
+        ("postgres://a@[::1]:5432/orders", None),
+        ("postgres://a@%2Frun%2Fpostgresql/orders", None),
+        ("postgres://a@db1/orders?host=/run/postgresql", None),
+        ("postgres://a@db1/orders?host=127.0.0.1", None),
+        ("postgres://a@db1/orders?hostaddr=127.0.0.1", None),
+        (
+            "postgres://a@db1:5432/orders",
+            Some("the url sets no sslmode"),
+        ),
+        (
+            "postgres://a@db1:5432/orders?sslmode=prefer",
+            Some("sslmode=prefer goes on in cleartext"),
+        ),
+        (
+            "postgres://a@db1:5432/orders?sslmode=disable",
+            Some("everything in cleartext"),
+        ),
+        (
+            "postgres://a@db1:5432/orders?sslmode=allow",
+            Some("everything in cleartext"),
+        ),
+        (
+            "postgres://a@db1:5432/orders?sslmode=REQUIRE",
+            Some("sslmode=require encrypts but accepts any certificate"),
+        ),
+        // sqlx adds sslrootcert to the system's CAs and checks no name.
+        (
+            "postgres://a@db1:5432/orders?sslmode=verify-ca&sslrootcert=/etc/credrotd/ca.pem",
+            Some("verify-ca checks no host name and trusts the system's root CAs"),
+        ),
+        (
+            "postgres://a@db1/orders?sslmode=verify-full&ssl-mode=require",
+            Some("sslmode=require"),
+        ),
+        // `host=` replaces the authority's host.
+        ("postgres://a@127.0.0.1/orders?host=db2", Some("to \"db2\"")),
+        ("postgres://a@10.0.0.5/orders", Some("to \"10.0.0.5\"")),
+        (
+            "postgres://a@localhost.example.com/orders",
+            Some("localhost.example.com"),
+        ),
+        ("postgres://a@[::2]/orders", Some("[::2]")),
+        // Without a host sqlx takes PGHOST or a socket it finds: unknown here.
+        ("postgres:///orders", Some("the url names no host")),
+        (
+            "postgres:///orders?user=a&sslmode=require",
+            Some("the url names no host"),
+        ),
+    ]
+}
+
+#[test]
+fn production_requires_verified_tls_to_postgres_on_another_host() {
+    for (url, refused) in postgres_tls_cases() {
+        let yaml = edit(&[(PG_URL, &format!("url: {url}"))]);
+        match refused {
+            None => {
+                check_ok(&yaml);
+                check_ok(&in_env("staging", &yaml));
+            }
+            Some(needle) => {
+                check_one_err_at(&yaml, 8, url, needle);
+                check_one_err_at(&yaml, 8, url, "database \"orders\": ");
+                check_one_err_at(&yaml, 8, url, "add sslmode=verify-full to the url");
+                for env in ["staging", "development"] {
+                    check_warn(
+                        &in_env(env, &yaml),
+                        8,
+                        "production would refuse this: database \"orders\": ",
+                    );
+                    check_warn(&in_env(env, &yaml), 8, needle);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_tls_error_names_the_host_but_never_the_urls_password() {
+    for url in [
+        "url: postgres://u:S3cretValue@db1/orders?sslmode=require",
+        "url: postgres://u@db1/orders?password=S3cretValue",
+        "url: postgres://u:S3cretValue@/orders",
+        "url: postgres://u:S3cretValue@db1:99999/orders",
+    ] {
+        let yaml = edit(&[(PG_URL, url)]);
+        assert!(errors_of(&yaml).is_ok(), "{url} must be refused");
+        assert_no_secret(&yaml);
+        assert_no_secret(&in_env("development", &yaml));
+    }
+    check_err(
+        &edit(&[(PG_URL, "url: postgres://u:S3cretValue@db1/orders")]),
+        8,
+        "the connection to \"db1\" is not verified TLS",
+    );
+}
+
+#[test]
+fn an_unknown_sslmode_or_an_unparsable_url_is_an_error_everywhere() {
+    for (url, token, needle) in [
+        (
+            "url: postgres://a@db1/orders?sslmode=verify_full",
+            "postgres://",
+            "url: unknown sslmode \"verify_full\"; expected one of disable, allow, prefer, require, verify-ca, verify-full",
+        ),
+        (
+            "url: postgres://a@127.0.0.1/orders?ssl-mode=on",
+            "postgres://",
+            "url: unknown sslmode \"on\"",
+        ),
+        (
+            "url: postgres://a@db1:99999/orders?sslmode=verify-full",
+            "postgres://",
+            "url: not a valid URL (invalid port number)",
+        ),
+    ] {
+        let yaml = edit(&[(PG_URL, url)]);
+        check_one_err_at(&yaml, 8, token, needle);
+        check_err(&in_env("development", &yaml), 8, needle);
+    }
+}
+
+#[test]
+fn a_relative_root_certificate_path_is_a_warning() {
+    let yaml = edit(&[(
+        PG_URL,
+        "url: postgres://a@db1/orders?sslmode=verify-full&sslrootcert=certs/ca.pem",
+    )]);
+    check_warn(
+        &yaml,
+        8,
+        "url: sslrootcert \"certs/ca.pem\" is a relative path, which credrotd opens from its working directory",
+    );
+    check_ok(&edit(&[(
+        PG_URL,
+        "url: postgres://a@db1/orders?sslmode=verify-full&sslrootcert=/etc/credrotd/ca.pem",
+    )]));
+}
+
 /// [`BASE`] turned into a MariaDB (or MySQL) inventory with MySQL grants.
 fn mysql_base(engine: &str) -> String {
     edit(&[
         ("engine: postgres", &format!("engine: {engine}")),
         (
-            "url: postgres://credrotd_admin@db1:5432/orders",
+            "url: postgres://credrotd_admin@db1:5432/orders?sslmode=verify-full",
             "url: mysql://credrotd_admin@db1:3306/orders?ssl-mode=VERIFY_IDENTITY",
         ),
         (
@@ -2240,7 +2415,7 @@ fn mariadb_inventory_parses_with_its_url_hosts_and_80_character_names() {
         &[
             (
                 MY_URL,
-                "url: mariadb://credrotd_admin@db1:3306/shop?ssl-mode=REQUIRED",
+                "url: mariadb://credrotd_admin@db1:3306/shop?ssl-mode=VERIFY_IDENTITY",
             ),
             (
                 "    password_file: secrets/shop\n",
@@ -2255,7 +2430,7 @@ fn mariadb_inventory_parses_with_its_url_hosts_and_80_character_names() {
     assert_eq!(db.engine.max_name_len(), 80);
     assert_eq!(
         db.url,
-        "mariadb://credrotd_admin@db1:3306/shop?ssl-mode=REQUIRED"
+        "mariadb://credrotd_admin@db1:3306/shop?ssl-mode=VERIFY_IDENTITY"
     );
     assert_eq!(
         db.hosts,
@@ -2293,7 +2468,9 @@ fn mysql_urls_need_a_mysql_scheme_and_a_known_ssl_mode() {
             "postgres://",
             "url: expected mysql://user@host:port/dbname, found a URL with scheme \"postgres\"",
         );
-        // Every mode sqlx knows, in any case, under either spelling of the key.
+        // Every mode sqlx knows, in any case, under either spelling of the key:
+        // on another host, production takes only VERIFY_IDENTITY (the TLS
+        // cases are in `production_requires_verified_tls_to_mysql_on_another_host`).
         for mode in [
             "DISABLED",
             "preferred",
@@ -2303,7 +2480,12 @@ fn mysql_urls_need_a_mysql_scheme_and_a_known_ssl_mode() {
         ] {
             for key in ["ssl-mode", "sslmode"] {
                 let url = format!("url: mariadb://credrotd_admin@db1:3306/shop?{key}={mode}");
-                check_ok(&my(engine, &[(MY_URL, &url)]));
+                let yaml = my(engine, &[(MY_URL, &url)]);
+                if mode.eq_ignore_ascii_case("verify_identity") {
+                    check_ok(&yaml);
+                } else {
+                    check_one_err_at(&yaml, 8, "mariadb://", "is not verified TLS");
+                }
             }
         }
         for query in [
@@ -2323,13 +2505,81 @@ fn mysql_urls_need_a_mysql_scheme_and_a_known_ssl_mode() {
     // PostgreSQL keeps its scheme.
     check_one_err_at(
         &edit(&[(
-            "url: postgres://credrotd_admin@db1:5432/orders",
+            "url: postgres://credrotd_admin@db1:5432/orders?sslmode=verify-full",
             "url: mariadb://credrotd_admin@db1:3306/orders",
         )]),
         8,
         "mariadb://",
         "url: expected postgres://user@host:port/dbname, found a URL with scheme \"mariadb\"",
     );
+}
+
+#[test]
+fn production_requires_verified_tls_to_mysql_on_another_host() {
+    // (url, None when production takes it, else a fragment of the error)
+    let cases: &[(&str, Option<&str>)] = &[
+        ("mysql://a@db1:3306/shop?ssl-mode=VERIFY_IDENTITY", None),
+        (
+            "mysql://a@db1:3306/shop?sslmode=verify_identity&ssl-ca=/etc/credrotd/ca.pem",
+            None,
+        ),
+        (
+            "mysql://a@db1/shop?ssl-mode=DISABLED&ssl-mode=Verify_Identity",
+            None,
+        ),
+        ("mysql://a@127.0.0.1:3306/shop", None),
+        ("mysql://a@localhost/shop?ssl-mode=DISABLED", None),
+        ("mysql://a@[::1]/shop", None),
+        // sqlx's default host is localhost.
+        ("mysql:///shop", None),
+        ("mysql://a@db1/shop?socket=/run/mysqld/mysqld.sock", None),
+        ("mysql://a@db1:3306/shop", Some("the url sets no ssl-mode")),
+        (
+            "mysql://a@db1/shop?ssl-mode=PREFERRED",
+            Some("ssl-mode=PREFERRED goes on in cleartext"),
+        ),
+        (
+            "mysql://a@db1/shop?ssl-mode=disabled",
+            Some("everything in cleartext"),
+        ),
+        (
+            "mysql://a@db1/shop?ssl-mode=REQUIRED",
+            Some("accepts any certificate"),
+        ),
+        (
+            "mysql://a@db1/shop?ssl-mode=VERIFY_CA&ssl-ca=/etc/credrotd/ca.pem",
+            Some("VERIFY_CA checks no host name and trusts the system's root CAs"),
+        ),
+        (
+            "mysql://a@db1/shop?ssl-mode=VERIFY_IDENTITY&sslmode=REQUIRED",
+            Some("REQUIRED"),
+        ),
+        ("mysql://a@10.1.2.3/shop", Some("to \"10.1.2.3\"")),
+    ];
+    for engine in ["mysql", "mariadb"] {
+        for (url, refused) in cases {
+            let url = url.replacen("mysql://", &format!("{engine}://"), 1);
+            let yaml = my(engine, &[(MY_URL, &format!("url: {url}"))]);
+            match refused {
+                None => {
+                    check_ok(&yaml);
+                }
+                Some(needle) => {
+                    check_one_err_at(&yaml, 8, &url, needle);
+                    check_one_err_at(&yaml, 8, &url, "database \"shop\": ");
+                    check_one_err_at(&yaml, 8, &url, "add ssl-mode=VERIFY_IDENTITY to the url");
+                    let staging =
+                        yaml.replacen("environment: production", "environment: staging", 1);
+                    check_warn(
+                        &staging,
+                        8,
+                        "production would refuse this: database \"shop\": ",
+                    );
+                    check_warn(&staging, 8, needle);
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -84,6 +84,89 @@ stop_test_pg() {
     fi
 }
 
+# Installs openssl (for the TLS cluster's certificates) if it is missing
+# (Debian/Ubuntu).
+ensure_openssl() {
+    command -v openssl >/dev/null && return 0
+    echo "openssl not found; installing it" >&2
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+    else
+        echo "install openssl and retry" >&2
+        return 1
+    fi
+}
+
+# make_test_ca DIR NAME: a self-signed CA, DIR/NAME.pem and DIR/NAME.key
+# (P-256, valid 7 days).
+make_test_ca() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+        -subj "/CN=credrotd test CA $2" -keyout "$1/$2.key" -out "$1/$2.pem" \
+        -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+}
+
+# start_test_pg_tls: a second throwaway cluster that takes only TLS over TCP:
+# ssl=on with a server certificate for localhost and 127.0.0.1 signed by a
+# self-signed CA made here, scram-sha-256, and `hostssl` as the only TCP lines
+# of pg_hba.conf (a login without TLS is refused). It also listens on
+# 127.0.0.2, a name its certificate does not hold (for a name-mismatch test),
+# and logs connections (with application_name and "SSL enabled"). Exports
+#   CREDROTD_TEST_PG_TLS_URL  superuser URL with password, without TLS
+#                             options (tests add sslmode=verify-full&sslrootcert=)
+#   CREDROTD_TEST_PG_TLS_CA   the CA certificate (PEM) that signed the server's
+#   CREDROTD_TEST_PG_TLS_LOG  the server log (log_connections=on)
+#   CREDROTD_TEST_PG_TLS_DIR  the cluster's directory
+start_test_pg_tls() {
+    ensure_pg_server
+    ensure_openssl
+    local bin dir pw port
+    bin=$(pg_bin_dir) || return 1
+    dir=$(mktemp -d /tmp/credrotd-pgtls.XXXXXX)
+    chmod 0755 "$dir"
+    make_test_ca "$dir" ca || { echo "openssl could not make the test CA" >&2; return 1; }
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=localhost" \
+        -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null \
+        && printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
+            "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" > "$dir/server.ext" \
+        && openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+            -CAcreateserial -days 7 -extfile "$dir/server.ext" -out "$dir/server.crt" 2>/dev/null \
+        || { echo "openssl could not make the server certificate" >&2; return 1; }
+    rm -f "$dir/server.csr" "$dir/ca.key"
+    chmod 0600 "$dir/server.key"
+    pw=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    printf '%s' "$pw" > "$dir/pw"
+    if [ "$(id -u)" -eq 0 ]; then
+        id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/false postgres
+        chown -R postgres: "$dir"
+    fi
+    _pg_as "$bin/initdb" -D "$dir/data" -U credrotd_admin --auth=scram-sha-256 \
+        --pwfile="$dir/pw" -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 \
+        || { cat "$dir/initdb.log" >&2; return 1; }
+    rm -f "$dir/pw"
+    # Overwritten in place: the file keeps its owner (postgres when run as root).
+    printf '%s\n' 'local all all scram-sha-256' \
+        'hostssl all all 127.0.0.0/8 scram-sha-256' \
+        'hostssl all all ::1/128 scram-sha-256' > "$dir/data/pg_hba.conf"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    _pg_as "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1,127.0.0.2 -c max_connections=50 -c fsync=off -c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key -c log_connections=on" \
+        start >/dev/null || { cat "$dir/postgres.log" >&2; return 1; }
+    export CREDROTD_TEST_PG_TLS_URL="postgres://credrotd_admin:$pw@127.0.0.1:$port/postgres"
+    export CREDROTD_TEST_PG_TLS_CA="$dir/ca.pem"
+    export CREDROTD_TEST_PG_TLS_LOG="$dir/postgres.log"
+    export CREDROTD_TEST_PG_TLS_DIR="$dir"
+    export CREDROTD_TEST_PG_TLS_BIN="$bin"
+    echo "test PostgreSQL with TLS only (hostssl, scram-sha-256, test CA $dir/ca.pem) on 127.0.0.1:$port in $dir" >&2
+}
+
+stop_test_pg_tls() {
+    if [ -n "${CREDROTD_TEST_PG_TLS_DIR:-}" ] && [ -d "$CREDROTD_TEST_PG_TLS_DIR/data" ]; then
+        _pg_as "$CREDROTD_TEST_PG_TLS_BIN/pg_ctl" -D "$CREDROTD_TEST_PG_TLS_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
+        rm -rf "$CREDROTD_TEST_PG_TLS_DIR"
+    fi
+}
+
 # split_pg_url URL: sets PG_PASSWORD (empty if none) and PG_BASE_URL (the URL
 # without its password), for tools that take the password from elsewhere.
 split_pg_url() {

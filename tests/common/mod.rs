@@ -41,6 +41,24 @@ fn split_password(url: &str) -> (String, String) {
     (format!("{scheme}://{user}@{hostpart}"), pw.to_owned())
 }
 
+/// The TLS-only test cluster's superuser URL (with password, no TLS options)
+/// and the CA that signed its certificate (`start_test_pg_tls` in
+/// `scripts/lib/pg.sh`).
+pub fn pg_tls() -> (String, PathBuf) {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set. Run the suite with ./scripts/test, which starts a \
+                 PostgreSQL that takes only TLS for it."
+            )
+        })
+    };
+    (
+        var("CREDROTD_TEST_PG_TLS_URL"),
+        PathBuf::from(var("CREDROTD_TEST_PG_TLS_CA")),
+    )
+}
+
 /// One test's own database, role-name prefix and temporary directory.
 ///
 /// By default credrotd connects as a per-test **non-superuser** admin,
@@ -87,11 +105,26 @@ impl TestDb {
         Self::create(true).await
     }
 
+    /// A test database on another cluster: `cluster_url` is its superuser URL
+    /// with password, and may carry a query (`?sslmode=verify-full&sslrootcert=…`)
+    /// that every connection, credrotd's included, then uses.
+    pub async fn new_on(cluster_url: &str) -> TestDb {
+        Self::create_on(cluster_url, false).await
+    }
+
     async fn create(superuser: bool) -> TestDb {
-        let (url, pw) = split_password(&pg_url());
+        Self::create_on(&pg_url(), superuser).await
+    }
+
+    async fn create_on(cluster_url: &str, superuser: bool) -> TestDb {
+        let (cluster_url, query) = match cluster_url.split_once('?') {
+            Some((u, q)) => (u, format!("?{q}")),
+            None => (cluster_url, String::new()),
+        };
+        let (url, pw) = split_password(cluster_url);
         let tag = format!("t{:08x}", rand_u32());
         let dbname = format!("credrotd_{tag}");
-        let base = PgConnectOptions::from_str(&url)
+        let base = PgConnectOptions::from_str(&format!("{url}{query}"))
             .unwrap()
             .password(&pw)
             .log_statements(log::LevelFilter::Off);
@@ -156,7 +189,7 @@ impl TestDb {
             Some((server, _)) => {
                 let (scheme, rest) = server.split_once("://").unwrap();
                 let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-                format!("{scheme}://{admin_user}@{host}/{dbname}")
+                format!("{scheme}://{admin_user}@{host}/{dbname}{query}")
             }
             None => unreachable!(),
         };
@@ -272,15 +305,12 @@ impl TestDb {
         v
     }
 
-    /// Logs in as an application would.
+    /// Logs in as an application would (with the cluster's TLS options).
     pub async fn login(&self, user: &str, password: &str) -> Result<PgConnection, sqlx::Error> {
-        PgConnectOptions::new()
-            .host(self.base.get_host())
-            .port(self.base.get_port())
-            .database(&self.dbname)
+        self.base
+            .clone()
             .username(user)
             .password(password)
-            .log_statements(log::LevelFilter::Off)
             .connect()
             .await
     }

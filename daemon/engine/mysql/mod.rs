@@ -1749,6 +1749,60 @@ impl Engine for Mysql {
 mod tests {
     use super::*;
 
+    /// Where a connection goes and its TLS settings, as sqlx writes them back
+    /// (a certificate path as `file: <path>`).
+    fn route(o: &MySqlConnectOptions) -> String {
+        let url = o.to_url_lossy();
+        let tls: Vec<String> = url
+            .query_pairs()
+            .filter(|(k, _)| k.starts_with("ssl") || k == "socket")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        format!(
+            "{}:{} {:?} {:?} {}",
+            o.get_host(),
+            o.get_port(),
+            o.get_socket(),
+            o.get_ssl_mode(),
+            tls.join("&")
+        )
+    }
+
+    /// Both verify logins (with and without the default database) go where
+    /// the admin connection goes, with its TLS settings.
+    #[tokio::test]
+    async fn verify_logins_use_the_admin_connections_host_and_tls_settings() {
+        for scheme in ["mysql", "mariadb"] {
+            let db = Database {
+                name: "shop".into(),
+                engine: EngineKind::Mariadb,
+                url: format!(
+                    "{scheme}://admin@db1.internal:3307/shop?ssl-mode=VERIFY_IDENTITY\
+                     &ssl-ca=/etc/credrotd/ca.pem&ssl-cert=/etc/credrotd/c.pem&ssl-key=/etc/credrotd/k.pem"
+                ),
+                password: crate::inventory::PasswordSource::None,
+                publish_host: None,
+                publish_port: None,
+                publish_dbname: None,
+                max_connections: 1,
+                hosts: vec!["%".into()],
+            };
+            let my = Mysql::new(&db).unwrap();
+            let admin = route(&my.pool.connect_options());
+            assert_eq!(
+                admin,
+                "db1.internal:3307 None VerifyIdentity ssl-mode=VERIFY_IDENTITY\
+                 &ssl-ca=file: /etc/credrotd/ca.pem&ssl-cert=file: /etc/credrotd/c.pem&ssl-key=file: /etc/credrotd/k.pem"
+            );
+            assert_eq!(my.base.get_database(), Some("shop"));
+            assert_eq!(my.base_nodb.get_database(), None);
+            for verify in [&my.base, &my.base_nodb] {
+                let verify = verify.clone().username("shop_x").password("p");
+                assert_eq!(route(&verify), admin);
+            }
+        }
+    }
+
     #[test]
     fn database_patterns_escape_the_wildcards() {
         assert_eq!(db_pattern("orders"), "orders");

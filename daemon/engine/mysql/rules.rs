@@ -3,6 +3,9 @@
 //! and privileges per object kind. Pure functions and constants; the inventory
 //! validator calls them. `postgres/rules.rs` is the same for PostgreSQL.
 
+use url::Url;
+
+use crate::engine::transport::{is_loopback, last_query_value, Exposure, Transport};
 use crate::inventory::ObjectKind;
 
 /// URL schemes of an `engine: mysql` or `engine: mariadb` database.
@@ -23,6 +26,52 @@ pub const SSL_MODES: &[&str] = &[
     "verify_ca",
     "verify_identity",
 ];
+
+/// Query keys sqlx reads a CA certificate from. sqlx adds it to the system's
+/// root CAs; it does not replace them.
+pub const SSL_CA_KEYS: &[&str] = &["ssl-ca", "sslca"];
+
+/// What to add to a URL whose connection is not verified TLS.
+pub const TLS_FIX: &str = "add ssl-mode=VERIFY_IDENTITY to the url (and ssl-ca=/path/to/ca.pem when a private CA signed the server's certificate)";
+
+/// How sqlx would reach the server of `url` (`mysql://`; `mariadb://` reads
+/// the same): through a Unix socket (`socket=`), to a loopback host (sqlx's
+/// default host is `localhost`), or over the network, verified only with
+/// `ssl-mode=VERIFY_IDENTITY`.
+pub fn transport(url: &Url) -> Transport {
+    let mode = last_query_value(url, SSL_MODE_KEYS).map(|m| m.to_ascii_lowercase());
+    if mode.as_deref() == Some("verify_identity") {
+        return Transport::Verified;
+    }
+    if url.query_pairs().any(|(k, _)| k == "socket") {
+        return Transport::Local;
+    }
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .unwrap_or("localhost");
+    if is_loopback(host) {
+        Transport::Local
+    } else {
+        Transport::Exposed(Exposure::Unverified {
+            host: host.to_owned(),
+            mode,
+        })
+    }
+}
+
+/// Why a connection with TLS mode `mode` (lowercase; `None`: not set) to
+/// another host is not verified.
+pub fn unverified_because(mode: Option<&str>) -> &'static str {
+    match mode {
+        None => "the url sets no ssl-mode, and sqlx's default, PREFERRED, goes on in cleartext when the server (or a man in the middle) offers no TLS",
+        Some("preferred") => "ssl-mode=PREFERRED goes on in cleartext when the server (or a man in the middle) offers no TLS",
+        Some("disabled") => "ssl-mode=DISABLED sends everything in cleartext",
+        Some("required") => "ssl-mode=REQUIRED encrypts but accepts any certificate, a man in the middle's too",
+        Some("verify_ca") => "sqlx's ssl-mode=VERIFY_CA checks no host name and trusts the system's root CAs besides ssl-ca, so a certificate any public CA issued, for any name, passes",
+        Some(_) => "the ssl-mode is unknown",
+    }
+}
 
 /// The longest user name MySQL 8 takes, in characters. `engine: mysql` may turn
 /// out to be MariaDB at connect; this stricter limit applies until `engine:

@@ -2082,6 +2082,56 @@ impl Engine for Postgres {
 mod tests {
     use super::*;
 
+    /// Where a connection goes and its TLS settings, as sqlx writes them back
+    /// (a certificate path as `file: <path>`).
+    fn route(o: &PgConnectOptions) -> String {
+        let url = o.to_url_lossy();
+        let tls: Vec<String> = url
+            .query_pairs()
+            .filter(|(k, _)| k.starts_with("ssl"))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        format!(
+            "{}:{} {:?} {:?} {:?} {}",
+            o.get_host(),
+            o.get_port(),
+            o.get_socket(),
+            o.get_database(),
+            o.get_ssl_mode(),
+            tls.join("&")
+        )
+    }
+
+    /// A verify login goes where the admin connection goes, with its TLS
+    /// settings: a man in the middle must not get a new password over a
+    /// weaker connection than the admin's.
+    #[tokio::test]
+    async fn verify_logins_use_the_admin_connections_host_and_tls_settings() {
+        let db = Database {
+            name: "orders".into(),
+            engine: crate::inventory::EngineKind::Postgres,
+            url: "postgres://admin@db1.internal:6432/orders?sslmode=verify-full\
+                  &sslrootcert=/etc/credrotd/ca.pem&sslcert=/etc/credrotd/c.pem&sslkey=/etc/credrotd/k.pem"
+                .into(),
+            password: crate::inventory::PasswordSource::None,
+            publish_host: None,
+            publish_port: None,
+            publish_dbname: None,
+            max_connections: 1,
+            hosts: Vec::new(),
+        };
+        let pg = Postgres::new(&db).unwrap();
+        let admin = route(&pg.pool.connect_options());
+        assert_eq!(
+            admin,
+            "db1.internal:6432 None Some(\"orders\") VerifyFull sslmode=verify-full\
+             &sslrootcert=file: /etc/credrotd/ca.pem&sslcert=file: /etc/credrotd/c.pem&sslkey=file: /etc/credrotd/k.pem"
+        );
+        let verify = pg.base.clone().username("orders_x").password("p");
+        assert_eq!(route(&verify), admin);
+        assert_eq!(route(&pg.presence_opts), admin);
+    }
+
     #[test]
     fn only_attributes_that_are_on_are_turned_off() {
         let r = RoleRow {

@@ -1,8 +1,13 @@
-//! The `databases:` section: engine, URL, admin password, MySQL hosts.
+//! The `databases:` section: engine, URL (its TLS included), admin password,
+//! MySQL hosts.
+
+use serde_saphyr::Location;
+use url::Url;
 
 use super::super::raw::{RawDatabase, S};
 use super::super::{Database, EngineKind, PasswordSource};
 use super::{is_account_name, Validator, ACCOUNT_NAME_RULE};
+use crate::engine::transport::{Exposure, Transport};
 use crate::engine::{mysql, postgres};
 
 impl Validator {
@@ -47,12 +52,8 @@ impl Validator {
         } else if url_has_password(&url) {
             self.policy(&db.url.referenced, format!("database {:?}: the url carries a password inline; use password_file or password_env", name.value));
         }
-        if mysql {
-            for mode in url_query_values(&url, mysql::rules::SSL_MODE_KEYS) {
-                if !mysql::rules::SSL_MODES.contains(&mode.to_ascii_lowercase().as_str()) {
-                    self.error(&db.url.referenced, format!("url: unknown ssl-mode {mode:?}; expected one of DISABLED, PREFERRED, REQUIRED, VERIFY_CA, VERIFY_IDENTITY"));
-                }
-            }
+        if let (Some(engine), true) = (engine, url_ok) {
+            self.url_tls(&name.value, engine, &url, db.url.referenced);
         }
         let hosts = match (&db.hosts, mysql) {
             // An unknown engine is reported already.
@@ -128,17 +129,107 @@ impl Validator {
     }
 }
 
-/// The values of the keys `keys` in a URL's query string, in order.
-fn url_query_values<'a>(url: &'a str, keys: &[&str]) -> Vec<&'a str> {
-    let Some((_, q)) = url.split_once('?') else {
-        return Vec::new();
-    };
-    q.split('&')
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            keys.contains(&k).then_some(v)
-        })
-        .collect()
+/// The TLS rules of one engine's URLs, from `engine/<engine>/rules.rs`.
+struct TlsRules {
+    /// The mode key as messages name it.
+    mode_name: &'static str,
+    mode_keys: &'static [&'static str],
+    modes: &'static [&'static str],
+    /// The modes as the error for an unknown one lists them.
+    modes_shown: &'static str,
+    ca_keys: &'static [&'static str],
+    transport: fn(&Url) -> Transport,
+    unverified_because: fn(Option<&str>) -> &'static str,
+    fix: &'static str,
+}
+
+const POSTGRES_TLS: TlsRules = TlsRules {
+    mode_name: "sslmode",
+    mode_keys: postgres::rules::SSL_MODE_KEYS,
+    modes: postgres::rules::SSL_MODES,
+    modes_shown: "disable, allow, prefer, require, verify-ca, verify-full",
+    ca_keys: postgres::rules::SSL_ROOT_CERT_KEYS,
+    transport: postgres::rules::transport,
+    unverified_because: postgres::rules::unverified_because,
+    fix: postgres::rules::TLS_FIX,
+};
+
+const MYSQL_TLS: TlsRules = TlsRules {
+    mode_name: "ssl-mode",
+    mode_keys: mysql::rules::SSL_MODE_KEYS,
+    modes: mysql::rules::SSL_MODES,
+    modes_shown: "DISABLED, PREFERRED, REQUIRED, VERIFY_CA, VERIFY_IDENTITY",
+    ca_keys: mysql::rules::SSL_CA_KEYS,
+    transport: mysql::rules::transport,
+    unverified_because: mysql::rules::unverified_because,
+    fix: mysql::rules::TLS_FIX,
+};
+
+impl Validator {
+    /// The URL's TLS: known modes, an absolute CA path, and the policy that a
+    /// database on another host is reached only over verified TLS. Messages
+    /// name the host and the mode, never the rest of the URL (it may carry a
+    /// password).
+    fn url_tls(&mut self, name: &str, engine: EngineKind, url: &str, at: Location) {
+        let parsed = match Url::parse(url) {
+            Ok(u) => u,
+            Err(e) => {
+                // `url::ParseError` names the problem, not the input.
+                self.error(&at, format!("url: not a valid URL ({e})"));
+                return;
+            }
+        };
+        let rules = if engine.is_mysql() {
+            &MYSQL_TLS
+        } else {
+            &POSTGRES_TLS
+        };
+        let mut unknown_mode = false;
+        for (key, mode) in parsed.query_pairs() {
+            if rules.mode_keys.contains(&key.as_ref())
+                && !rules.modes.contains(&mode.to_ascii_lowercase().as_str())
+            {
+                unknown_mode = true;
+                self.error(
+                    &at,
+                    format!(
+                        "url: unknown {} {mode:?}; expected one of {}",
+                        rules.mode_name, rules.modes_shown
+                    ),
+                );
+            }
+            if rules.ca_keys.contains(&key.as_ref())
+                && !mode.starts_with("-----BEGIN")
+                && std::path::Path::new(mode.as_ref()).is_relative()
+            {
+                self.warn(
+                    &at,
+                    format!("url: {key} {mode:?} is a relative path, which credrotd opens from its working directory (/ under systemd), not from the inventory's; write an absolute path"),
+                );
+            }
+        }
+        if unknown_mode {
+            return;
+        }
+        match (rules.transport)(&parsed) {
+            Transport::Local | Transport::Verified => {}
+            Transport::Exposed(Exposure::NoHost) => self.policy(
+                &at,
+                format!(
+                    "database {name:?}: the url names no host, so sqlx would take PGHOST or PGHOSTADDR from the environment or look for a local socket, and TLS is not verified; name the host in the url (a socket as host=/run/postgresql) or {}",
+                    rules.fix
+                ),
+            ),
+            Transport::Exposed(Exposure::Unverified { host, mode }) => self.policy(
+                &at,
+                format!(
+                    "database {name:?}: the connection to {host:?} is not verified TLS: {}; {}",
+                    (rules.unverified_because)(mode.as_deref()),
+                    rules.fix
+                ),
+            ),
+        }
+    }
 }
 
 fn url_has_password(url: &str) -> bool {
