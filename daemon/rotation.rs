@@ -1738,7 +1738,19 @@ impl Saga<'_> {
         }
         match self.keep_alive(&cur).await {
             Ok(Some(until)) => {
-                info!(account = %self.name(), username = %cur.username, from = %cur.expires_at, until = %until, why, "extended the current credential's expiry: it would have run out before this saga could replace it");
+                warn!(account = %self.name(), username = %cur.username, from = %cur.expires_at, until = %until, why, "extended the current credential's expiry: it would have run out before this saga could replace it");
+                // Shown like the expiry guard's (status EXTENDED, the metric)
+                // until a rotation succeeds.
+                let reason = format!("extended before a saga ({why})");
+                if let Err(e) = self
+                    .ctx
+                    .ledger
+                    .set_extended(self.name(), Some(until), Some(&reason))
+                    .await
+                {
+                    warn!(account = %self.name(), error = %e, "cannot record the extension");
+                }
+                crate::telemetry::extended(self.name(), until.timestamp());
                 self.ctx
                     .event(
                         self.name(),

@@ -1108,6 +1108,12 @@ async fn a_saga_that_dies_half_way_has_first_extended_the_current_credential() {
         vu.timestamp(),
         "the ledger says so"
     );
+    let state = ctx.ledger.account(&name).await.unwrap();
+    assert_eq!(
+        state.extended_until.map(|t| t.timestamp()),
+        Some(vu.timestamp()),
+        "status shows EXTENDED"
+    );
 
     // Recovery does the same when the credential is again within a step.
     let later = vu - chrono::Duration::minutes(1);
