@@ -43,13 +43,17 @@ pub struct Cli {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
+    /// Human-readable lines (plain text under systemd's journal).
     Pretty,
+    /// One JSON object per line.
     Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum OutputFormat {
+    /// An aligned table.
     Table,
+    /// JSON, for scripts.
     Json,
 }
 
@@ -70,6 +74,7 @@ pub enum Command {
     Revoke(RevokeArgs),
     /// Show each account's credentials and schedule (reads the ledger only).
     Status {
+        /// Output: a table for people, or JSON for scripts.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
@@ -84,10 +89,24 @@ pub enum Command {
     Ctl(CtlArgs),
     /// Run the quickstart on a throwaway local PostgreSQL (or MariaDB: --engine mariadb).
     Demo(crate::demo::DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) for credrotd and each subcommand to a
+    /// directory, or credrotd(1) to stdout.
+    Man {
+        /// Write credrotd.1 and credrotd-<subcommand>.1 here instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
+    /// Output: a table for people, or JSON for scripts.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
     /// Only this database of the inventory.
@@ -102,6 +121,7 @@ pub struct WhoCanArgs {
     /// `schema.table`, `schema.function`, `schema.table.column` or `schema`
     /// (MySQL: `database.table` or `database`).
     pub object: String,
+    /// Output: a table for people, or JSON for scripts.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
     /// Only this database of the inventory.
@@ -122,16 +142,26 @@ pub struct CtlArgs {
 pub enum CtlCommand {
     /// Every account's status.
     Status {
+        /// Output: a table for people, or JSON for scripts.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
     /// One account in detail.
-    Account { account: String },
-    /// Rotate an account now.
-    Rotate { account: String },
-    /// Revoke an account's credentials now.
-    Revoke {
+    Account {
+        /// The account's name in the inventory.
         account: String,
+    },
+    /// Rotate an account now (lifts a break-glass suspension).
+    Rotate {
+        /// The account's name in the inventory.
+        account: String,
+    },
+    /// Revoke an account's credentials now (break-glass).
+    Revoke {
+        /// The account's name in the inventory.
+        account: String,
+        /// Revoke only credentials still in their overlap window; without it
+        /// the account is also suspended until `ctl rotate ACCOUNT`.
         #[arg(long)]
         previous_only: bool,
     },
@@ -139,12 +169,14 @@ pub enum CtlCommand {
     Reload,
     /// The event log after an event id.
     Events {
+        /// Only events after this event id (0: the whole log).
         #[arg(long, default_value_t = 0)]
         since: i64,
     },
     /// Audit every database now (GET /v1/audit; exit 0 clean, 1 findings, 2
     /// a database could not be read).
     Audit {
+        /// Output: a table for people, or JSON for scripts.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
@@ -160,9 +192,10 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["accounts", "all"])))]
 pub struct RotateArgs {
     /// Accounts to rotate (lifts a break-glass suspension).
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(conflicts_with = "all")]
     pub accounts: Vec<String>,
     /// Rotate every account of the inventory (suspended accounts are skipped).
     #[arg(long)]
@@ -182,10 +215,11 @@ pub struct RebuildArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["accounts", "all"])))]
 pub struct RevokeArgs {
     /// Accounts whose credentials to revoke (without `--previous-only`, each is
     /// suspended until `credrotd rotate ACCOUNT`).
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(conflicts_with = "all")]
     pub accounts: Vec<String>,
     /// Every account of the inventory.
     #[arg(long)]
@@ -223,7 +257,9 @@ pub fn init_logging(format: LogFormat) {
 /// commands that do not read an inventory's secrets).
 pub fn secret_env_names(cli: &Cli) -> Vec<String> {
     match cli.command {
-        Command::Demo(_) | Command::Ctl(_) => Vec::new(),
+        Command::Demo(_) | Command::Ctl(_) | Command::Completions { .. } | Command::Man { .. } => {
+            Vec::new()
+        }
         _ => inventory::secret_env_names(&cli.config),
     }
 }
@@ -241,6 +277,13 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::WhoCan(args) => who_can(&cli.config, args).await,
         Command::Ctl(args) => ctl(&cli.config, args).await,
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "credrotd", &mut out);
+            print_bytes(&out)
+        }
+        Command::Man { dir } => man(dir.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -249,6 +292,34 @@ pub async fn main(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes generated text to stdout; a reader that went away (`| head`) is
+/// not an error.
+fn print_bytes(bytes: &[u8]) -> Result<ExitCode> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `credrotd man`: credrotd(1) to stdout, or every page into `dir`.
+fn man(dir: Option<&std::path::Path>) -> Result<ExitCode> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    match dir {
+        None => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+            return print_bytes(&out);
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            clap_mangen::generate_to(cmd, dir)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Loads the inventory, printing warnings; invalid inventories print every error.
@@ -967,5 +1038,82 @@ fn print_status_table(rows: Vec<AccountStatus>) {
                 "", "", s.kind, s.subject, s.since, s.attempts, s.retry_at, s.error
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every subcommand, argument and value of the command line says what it is
+    /// (`--help`, the man page and completions all show it).
+    #[test]
+    fn every_subcommand_argument_and_value_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} <{id}>"));
+                }
+                // Flags (true/false) and the shell names say what they are.
+                let own_values = arg.get_action().takes_values() && id != "shell";
+                for v in arg.get_possible_values().into_iter().filter(|_| own_values) {
+                    if v.get_help().is_none() {
+                        missing.push(format!("{path} <{id}> value {}", v.get_name()));
+                    }
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_name() != "help" && sub.get_about().is_none() {
+                    missing.push(p.clone());
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "credrotd", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_and_the_man_page_cover_every_subcommand() {
+        let mut cmd = Cli::command();
+        let mut bash = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "credrotd", &mut bash);
+        let bash = String::from_utf8(bash).unwrap();
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut man)
+            .unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(
+            man.starts_with(".ie") || man.contains(".TH credrotd"),
+            "{man}"
+        );
+        for sub in Cli::command().get_subcommands() {
+            let name = sub.get_name();
+            assert!(bash.contains(name), "bash completion lacks {name}");
+            // roff writes a hyphen as `\-`.
+            assert!(
+                man.contains(&name.replace('-', "\\-")),
+                "man page lacks {name}"
+            );
+        }
+        assert!(bash.contains("--previous-only") && bash.contains("--take-over"));
+        let dir = tempfile::tempdir().unwrap();
+        man_to(dir.path());
+        assert!(dir.path().join("credrotd.1").exists());
+        assert!(dir.path().join("credrotd-rotate.1").exists());
+        assert!(dir.path().join("credrotd-ctl-revoke.1").exists());
+    }
+
+    fn man_to(dir: &std::path::Path) {
+        man(Some(dir)).unwrap();
     }
 }
