@@ -383,6 +383,17 @@ pub struct Endpoint {
     pub dbname: String,
 }
 
+impl Endpoint {
+    /// The scheme of the payload's `url`: what drivers of this engine take
+    /// (MariaDB's drivers take `mysql://` too).
+    pub fn url_scheme(&self) -> &'static str {
+        match self.engine {
+            "mysql" | "mariadb" => "mysql",
+            _ => "postgres",
+        }
+    }
+}
+
 /// Engines by database name.
 pub type Engines = BTreeMap<String, Arc<dyn Engine>>;
 

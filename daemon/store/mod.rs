@@ -229,12 +229,13 @@ impl Publication<'_> {
     /// The JSON document, in a buffer that is wiped on drop.
     pub fn to_json(&self) -> Zeroizing<Vec<u8>> {
         let url = Zeroizing::new(format!(
-            "postgres://{}:{}@{}:{}/{}",
-            self.username,
-            self.password.expose(),
-            self.endpoint.host,
+            "{}://{}:{}@{}:{}/{}",
+            self.endpoint.url_scheme(),
+            encode(self.username),
+            encode(self.password.expose()),
+            host_in_url(&self.endpoint.host),
             self.endpoint.port,
-            self.endpoint.dbname
+            encode(&self.endpoint.dbname)
         ));
         let payload = Payload {
             engine: self.endpoint.engine,
@@ -254,6 +255,26 @@ impl Publication<'_> {
         let _ = serde_json::to_writer_pretty(&mut *out, &payload);
         out.push(b'\n');
         out
+    }
+}
+
+/// Percent-encodes a URL's user, password or path segment (generated
+/// passwords are alphanumeric; a static role or database name may not be).
+fn encode(s: &str) -> percent_encoding::PercentEncode<'_> {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'_')
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, KEEP)
+}
+
+/// An IPv6 literal goes in brackets.
+fn host_in_url(host: &str) -> std::borrow::Cow<'_, str> {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]").into()
+    } else {
+        host.into()
     }
 }
 
@@ -412,6 +433,51 @@ mod tests {
             expires_at: at + chrono::Duration::hours(1),
         }
         .to_json()
+    }
+
+    /// The payload's `url` has the engine's scheme (MySQL and MariaDB
+    /// drivers take `mysql://`) and encodes what needs it.
+    #[test]
+    fn the_payload_url_has_the_engines_scheme_and_is_encoded() {
+        let pw = Secret::new("Abc123".into());
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let url_of = |engine: &'static str, username: &str, host: &str, dbname: &str| {
+            let endpoint = Endpoint {
+                engine,
+                host: host.into(),
+                port: 3306,
+                dbname: dbname.into(),
+            };
+            let doc = Publication {
+                account: "a",
+                path: "p",
+                version: 1,
+                username,
+                password: &pw,
+                endpoint: &endpoint,
+                issued_at: at,
+                expires_at: at,
+            }
+            .to_json();
+            let v: serde_json::Value = serde_json::from_slice(&doc).unwrap();
+            v["url"].as_str().unwrap().to_owned()
+        };
+        assert_eq!(
+            url_of("postgres", "etl_a", "db", "orders"),
+            "postgres://etl_a:Abc123@db:3306/orders"
+        );
+        assert_eq!(
+            url_of("mysql", "etl_a", "db", "shop"),
+            "mysql://etl_a:Abc123@db:3306/shop"
+        );
+        assert_eq!(
+            url_of("mariadb", "etl_a", "db", "shop"),
+            "mysql://etl_a:Abc123@db:3306/shop"
+        );
+        assert_eq!(
+            url_of("postgres", "legacy app@x", "::1", "my db"),
+            "postgres://legacy%20app%40x:Abc123@[::1]:3306/my%20db"
+        );
     }
 
     #[test]
