@@ -294,6 +294,15 @@ pub async fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// "1 account", "2 accounts".
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
 /// Writes generated text to stdout; a reader that went away (`| head`) is
 /// not an error.
 fn print_bytes(bytes: &[u8]) -> Result<ExitCode> {
@@ -348,11 +357,11 @@ fn check(path: &std::path::Path) -> Result<ExitCode> {
                 println!("{w}");
             }
             println!(
-                "{}: ok ({} accounts, {} databases, {} stores; environment {})",
+                "{}: ok ({}, {}, {}; environment {})",
                 path.display(),
-                inventory.accounts.len(),
-                inventory.databases.len(),
-                inventory.stores.len(),
+                plural(inventory.accounts.len(), "account"),
+                plural(inventory.databases.len(), "database"),
+                plural(inventory.stores.len(), "store"),
                 inventory.environment.as_str()
             );
             Ok(ExitCode::SUCCESS)
@@ -970,9 +979,40 @@ async fn who_can(path: &std::path::Path, args: WhoCanArgs) -> Result<ExitCode> {
 
 async fn status(path: &std::path::Path, format: OutputFormat) -> Result<ExitCode> {
     let inventory = load(path)?;
-    let ledger = Ledger::open(&inventory.state).await?;
+    // `status` only reads: where no ledger exists yet it reports that, and
+    // shows the inventory's accounts from an empty scratch ledger instead of
+    // creating one.
+    let file =
+        <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&inventory.state)
+            .map(|o| o.get_filename().to_path_buf())
+            .ok();
+    let scratch = match file {
+        Some(f)
+            if !f.as_os_str().is_empty()
+                && f != std::path::Path::new(":memory:")
+                && !f.exists() =>
+        {
+            eprintln!(
+                "no ledger at {} yet: nothing has been issued (credrotd run or rotate creates it)",
+                f.display()
+            );
+            Some(tempfile::tempdir()?)
+        }
+        _ => None,
+    };
+    let ledger = match &scratch {
+        Some(dir) => {
+            Ledger::open(&format!(
+                "sqlite://{}",
+                dir.path().join("empty.db").display()
+            ))
+            .await?
+        }
+        None => Ledger::open(&inventory.state).await?,
+    };
     let rows = crate::api::statuses(&inventory, &ledger, Utc::now()).await?;
     ledger.close().await;
+    drop(scratch);
     if format == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);

@@ -53,7 +53,11 @@ async fn check_exits_0_on_a_valid_inventory_and_1_with_located_errors() {
     let ok = db.write_inventory(&account(&db.name("a"), "ephemeral", ""));
     let out = run(&["check"], &ok);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("ok (1 accounts"), "{}", text(&out));
+    assert!(
+        text(&out).contains("ok (1 account, 1 database, 1 store;"),
+        "{}",
+        text(&out)
+    );
 
     let bad = db.dir.path().join("bad.yaml");
     std::fs::write(
@@ -73,6 +77,35 @@ async fn check_exits_0_on_a_valid_inventory_and_1_with_located_errors() {
     ] {
         assert!(t.contains(&needle), "missing {needle:?} in:\n{t}");
     }
+}
+
+/// First contact: `status` before anything was issued says so and creates no
+/// ledger; `ctl` with no daemon names the OS error once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_without_a_ledger_and_ctl_without_a_daemon_say_so_plainly() {
+    let db = setup().await;
+    let name = db.name("fresh");
+    let inv = db.write_inventory(&account(&name, "ephemeral", ""));
+    let out = run(&["status"], &inv);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("nothing has been issued"), "{t}");
+    assert!(
+        t.contains(&name),
+        "the inventory's accounts are listed: {t}"
+    );
+    assert!(!db.ledger_path().exists(), "status created a ledger");
+    let out = credrotd()
+        .arg("-c")
+        .arg(&inv)
+        .args(["ctl", "--socket"])
+        .arg(db.dir.path().join("nobody-listens.sock"))
+        .arg("health")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert_eq!(t.matches("No such file or directory").count(), 1, "{t}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

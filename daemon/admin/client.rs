@@ -11,7 +11,8 @@ use hyper_util::rt::TokioIo;
 /// Errors talking to the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to the admin socket {path}: {source} (is `credrotd run` running, and may this user use it?)")]
+    // The OS error is the source: `{:#}` prints it once, after this.
+    #[error("cannot connect to the admin socket {path} (is `credrotd run` running, and may this user use it?)")]
     Connect {
         path: String,
         #[source]
