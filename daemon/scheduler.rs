@@ -785,7 +785,7 @@ async fn record_failure(ctx: &Context, name: &str, e: &RotationError) -> DateTim
                 error = %e,
                 retry_at = %retry_at,
                 current_expires_at = %c.expires_at,
-                current_expires_in = %humantime::format_duration(left.to_std().unwrap_or_default()),
+                current_expires_in = %humantime::format_duration(std::time::Duration::from_secs(left.num_seconds().max(0) as u64)),
                 "rotation failed; the current credential expires then if no rotation succeeds"
             );
         }

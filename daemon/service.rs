@@ -364,7 +364,10 @@ pub async fn run(
         ));
     }
     if let Some(listener) = metrics_listener {
-        info!(listen = ?listener.local_addr().ok(), "metrics listening");
+        match listener.local_addr() {
+            Ok(addr) => info!(listen = %addr, "metrics listening"),
+            Err(_) => info!("metrics listening"),
+        }
         tasks.spawn(serve_metrics(listener, stopped(stop_rx.clone())));
     }
     tasks.spawn(crate::audit::watch::watch(
