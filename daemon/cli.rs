@@ -1021,7 +1021,32 @@ async fn status(path: &std::path::Path, format: OutputFormat) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// "in 5h 12m" / "3m ago" for an RFC 3339 time, to the minute (seconds
+/// under a minute); the time itself when it does not parse.
+fn relative(at: &str, now: chrono::DateTime<Utc>) -> String {
+    let Ok(t) = chrono::DateTime::parse_from_rfc3339(at) else {
+        return at.to_owned();
+    };
+    let secs = (t.with_timezone(&Utc) - now).num_seconds();
+    let n = secs.unsigned_abs();
+    let rounded = if n < 60 { n } else { n - n % 60 };
+    let span = humantime::format_duration(std::time::Duration::from_secs(rounded));
+    if secs >= 0 {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
+}
+
 fn print_status_table(rows: Vec<AccountStatus>) {
+    let now = Utc::now();
+    let rel = |at: &str| {
+        if at == "-" {
+            at.to_owned()
+        } else {
+            relative(at, now)
+        }
+    };
     println!(
         "{:<24} {:<11} {:<34} {:<20} {:<20} {:<20} LAST RESULT",
         "ACCOUNT", "STRATEGY", "CURRENT", "ISSUED", "EXPIRES", "NEXT ROTATION"
@@ -1050,9 +1075,9 @@ fn print_status_table(rows: Vec<AccountStatus>) {
             r.account,
             r.strategy,
             user,
-            issued,
-            expires,
-            r.next_rotation.as_deref().unwrap_or("-"),
+            rel(&issued),
+            rel(&expires),
+            rel(r.next_rotation.as_deref().unwrap_or("-")),
             last
         );
         if let Some(p) = &r.previous {
@@ -1119,6 +1144,17 @@ mod tests {
         walk(&Cli::command(), "credrotd", &mut missing);
         assert!(missing.is_empty(), "without help text: {missing:#?}");
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn status_shows_times_relative_to_now() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-29T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(relative("2026-11-29T15:12:40Z", now), "in 5h 12m");
+        assert_eq!(relative("2026-11-29T09:57:00Z", now), "3m ago");
+        assert_eq!(relative("2026-11-29T10:00:42Z", now), "in 42s");
+        assert_eq!(relative("not a time", now), "not a time");
     }
 
     #[test]
