@@ -309,6 +309,24 @@ async fn try_login(
     }
 }
 
+/// The secret file of `account`, if it reads as a credrotd payload.
+fn read_secret(secrets: &std::path::Path, account: &str) -> Option<Seen> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        username: String,
+        password: String,
+        version: i64,
+    }
+    let bytes =
+        zeroize::Zeroizing::new(std::fs::read(secrets.join(format!("{account}.json"))).ok()?);
+    let doc = serde_json::from_slice::<Doc>(&bytes).ok()?;
+    Some(Seen {
+        version: doc.version,
+        username: doc.username,
+        password: Secret::new(doc.password),
+    })
+}
+
 /// Every few seconds, reads each account's secret file and logs in with it, and
 /// with the credential it replaced, to show the overlap and the revocation.
 async fn consumer(base: Target, secrets: PathBuf, accounts: Vec<String>) {
@@ -316,23 +334,8 @@ async fn consumer(base: Target, secrets: PathBuf, accounts: Vec<String>) {
     loop {
         tokio::time::sleep(Duration::from_secs(4)).await;
         for account in &accounts {
-            let Ok(bytes) = std::fs::read(secrets.join(format!("{account}.json"))) else {
+            let Some(now) = read_secret(&secrets, account) else {
                 continue;
-            };
-            let bytes = zeroize::Zeroizing::new(bytes);
-            #[derive(serde::Deserialize)]
-            struct Doc {
-                username: String,
-                password: String,
-                version: i64,
-            }
-            let Ok(doc) = serde_json::from_slice::<Doc>(&bytes) else {
-                continue;
-            };
-            let now = Seen {
-                version: doc.version,
-                username: doc.username,
-                password: Secret::new(doc.password),
             };
             let entry = seen.remove(account);
             let (cur, prev) = match entry {
@@ -340,7 +343,23 @@ async fn consumer(base: Target, secrets: PathBuf, accounts: Vec<String>) {
                 Some((old, _)) => (now, Some(old)),
                 None => (now, None),
             };
-            let res = try_login(&base, &cur.username, &cur.password).await;
+            let mut res = try_login(&base, &cur.username, &cur.password).await;
+            let mut cur = cur;
+            let mut prev = prev;
+            let mut note = "";
+            if res.is_err() {
+                // What a consumer of a static account does (its password is
+                // replaced in place, with no overlap): re-read the secret once
+                // and retry with it if it moved on.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if let Some(newer) =
+                    read_secret(&secrets, account).filter(|n| n.version != cur.version)
+                {
+                    res = try_login(&base, &newer.username, &newer.password).await;
+                    prev = Some(std::mem::replace(&mut cur, newer));
+                    note = " (after re-reading the secret: replaced in place)";
+                }
+            }
             let mut line = format!(
                 "{} consumer {:<18} v{:<3} {:<32} {}",
                 Utc::now().format("%H:%M:%S"),
@@ -348,7 +367,7 @@ async fn consumer(base: Target, secrets: PathBuf, accounts: Vec<String>) {
                 cur.version,
                 cur.username,
                 match &res {
-                    Ok(()) => "login ok".to_owned(),
+                    Ok(()) => format!("login ok{note}"),
                     Err(e) => format!("login FAILED: {e}"),
                 }
             );
