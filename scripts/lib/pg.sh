@@ -44,6 +44,37 @@ _pg_as() {
     fi
 }
 
+# _pg_init_cluster BIN DIR: initdb of DIR/data with a superuser credrotd_admin
+# whose random password (scram-sha-256) it leaves in PG_INIT_PASSWORD; as root,
+# the cluster belongs to the postgres user.
+_pg_init_cluster() {
+    local bin=$1 dir=$2
+    PG_INIT_PASSWORD=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    printf '%s' "$PG_INIT_PASSWORD" > "$dir/pw"
+    if [ "$(id -u)" -eq 0 ]; then
+        id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/false postgres
+        chown -R postgres: "$dir"
+    fi
+    _pg_as "$bin/initdb" -D "$dir/data" -U credrotd_admin --auth=scram-sha-256 \
+        --pwfile="$dir/pw" -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 \
+        || { cat "$dir/initdb.log" >&2; return 1; }
+    rm -f "$dir/pw"
+}
+
+# _free_port: a TCP port free on 127.0.0.1 right now.
+_free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# _pg_stop_cluster BIN DIR: stops the cluster in DIR (if any) and removes DIR.
+_pg_stop_cluster() {
+    local bin=$1 dir=$2
+    if [ -n "$dir" ] && [ -d "$dir/data" ]; then
+        _pg_as "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+        rm -rf "$dir"
+    fi
+}
+
 # start_test_pg: starts the cluster and exports
 #   CREDROTD_TEST_PG_URL  admin URL (superuser credrotd_admin, with password;
 #                         the tests connect credrotd as a per-test non-superuser
@@ -56,17 +87,9 @@ start_test_pg() {
     bin=$(pg_bin_dir) || return 1
     dir=$(mktemp -d /tmp/credrotd-pg.XXXXXX)
     chmod 0755 "$dir"
-    pw=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-    printf '%s' "$pw" > "$dir/pw"
-    if [ "$(id -u)" -eq 0 ]; then
-        id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/false postgres
-        chown -R postgres: "$dir"
-    fi
-    _pg_as "$bin/initdb" -D "$dir/data" -U credrotd_admin --auth=scram-sha-256 \
-        --pwfile="$dir/pw" -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 \
-        || { cat "$dir/initdb.log" >&2; return 1; }
-    rm -f "$dir/pw"
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    _pg_init_cluster "$bin" "$dir" || return 1
+    pw=$PG_INIT_PASSWORD
+    port=$(_free_port)
     _pg_as "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
         -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c log_statement=all -c max_connections=300 -c fsync=off ${CREDROTD_TEST_PG_OPTS:-}" \
         start >/dev/null || { cat "$dir/postgres.log" >&2; return 1; }
@@ -78,10 +101,7 @@ start_test_pg() {
 }
 
 stop_test_pg() {
-    if [ -n "${CREDROTD_TEST_PG_DIR:-}" ] && [ -d "$CREDROTD_TEST_PG_DIR/data" ]; then
-        _pg_as "$CREDROTD_TEST_PG_BIN/pg_ctl" -D "$CREDROTD_TEST_PG_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
-        rm -rf "$CREDROTD_TEST_PG_DIR"
-    fi
+    _pg_stop_cluster "${CREDROTD_TEST_PG_BIN:-}" "${CREDROTD_TEST_PG_DIR:-}"
 }
 
 # Installs openssl (for the TLS cluster's certificates) if it is missing
@@ -134,21 +154,13 @@ start_test_pg_tls() {
         || { echo "openssl could not make the server certificate" >&2; return 1; }
     rm -f "$dir/server.csr" "$dir/ca.key"
     chmod 0600 "$dir/server.key"
-    pw=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-    printf '%s' "$pw" > "$dir/pw"
-    if [ "$(id -u)" -eq 0 ]; then
-        id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/false postgres
-        chown -R postgres: "$dir"
-    fi
-    _pg_as "$bin/initdb" -D "$dir/data" -U credrotd_admin --auth=scram-sha-256 \
-        --pwfile="$dir/pw" -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 \
-        || { cat "$dir/initdb.log" >&2; return 1; }
-    rm -f "$dir/pw"
+    _pg_init_cluster "$bin" "$dir" || return 1
+    pw=$PG_INIT_PASSWORD
     # Overwritten in place: the file keeps its owner (postgres when run as root).
     printf '%s\n' 'local all all scram-sha-256' \
         'hostssl all all 127.0.0.0/8 scram-sha-256' \
         'hostssl all all ::1/128 scram-sha-256' > "$dir/data/pg_hba.conf"
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    port=$(_free_port)
     _pg_as "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
         -o "-p $port -k $dir -c listen_addresses=127.0.0.1,127.0.0.2 -c max_connections=50 -c fsync=off -c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key -c log_connections=on" \
         start >/dev/null || { cat "$dir/postgres.log" >&2; return 1; }
@@ -161,10 +173,7 @@ start_test_pg_tls() {
 }
 
 stop_test_pg_tls() {
-    if [ -n "${CREDROTD_TEST_PG_TLS_DIR:-}" ] && [ -d "$CREDROTD_TEST_PG_TLS_DIR/data" ]; then
-        _pg_as "$CREDROTD_TEST_PG_TLS_BIN/pg_ctl" -D "$CREDROTD_TEST_PG_TLS_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
-        rm -rf "$CREDROTD_TEST_PG_TLS_DIR"
-    fi
+    _pg_stop_cluster "${CREDROTD_TEST_PG_TLS_BIN:-}" "${CREDROTD_TEST_PG_TLS_DIR:-}"
 }
 
 # split_pg_url URL: sets PG_PASSWORD (empty if none) and PG_BASE_URL (the URL
