@@ -14,6 +14,7 @@ use crate::api::AccountStatus;
 use crate::clock::{SharedClock, SystemClock};
 use crate::inventory::{self, Checked, Inventory, InventoryError};
 use crate::ledger::{Credential, Ledger};
+use crate::progress::Progress;
 use crate::rotation::{self, Context};
 use crate::scheduler;
 use crate::{engine, store};
@@ -89,6 +90,9 @@ pub enum Command {
     Ctl(CtlArgs),
     /// Run the quickstart on a throwaway local PostgreSQL (or MariaDB: --engine mariadb).
     Demo(crate::demo::DemoArgs),
+    /// Write a draft inventory from the roles and grants a database holds
+    /// today (read-only): automation logins become adopted static accounts.
+    Import(ImportArgs),
     /// Print the inventory's JSON Schema (for editors and CI validators;
     /// config/inventory.schema.json is the same, committed).
     Schema,
@@ -115,6 +119,27 @@ pub struct AuditArgs {
     /// Only this database of the inventory.
     #[arg(long)]
     pub database: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// A database to read, `URL` or `NAME=URL` (repeat for several; NAME
+    /// defaults to the URL's database name). A password in the URL is used to
+    /// connect and never written out.
+    #[arg(long = "database", value_name = "[NAME=]URL", required = true)]
+    pub databases: Vec<String>,
+    /// Read the admin password from this environment variable.
+    #[arg(long, conflicts_with = "password_file")]
+    pub password_env: Option<String>,
+    /// Read the admin password from this file.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// The draft's `environment:` (production, staging or development).
+    #[arg(long, default_value = "production")]
+    pub environment: String,
+    /// Write the draft to this file (which must not exist) instead of stdout.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -265,6 +290,7 @@ pub fn secret_env_names(cli: &Cli) -> Vec<String> {
         | Command::Completions { .. }
         | Command::Man { .. }
         | Command::Schema => Vec::new(),
+        Command::Import(ref args) => args.password_env.iter().cloned().collect(),
         _ => inventory::secret_env_names(&cli.config),
     }
 }
@@ -282,6 +308,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::WhoCan(args) => who_can(&cli.config, args).await,
         Command::Ctl(args) => ctl(&cli.config, args).await,
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::Import(args) => import(args).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();
@@ -644,23 +671,31 @@ async fn rotate(path: &std::path::Path, args: RotateArgs) -> Result<ExitCode> {
     };
     let concurrency = inventory.rotation.concurrency;
     let ctx = Arc::new(context(inventory, Arc::new(SystemClock), args.take_over).await?);
+    let progress = Arc::new(Progress::new("rotate", "account", names.len()));
     // The sagas run in a task of their own: a Ctrl-C waits for the steps in
     // flight to finish (a second one abandons them; the ledger makes them
     // resumable), so it never leaves a step half-done.
-    let work = each_account(
-        ctx.clone(),
-        names,
-        concurrency,
-        move |ctx, name| async move {
-            let started = std::time::Instant::now();
-            let res =
-                scheduler::rotate_account(&ctx, &name, trigger, Duration::from_secs(60)).await;
-            // What `status` shows is what happened here too.
-            scheduler::observe_rotation(&ctx, &name, &res, started.elapsed()).await;
-            res
-        },
-    );
+    let work = each_account(ctx.clone(), names, concurrency, {
+        let progress = progress.clone();
+        move |ctx, name| {
+            let progress = progress.clone();
+            async move {
+                let started = std::time::Instant::now();
+                let res =
+                    scheduler::rotate_account(&ctx, &name, trigger, Duration::from_secs(60)).await;
+                // What `status` shows is what happened here too.
+                scheduler::observe_rotation(&ctx, &name, &res, started.elapsed()).await;
+                // A suspended account is skipped, not failed.
+                progress.item_done(matches!(
+                    res,
+                    Ok(_) | Err(rotation::RotationError::Suspended(_))
+                ));
+                res
+            }
+        }
+    });
     let results = finish_despite_ctrl_c(work).await?;
+    progress.finish();
     let mut failed = 0;
     let mut ok = 0;
     let mut skipped = 0;
@@ -913,6 +948,15 @@ async fn audit(path: &std::path::Path, args: AuditArgs) -> Result<ExitCode> {
             activity.as_ref(),
             args.database.as_deref(),
             inventory.audit.stale_after,
+            &Progress::new(
+                "audit",
+                "database",
+                if args.database.is_some() {
+                    1
+                } else {
+                    engines.len()
+                },
+            ),
         )
         .await;
         if let Some(l) = ledger {
@@ -933,6 +977,146 @@ async fn audit(path: &std::path::Path, args: AuditArgs) -> Result<ExitCode> {
         OutputFormat::Table => print!("{}", report.table()),
     }
     Ok(ExitCode::from(report.exit_code()))
+}
+
+/// `credrotd import`: reads each database's catalog and writes a draft
+/// inventory that `check` accepts (it is checked before it is written).
+async fn import(args: ImportArgs) -> Result<ExitCode> {
+    let password = match (&args.password_env, &args.password_file) {
+        (Some(var), _) => inventory::PasswordSource::Env(var.clone()),
+        (None, Some(file)) => inventory::PasswordSource::File(file.clone()),
+        (None, None) => inventory::PasswordSource::None,
+    };
+    if let Some(out) = &args.output {
+        anyhow::ensure!(
+            !out.exists(),
+            "{} exists; credrotd import does not overwrite a file",
+            out.display()
+        );
+    }
+    let mut wanted = Vec::new();
+    for arg in &args.databases {
+        let (name, url) = import_target(arg)?;
+        anyhow::ensure!(
+            !wanted.iter().any(|(n, _, _): &(String, _, _)| *n == name),
+            "two databases are named {name}; write NAME=URL to tell them apart"
+        );
+        let engine = match url.scheme() {
+            "postgres" | "postgresql" => inventory::EngineKind::Postgres,
+            "mysql" => inventory::EngineKind::Mysql,
+            "mariadb" => inventory::EngineKind::Mariadb,
+            other => anyhow::bail!(
+                "{name}: unsupported URL scheme {other:?} (postgres://, mysql:// or mariadb://)"
+            ),
+        };
+        wanted.push((name, engine, url));
+    }
+    let progress = Progress::new("import", "database", wanted.len());
+    let mut sources = Vec::new();
+    for (name, engine, url) in wanted {
+        let db = inventory::Database {
+            name: name.clone(),
+            engine,
+            url: url.to_string(),
+            password: password.clone(),
+            publish_host: None,
+            publish_port: None,
+            publish_dbname: None,
+            max_connections: 1,
+            hosts: if engine.is_mysql() {
+                vec!["%".to_owned()]
+            } else {
+                Vec::new()
+            },
+        };
+        let catalog = async { engine::build_one(&db)?.catalog().await }.await;
+        progress.item_done(catalog.is_ok());
+        let catalog = catalog.with_context(|| format!("reading the roles of database {name}"))?;
+        let mut written = url;
+        let _ = written.set_password(None);
+        let query: Vec<(String, String)> = written
+            .query_pairs()
+            .filter(|(k, _)| k != "password")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if query.is_empty() {
+            written.set_query(None);
+        } else {
+            written.query_pairs_mut().clear().extend_pairs(query);
+        }
+        sources.push(crate::import::Source {
+            name,
+            engine,
+            url: written.to_string(),
+            catalog,
+        });
+    }
+    progress.finish();
+    let text = crate::import::draft(
+        &sources,
+        &crate::import::Options {
+            environment: args.environment.clone(),
+            at: Utc::now(),
+        },
+    );
+    let shown = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("import.yaml"));
+    if let Err(e) = inventory::parse(&shown, &text) {
+        anyhow::bail!(
+            "the draft does not pass check, so it was not written (a bug of credrotd import; the inventory it read is fine):\n{e}"
+        );
+    }
+    match &args.output {
+        Some(out) => {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            f.write_all(text.as_bytes())?;
+            let accounts = text.matches("\n    strategy: static\n").count();
+            eprintln!(
+                "{}: draft with {} from {}; review it, then `credrotd -c {} check`",
+                out.display(),
+                plural(accounts, "account"),
+                plural(sources.len(), "database"),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        None => print_bytes(text.as_bytes()),
+    }
+}
+
+/// `NAME=URL` or `URL` (named after its database).
+fn import_target(arg: &str) -> Result<(String, url::Url)> {
+    let (name, url) = match arg.split_once('=') {
+        Some((name, url)) if !name.contains(':') && !name.contains('/') => {
+            (Some(name.to_owned()), url)
+        }
+        _ => (None, arg),
+    };
+    // Never echo the URL: it may carry a password.
+    let url = url::Url::parse(url).map_err(|e| {
+        anyhow::anyhow!(
+            "--database: not a URL ({e}); expected [NAME=]postgres://user@host:port/dbname"
+        )
+    })?;
+    let name = match name {
+        Some(n) => n,
+        None => {
+            let db = url.path().trim_start_matches('/');
+            anyhow::ensure!(
+                !db.is_empty(),
+                "--database: the URL names no database; write NAME=URL"
+            );
+            db.to_owned()
+        }
+    };
+    Ok((name, url))
 }
 
 async fn who_can(path: &std::path::Path, args: WhoCanArgs) -> Result<ExitCode> {

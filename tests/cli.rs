@@ -167,6 +167,11 @@ async fn rotate_status_revoke_round_trip_without_a_daemon() {
         let out = run(&["rotate", "--all"], &path);
         assert!(out.status.success(), "{}", text(&out));
         assert!(text(&out).contains("2 rotated, 0 failed"), "{}", text(&out));
+        // Off a terminal, progress is plain lines on stderr.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for line in ["rotate: 1/2 accounts done", "rotate: 2/2 accounts done"] {
+            assert!(stderr.contains(line), "{line:?} missing: {stderr}");
+        }
         outputs.push_str(&text(&out));
         for acc in [&a, &b] {
             let p = db.published(acc);
@@ -291,6 +296,23 @@ async fn rotate_status_revoke_round_trip_without_a_daemon() {
         Some(2),
         "an account or --all is required"
     );
+    // On a terminal (a pty from script(1)) progress is a bar, not lines.
+    let out = Command::new("script")
+        .arg("-qec")
+        .arg(format!(
+            "{} -c {} rotate --all",
+            env!("CARGO_BIN_EXE_credrotd"),
+            path.display()
+        ))
+        .arg("/dev/null")
+        .env_remove("CREDROTD_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    let tty = text(&out);
+    assert!(tty.contains("0 rotated, 0 failed, 2 skipped"), "{tty}");
+    assert!(!tty.contains("accounts done"), "{tty}");
+    outputs.push_str(&tty);
 
     assert_no_secret(
         "credrotd's output at RUST_LOG=trace",
@@ -740,4 +762,119 @@ fn another_process_of_the_same_user_cannot_read_credrotds_environment() {
             && !String::from_utf8_lossy(&attempt.stdout).contains("env-secret"),
         "credrotd's environment was readable: {attempt:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_drafts_an_inventory_that_check_accepts_and_rotate_adopts() {
+    let db = setup().await;
+    let etl = db.name("etl");
+    let readers = db.name("readers");
+    let person = format!("{}.jane", db.tag);
+    let old = db.name("old");
+    db.exec(&format!(
+        "CREATE ROLE {etl} LOGIN PASSWORD 'before-adoption';
+         CREATE ROLE {readers} NOLOGIN;
+         GRANT {readers} TO {etl};
+         GRANT USAGE ON SCHEMA public TO {etl};
+         GRANT SELECT, INSERT ON public.orders TO {etl};
+         GRANT TRUNCATE ON public.orders TO {etl};
+         CREATE ROLE \"{person}\" LOGIN;
+         CREATE ROLE {old} LOGIN VALID UNTIL '2020-01-01'"
+    ))
+    .await;
+    // The admin password goes in the URL: used to connect, never written out.
+    let admin_password = std::fs::read_to_string(&db.password_file).unwrap();
+    let admin_password = admin_password.trim_end();
+    let url_with_password = db.url.replacen(
+        &format!("//{}@", db.admin_user),
+        &format!("//{}:{admin_password}@", db.admin_user),
+        1,
+    );
+    assert_ne!(url_with_password, db.url);
+    let draft = db.dir.path().join("draft.yaml");
+    let out = credrotd()
+        .args(["import", "--database"])
+        .arg(format!("main={url_with_password}"))
+        .arg("-o")
+        .arg(&draft)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("review it"), "{}", text(&out));
+    let yaml = std::fs::read_to_string(&draft).unwrap();
+    let secrets = [admin_password.to_owned()];
+    assert_no_secret("import's output", text(&out).as_bytes(), &secrets);
+    assert_no_secret("the draft", yaml.as_bytes(), &secrets);
+
+    let section = yaml
+        .split(&format!("  {etl}_account:\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no account for {etl}:\n{yaml}"))
+        .split("\n\n")
+        .next()
+        .unwrap();
+    for want in [
+        format!("role: {etl}"),
+        "strategy: static".to_owned(),
+        "adopt: true".to_owned(),
+        "- { schema: public, privileges: [USAGE] }".to_owned(),
+        "- { schema: public, tables: [orders], privileges: [INSERT, SELECT, TRUNCATE] }".to_owned(),
+        format!("member_of: [{readers}]"),
+        "# EXCESSIVE: DDL privileges (TRUNCATE)".to_owned(),
+    ] {
+        assert!(section.contains(&want), "{want:?} missing from:\n{section}");
+    }
+    assert!(yaml.contains(&format!("main: {person} (looks like a person")));
+    let old_section = yaml.split(&format!("  {old}_account:\n")).nth(1).unwrap();
+    assert!(old_section.contains("# UNUSED?: its password expired on 2020-01-01"));
+    assert!(
+        !yaml.contains(&format!("{readers}_account")),
+        "a group role is no account"
+    );
+
+    // What it writes passes check as it is (the admin password file it names
+    // sits next to it).
+    std::fs::copy(&db.password_file, db.dir.path().join("main")).unwrap();
+    let out = run(&["check"], &draft);
+    assert!(out.status.success(), "{}\n{yaml}", text(&out));
+    // It does not overwrite.
+    let again = credrotd()
+        .args(["import", "--database", &db.url, "-o"])
+        .arg(&draft)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again).contains("does not overwrite"),
+        "{}",
+        text(&again)
+    );
+
+    // Pointed at a ledger and a store, the draft adopts the login: a rotation
+    // changes its password in place and the published one logs in with
+    // today's grants.
+    let runnable = yaml
+        .replace(
+            "sqlite:///var/lib/credrotd/state.db",
+            &format!("sqlite://{}", db.ledger_path().display()),
+        )
+        .replace(
+            "/run/credrotd/secrets",
+            &db.secrets_dir().display().to_string(),
+        );
+    std::fs::write(&draft, runnable).unwrap();
+    let account = format!("{etl}_account");
+    let out = run(&["rotate", &account], &draft);
+    assert!(out.status.success(), "{}", text(&out));
+    let p = db.published(&account);
+    assert_eq!(p.username, etl);
+    let mut c = db
+        .login(&etl, p.password.expose())
+        .await
+        .expect("adopted login works");
+    sqlx::query("SELECT count(*) FROM public.orders")
+        .fetch_one(&mut c)
+        .await
+        .expect("with today's grants");
+    assert!(db.login(&etl, "before-adoption").await.is_err());
 }

@@ -1035,13 +1035,14 @@ pub async fn collect(
     activity: Option<&BTreeMap<String, Activity>>,
     only: Option<&str>,
     stale_after: std::time::Duration,
+    progress: &crate::progress::Progress,
 ) -> Report {
     let mut report = Report::default();
     for (name, engine) in engines {
         if only.is_some_and(|o| o != name) {
             continue;
         }
-        match audit_one(
+        let result = audit_one(
             inventory,
             name,
             engine.as_ref(),
@@ -1049,8 +1050,9 @@ pub async fn collect(
             activity,
             stale_after,
         )
-        .await
-        {
+        .await;
+        progress.item_done(result.is_ok());
+        match result {
             Ok(r) => {
                 report.findings.extend(r.findings);
                 report.notes.extend(r.notes);
@@ -1058,6 +1060,7 @@ pub async fn collect(
             Err(e) => report.errors.push(e),
         }
     }
+    progress.finish();
     report.sort();
     report
 }

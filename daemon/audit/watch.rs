@@ -30,6 +30,7 @@ pub async fn run_once(ctx: &Context) -> Report {
         activity.as_ref(),
         None,
         ctx.inventory.audit.stale_after,
+        &crate::progress::Progress::hidden(),
     )
     .await;
     telemetry::audit(&report, ctx.clock.now().timestamp());

@@ -407,7 +407,8 @@ pub fn build(inventory: &Inventory) -> Result<Engines, EngineError> {
         .collect()
 }
 
-fn build_one(db: &Database) -> Result<Arc<dyn Engine>, EngineError> {
+/// The engine for one database (connections open lazily).
+pub fn build_one(db: &Database) -> Result<Arc<dyn Engine>, EngineError> {
     match db.engine {
         EngineKind::Postgres => Ok(Arc::new(postgres::Postgres::new(db)?)),
         EngineKind::Mysql | EngineKind::Mariadb => Ok(Arc::new(mysql::Mysql::new(db)?)),

@@ -13,6 +13,8 @@
 mod raw;
 mod validate;
 
+pub(crate) use validate::identifier_problem;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -36,7 +36,7 @@ fn is_account_name(s: &str) -> bool {
 
 /// Object and role names are quoted with the server's rules, so any text is safe
 /// in a statement; we still refuse what no sane catalog holds.
-fn identifier_problem(s: &str) -> Option<&'static str> {
+pub(crate) fn identifier_problem(s: &str) -> Option<&'static str> {
     if s.is_empty() {
         Some("must not be empty")
     } else if s.len() > 63 {
