@@ -14,6 +14,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+mod sync;
+use sync::GroupSync;
+
 /// Errors talking to the ledger.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -48,6 +51,8 @@ pub enum LedgerError {
     /// refused so that it cannot undo its successor's work.
     #[error("lost the lease of account {account} (fencing token {token} is stale); another saga owns it now")]
     Fenced { account: String, token: i64 },
+    #[error("cannot flush the ledger to disk: {0}")]
+    Sync(#[source] std::io::Error),
     #[error("cannot lock the ledger's instance file {path}: {source}")]
     Instance {
         path: String,
@@ -243,6 +248,9 @@ pub struct Ledger {
     /// it owns.
     id: Arc<str>,
     instance: Arc<Instance>,
+    /// Group commit (see `sync.rs`): each durable write returns once it is on
+    /// disk, sharing fsyncs with the writes made at the same time.
+    sync: Arc<GroupSync>,
 }
 
 /// This process's presence, for lease liveness: a file under the ledger's
@@ -342,7 +350,9 @@ impl Ledger {
             })?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            // NORMAL: a commit does not fsync; each durable write then waits
+            // for the shared sync of GroupSync, which is what FULL gave.
+            .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
         if let Some(dir) = opts.get_filename().parent() {
@@ -384,12 +394,25 @@ impl Ledger {
             pool,
             id: id.into(),
             instance: Arc::new(Instance::new(dir)?),
+            sync: Arc::new(GroupSync::new(&file)),
         })
     }
 
     /// This ledger's identity, recorded on the scoped roles it owns.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Waits until the writes committed so far are on disk (group commit).
+    /// Every write method calls it before it returns, but for leases (which
+    /// die with the process) and session samples.
+    async fn durable(&self) -> Result<(), LedgerError> {
+        self.sync.committed().await.map_err(LedgerError::Sync)
+    }
+
+    /// How many fsyncs group commit has made (for tests and benchmarks).
+    pub fn syncs(&self) -> u64 {
+        self.sync.syncs()
     }
 
     /// Records a new credential in state `planned`, with the next version number.
@@ -454,7 +477,10 @@ impl Ledger {
         .fetch_optional(&self.pool)
         .await?;
         match id {
-            Some(id) => self.get(id).await,
+            Some(id) => {
+                self.durable().await?;
+                self.get(id).await
+            }
             None => Err(LedgerError::Fenced {
                 account: lease.account.clone(),
                 token: lease.token,
@@ -570,7 +596,7 @@ impl Ledger {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        self.durable().await
     }
 
     /// Promotes `new` (published) to current, moves the previous current, if
@@ -658,7 +684,7 @@ impl Ledger {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        self.durable().await
     }
 
     /// Records a credential's new expiry.
@@ -684,7 +710,7 @@ impl Ledger {
         if done.rows_affected() != 1 {
             return Err(self.refused(cred, cred.state, lease).await?);
         }
-        Ok(())
+        self.durable().await
     }
 
     /// Records which stores hold a credential.
@@ -711,7 +737,7 @@ impl Ledger {
         if done.rows_affected() != 1 {
             return Err(self.refused(cred, cred.state, lease).await?);
         }
-        Ok(())
+        self.durable().await
     }
 
     /// Every credential of an account, oldest first.
@@ -753,7 +779,8 @@ impl Ledger {
         kind: &str,
         detail: &str,
     ) -> Result<(), LedgerError> {
-        insert_event(&self.pool, at, account, version, kind, detail).await
+        insert_event(&self.pool, at, account, version, kind, detail).await?;
+        self.durable().await
     }
 
     /// Events with an id greater than `since`, oldest first.
@@ -829,7 +856,7 @@ impl Ledger {
         .bind(account)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        self.durable().await
     }
 
     /// Records a failed rotation and when to retry. `error` must hold no secret.
@@ -851,6 +878,7 @@ impl Ledger {
         .bind(account)
         .fetch_one(&self.pool)
         .await?;
+        self.durable().await?;
         Ok(failures)
     }
 
@@ -862,7 +890,7 @@ impl Ledger {
             .bind(account)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        self.durable().await
     }
 
     /// A fresh lease holder id for one saga: `instance:nonce`. Every call gets
@@ -978,6 +1006,7 @@ impl Ledger {
         .bind(ms(retry_at))
         .fetch_one(&self.pool)
         .await?;
+        self.durable().await?;
         Ok(attempts)
     }
 
@@ -994,7 +1023,7 @@ impl Ledger {
             .bind(subject)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        self.durable().await
     }
 
     /// Stuck items, of one account or of all, oldest first.
@@ -1048,7 +1077,7 @@ impl Ledger {
             .bind(id)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        self.durable().await
     }
 
     /// Reschedules a failed outbox item. `error` must never carry a secret.
@@ -1066,7 +1095,7 @@ impl Ledger {
         .bind(id)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        self.durable().await
     }
 
     /// Records that the expiry guard extended the account's current credential.
@@ -1085,7 +1114,7 @@ impl Ledger {
         .bind(account)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        self.durable().await
     }
 
     /// Records (or clears) that another ledger owns the account.
@@ -1100,7 +1129,7 @@ impl Ledger {
             .bind(account)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        self.durable().await
     }
 
     /// Records that `roles` had sessions on `database` at `at` (one sample of
@@ -1258,6 +1287,45 @@ mod tests {
             issued_at: now,
             expires_at: now + chrono::Duration::hours(1),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn durable_writes_share_fsyncs_and_leases_need_none() {
+        let (_dir, l) = ledger().await;
+        assert_eq!(l.syncs(), 0);
+        l.event(Utc::now(), "a", None, "x", "one write")
+            .await
+            .unwrap();
+        assert_eq!(l.syncs(), 1, "a write returns once it is on disk");
+        let _lease = lease(&l, "a").await;
+        assert_eq!(l.syncs(), 1, "a lease dies with the process: no fsync");
+        // Writes made while a sync runs share the next one.
+        let writes = 200;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..writes {
+            let l = l.clone();
+            tasks.spawn(async move {
+                l.event(Utc::now(), "a", None, "x", &format!("write {i}"))
+                    .await
+                    .unwrap()
+            });
+        }
+        while let Some(t) = tasks.join_next().await {
+            t.unwrap();
+        }
+        let syncs = l.syncs() - 1;
+        assert!(
+            (1..writes).contains(&syncs),
+            "{writes} concurrent writes took {syncs} fsyncs"
+        );
+        assert_eq!(l.events(0, 1000).await.unwrap().len(), writes as usize + 1);
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_ledger_never_syncs() {
+        let l = Ledger::open("sqlite::memory:").await.unwrap();
+        l.event(Utc::now(), "a", None, "x", "y").await.unwrap();
+        assert_eq!(l.syncs(), 0);
     }
 
     async fn lease(l: &Ledger, account: &str) -> Lease {
