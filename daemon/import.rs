@@ -166,10 +166,10 @@ fn draft_account(s: &Source, role: &str, account: &str, logins: &BTreeSet<&str>)
     // (schema, kind) → object → privileges.
     type Objects = BTreeMap<String, BTreeSet<String>>;
     let mut object_grants: BTreeMap<(String, &'static str), Objects> = BTreeMap::new();
-    let mut owns = 0;
+    let mut owns = BTreeSet::new();
     for p in c.privileges.iter().filter(|p| p.grantee == role) {
         if p.owner {
-            owns += 1;
+            owns.insert(p.object.to_string());
             continue;
         }
         if p.grantable {
@@ -204,16 +204,24 @@ fn draft_account(s: &Source, role: &str, account: &str, logins: &BTreeSet<&str>)
                     .or_default()
                     .insert(privilege);
             }
-            Object::Database(_) if privilege == "CONNECT" || privilege == "TEMPORARY" => {}
+            // Every scoped role may connect; nothing to carry over.
+            Object::Database(_) if privilege == "CONNECT" => {}
             other => comments.push(format!(
                 "NOT IMPORTED: {privilege} on {other} (the inventory cannot express it; it stays until revoked)"
             )),
         }
     }
-    if owns > 0 {
+    if !owns.is_empty() {
+        let first: Vec<&str> = owns.iter().take(3).map(String::as_str).collect();
+        let more = if owns.len() > 3 {
+            format!(" and {} more", owns.len() - 3)
+        } else {
+            String::new()
+        };
         comments.push(format!(
-            "EXCESSIVE: owns {owns} privilege(s) as an object owner; ownership stays with the role, \
-             consider moving it to a non-login owner role"
+            "EXCESSIVE: owns {}{more}: ownership stays with the role (not a grant); \
+             consider a non-login owner role",
+            first.join(", ")
         ));
     }
     // Objects with the same privilege set share a grant.
@@ -273,7 +281,7 @@ fn draft_account(s: &Source, role: &str, account: &str, logins: &BTreeSet<&str>)
             member_of.push(m.role.clone());
         }
     }
-    if grants.is_empty() && member_of.is_empty() && owns == 0 {
+    if grants.is_empty() && member_of.is_empty() && owns.is_empty() {
         comments.push("UNUSED?: holds no privileges and belongs to no role".to_owned());
     }
     if let Some(until) = r.valid_until {
@@ -483,6 +491,11 @@ mod tests {
                 grant("etl_svc", table("public", "items"), "INSERT"),
                 grantable,
                 grant("etl_svc", table("public", "audit_log"), "TRUNCATE"),
+                grant("etl_svc", Object::Database("orders".into()), "TEMPORARY"),
+                Privilege {
+                    owner: true,
+                    ..grant("etl_svc", table("public", "etl_state"), "ALL")
+                },
                 grant(
                     "etl_svc",
                     Object::Sequence {
@@ -545,6 +558,8 @@ mod tests {
             "# EXCESSIVE: CREATEROLE (remove with: ALTER ROLE \"etl_svc\" NOCREATEROLE)",
             "# EXCESSIVE: SELECT on table public.customers WITH GRANT OPTION",
             "# EXCESSIVE: DDL privileges (TRUNCATE)",
+            "# NOT IMPORTED: TEMPORARY on database orders",
+            "# EXCESSIVE: owns table public.etl_state: ownership stays with the role",
         ] {
             assert!(etl.contains(want), "missing {want:?} in:\n{etl}");
         }
