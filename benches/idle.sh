@@ -63,4 +63,6 @@ c0=$(cpu); r0=$(rss)
 sleep "$IDLE"
 c1=$(cpu); r1=$(rss)
 echo "idle RSS with $N accounts: $((r0 / 1024)) MiB at start of the idle window, $((r1 / 1024)) MiB after ${IDLE}s"
+awk '/RssAnon|RssFile/ { printf "  %s %d MiB\n", $1, $2 / 1024 }' "/proc/$pid/status"
+echo "  threads: $(ls "/proc/$pid/task" | wc -l)"
 awk -v d=$((c1 - c0)) -v t="$ticks" -v s="$IDLE" 'BEGIN { printf "CPU time over %ds idle: %.2fs (%.4f%% of one core)\n", s, d / t, 100 * d / t / s }'

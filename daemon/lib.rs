@@ -34,6 +34,7 @@ pub mod engine;
 pub mod import;
 pub mod inventory;
 pub mod ledger;
+pub mod memory;
 pub mod notify;
 pub mod progress;
 pub mod rotation;

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     // namespace). Children (notify commands, the demo's servers) get the
     // default back at exec.
     let not_dumpable = nix::sys::prctl::set_dumpable(false);
+    credrotd::memory::limit_arenas();
     let cli = credrotd::cli::Cli::parse();
     // Still one thread: move the secrets the inventory names out of the
     // environment (see `secret_env`).

@@ -498,6 +498,10 @@ pub async fn run_with(
                         Err(e) => error!(error = %e, "a saga task was aborted"),
                     }
                 }
+                if tasks.is_empty() {
+                    // The burst is over: give back what it freed.
+                    crate::memory::release_freed();
+                }
             }
             _ = ctx.clock.sleep_until(wake) => {}
         }
