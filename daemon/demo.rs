@@ -242,7 +242,7 @@ accounts:
     strategy: static
     role: {prefix}billing_svc
     overlap: 0s
-    schedule: "10/45 * * * * *"
+    schedule: "15/30 * * * * *"
     grants:
       - {{ schema: public, privileges: [USAGE] }}
       - {{ schema: public, tables: [customers], privileges: [SELECT] }}
@@ -524,29 +524,26 @@ async fn demo_body(
         dir,
         inventory_yaml(dir, admin_url, pwfile, prefix),
         Target::Postgres(base),
-        prefix,
     )
     .await
 }
 
 /// Writes the inventory, runs the daemon with the consumer beside it until Ctrl-C
 /// or `--duration`, and prints the final status.
-async fn watch(
-    args: &DemoArgs,
-    dir: &Path,
-    inventory: String,
-    target: Target,
-    prefix: &str,
-) -> Result<ExitCode> {
+async fn watch(args: &DemoArgs, dir: &Path, inventory: String, target: Target) -> Result<ExitCode> {
     let inv_path = dir.join("inventory.yaml");
     std::fs::write(&inv_path, inventory)?;
     let checked = crate::inventory::load(&inv_path)?;
     println!("inventory: {}", inv_path.display());
     println!("secrets:   {}/secrets/<account>.json", dir.display());
     println!("ledger:    {}/state.db", dir.display());
-    println!(
-        "accounts:  {prefix}etl_nightly (ephemeral, every 20s, overlap 8s), {prefix}report_gen (alternating, every 30s, overlap 10s), {prefix}billing (static, every 45s, no overlap)"
-    );
+    let accounts: Vec<String> = checked
+        .inventory
+        .accounts
+        .values()
+        .map(|a| describe(a, Utc::now()))
+        .collect();
+    println!("accounts:  {}", accounts.join(", "));
     println!("watch below: the daemon's log (stderr) and a consumer that logs in with the published secrets.");
     println!(
         "press Ctrl-C to stop{}\n",
@@ -616,4 +613,86 @@ async fn cleanup_external(url: &str, db: &str, prefix: &str) -> Result<()> {
     }
     conn.close().await?;
     Ok(())
+}
+
+/// `x (ephemeral, every 20s, overlap 8s)`, from the account itself so that the
+/// banner cannot drift from the inventory. A schedule whose fires are not
+/// evenly spaced says so.
+fn describe(a: &crate::inventory::Account, now: chrono::DateTime<Utc>) -> String {
+    let strategy = a.strategy.as_str();
+    let mut fires = vec![now];
+    while fires.len() < 5 {
+        match a.schedule.next_after(*fires.last().expect("not empty")) {
+            Some(next) => fires.push(next),
+            None => break,
+        }
+    }
+    let gaps: std::collections::BTreeSet<i64> = fires[1..]
+        .windows(2)
+        .map(|w| (w[1] - w[0]).num_seconds())
+        .collect();
+    let every = match gaps.iter().collect::<Vec<_>>().as_slice() {
+        [one] => format!("every {one}s"),
+        many => format!(
+            "at uneven intervals ({})",
+            many.iter()
+                .map(|g| format!("{g}s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let overlap = if a.overlap.is_zero() {
+        "no overlap".to_owned()
+    } else {
+        format!("overlap {}s", a.overlap.as_secs())
+    };
+    format!("{} ({strategy}, {every}, {overlap})", a.name)
+}
+
+#[cfg(test)]
+mod banner_tests {
+    use super::*;
+
+    fn accounts(yaml: &str) -> Vec<String> {
+        let path = std::path::Path::new("/demo/inventory.yaml");
+        let checked = crate::inventory::parse(path, yaml).unwrap_or_else(|e| panic!("{e}"));
+        let now = "2026-11-29T12:00:00Z".parse().unwrap();
+        checked
+            .inventory
+            .accounts
+            .values()
+            .map(|a| describe(a, now))
+            .collect()
+    }
+
+    #[test]
+    fn the_banner_says_what_each_demo_schedule_does() {
+        let dir = std::path::Path::new("/demo");
+        let pg = accounts(&inventory_yaml(
+            dir,
+            "postgres://u@127.0.0.1:5432/app",
+            None,
+            "d_",
+        ));
+        assert_eq!(
+            pg,
+            [
+                "d_billing (static, every 30s, no overlap)",
+                "d_etl_nightly (ephemeral, every 20s, overlap 8s)",
+                "d_report_gen (alternating, every 30s, overlap 10s)",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_uneven_schedule_is_not_called_every() {
+        let dir = std::path::Path::new("/demo");
+        let yaml = inventory_yaml(dir, "postgres://u@127.0.0.1:5432/app", None, "d_")
+            .replace("15/30 * * * * *", "10/45 * * * * *");
+        let got = accounts(&yaml);
+        assert_eq!(
+            got[0],
+            "d_billing (static, at uneven intervals (15s, 45s), no overlap)"
+        );
+    }
 }

@@ -358,7 +358,6 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             &dir,
             inventory_yaml(&dir, &url, pw, &db, &prefix),
             target,
-            &prefix,
         )
         .await
     }
@@ -433,7 +432,7 @@ accounts:
     strategy: static
     role: {prefix}billing_svc
     overlap: 0s
-    schedule: "10/45 * * * * *"
+    schedule: "15/30 * * * * *"
     grants:
       - {{ schema: {db}, tables: [customers], privileges: [SELECT] }}
 "#,
