@@ -12,6 +12,11 @@
 //!
 //! A process crash (`kill -9`) needs none of this: committed WAL frames are in
 //! the kernel's page cache either way.
+//!
+//! A failed sync fails the write that waited for it, although its commit is
+//! already visible to later reads: to the saga that is a step whose record
+//! moved on and whose caller stopped before the side effect, the case every
+//! crash leaves and recovery already handles.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
