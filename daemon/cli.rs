@@ -694,8 +694,9 @@ async fn rotate(path: &std::path::Path, args: RotateArgs) -> Result<ExitCode> {
             }
         }
     });
-    let results = finish_despite_ctrl_c(work).await?;
+    let results = finish_despite_ctrl_c(work).await;
     progress.finish();
+    let results = results?;
     let mut failed = 0;
     let mut ok = 0;
     let mut skipped = 0;
@@ -1034,11 +1035,22 @@ async fn import(args: ImportArgs) -> Result<ExitCode> {
         let catalog = catalog.with_context(|| format!("reading the roles of database {name}"))?;
         let mut written = url;
         let _ = written.set_password(None);
-        let query: Vec<(String, String)> = written
+        // Only the connection's TLS and addressing settings go into the
+        // draft: an unknown parameter may be a mistyped password.
+        type Pairs = Vec<(String, String)>;
+        let (query, dropped): (Pairs, Pairs) = written
             .query_pairs()
-            .filter(|(k, _)| k != "password")
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+            .partition(|(k, _)| {
+                k.starts_with("ssl")
+                    || matches!(
+                        k.as_str(),
+                        "host" | "port" | "application_name" | "connect_timeout"
+                    )
+            });
+        for (k, _) in dropped.iter().filter(|(k, _)| k != "password") {
+            eprintln!("{name}: URL parameter {k:?} is not copied into the draft");
+        }
         if query.is_empty() {
             written.set_query(None);
         } else {
@@ -1105,17 +1117,13 @@ fn import_target(arg: &str) -> Result<(String, url::Url)> {
             "--database: not a URL ({e}); expected [NAME=]postgres://user@host:port/dbname"
         )
     })?;
-    let name = match name {
-        Some(n) => n,
-        None => {
-            let db = url.path().trim_start_matches('/');
-            anyhow::ensure!(
-                !db.is_empty(),
-                "--database: the URL names no database; write NAME=URL"
-            );
-            db.to_owned()
-        }
-    };
+    let db = url.path().trim_start_matches('/');
+    anyhow::ensure!(
+        name.is_some() || !db.is_empty(),
+        "--database: the URL names no database; write NAME=URL"
+    );
+    let name = crate::import::database_name(name.as_deref(), db)
+        .map_err(|e| anyhow::anyhow!("--database {e}; write NAME=URL"))?;
     Ok((name, url))
 }
 

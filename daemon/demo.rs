@@ -632,6 +632,7 @@ fn describe(a: &crate::inventory::Account, now: chrono::DateTime<Utc>) -> String
         .map(|w| (w[1] - w[0]).num_seconds())
         .collect();
     let every = match gaps.iter().collect::<Vec<_>>().as_slice() {
+        [] => format!("on {:?}", a.schedule.expr()),
         [one] => format!("every {one}s"),
         many => format!(
             "at uneven intervals ({})",

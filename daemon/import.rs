@@ -136,7 +136,7 @@ fn accounts_of(s: &Source, taken: &mut BTreeSet<String>) -> (Vec<String>, Vec<St
             None
         };
         if let Some(why) = why_not {
-            skipped.push(format!("{}: {} ({why})", s.name, one_line(name)));
+            skipped.push(format!("{}: {} ({why})", one_line(&s.name), one_line(name)));
             continue;
         }
         let account = account_name(name, taken, &role_names);
@@ -277,7 +277,23 @@ fn draft_account(s: &Source, role: &str, account: &str, logins: &BTreeSet<&str>)
                 "NOT IMPORTED: member of the login role {} (give that role's grants to this account instead)",
                 one_line(&m.role)
             ));
-        } else if crate::inventory::identifier_problem(&m.role).is_none() {
+        } else if crate::inventory::identifier_problem(&m.role).is_some() {
+            comments.push(format!(
+                "NOT IMPORTED: member of {} (its name cannot be written in an inventory)",
+                one_line(&m.role)
+            ));
+        } else if let Some(a) = c
+            .roles
+            .iter()
+            .find(|g| g.name == m.role)
+            .and_then(|g| g.dangerous.first())
+        {
+            comments.push(format!(
+                "NOT IMPORTED: member of {}, which has {} (credrotd refuses such a group)",
+                one_line(&m.role),
+                one_line(&a.name)
+            ));
+        } else if !member_of.contains(&m.role) {
             member_of.push(m.role.clone());
         }
     }
@@ -340,9 +356,31 @@ fn is_ddl(privilege: &str) -> bool {
 }
 
 /// `billing_svc` → `billing_svc_account`: the account's name is its scoped
-/// role, which must differ from the login and from every existing role.
+/// role, which must differ from the login and from every existing role, and
+/// has at most 40 characters.
 fn account_name(role: &str, taken: &BTreeSet<String>, roles: &BTreeSet<&str>) -> String {
-    let mut base: String = role
+    let stem = identifier(role);
+    let mut n = 1;
+    loop {
+        let suffix = if n == 1 {
+            "_account".to_owned()
+        } else {
+            format!("_account{n}")
+        };
+        let mut name = stem.clone();
+        name.truncate(40 - suffix.len());
+        name.push_str(&suffix);
+        if !taken.contains(&name) && !roles.contains(name.as_str()) {
+            return name;
+        }
+        n += 1;
+    }
+}
+
+/// `Orders-Prod` → `orders_prod`: lowercase letters, digits and `_`, starting
+/// with a letter, as the inventory's names are.
+fn identifier(text: &str) -> String {
+    let mut base: String = text
         .chars()
         .map(|c| {
             let c = c.to_ascii_lowercase();
@@ -356,15 +394,24 @@ fn account_name(role: &str, taken: &BTreeSet<String>, roles: &BTreeSet<&str>) ->
     if !base.starts_with(|c: char| c.is_ascii_lowercase()) {
         base.insert_str(0, "a_");
     }
-    base.truncate(32);
-    let base = format!("{base}_account");
-    let mut name = base.clone();
-    let mut n = 2;
-    while taken.contains(&name) || roles.contains(name.as_str()) {
-        name = format!("{base}{n}");
-        n += 1;
+    base
+}
+
+/// The inventory name for a database: `NAME` as given (which must be one), or
+/// the URL's database name made into one.
+pub fn database_name(given: Option<&str>, from_url: &str) -> Result<String, String> {
+    match given {
+        Some(n) if crate::inventory::is_name(n) => Ok(n.to_owned()),
+        Some(n) => Err(format!(
+            "{}: a database's name in the inventory is lowercase letters, digits and _, starting with a letter, at most 40 characters",
+            one_line(n)
+        )),
+        None => {
+            let mut name = identifier(from_url);
+            name.truncate(40);
+            Ok(name)
+        }
     }
-    name
 }
 
 /// A person's login (`jane.doe`, `jdoe@corp`) rather than a service's.
@@ -380,15 +427,30 @@ fn yaml_str(s: &str) -> String {
             c.is_ascii_alphanumeric()
                 || matches!(c, '_' | '-' | '.' | '/' | ':' | '@' | '?' | '=' | '&')
         })
+        && !s.ends_with(':')
         && !matches!(
             s.to_ascii_lowercase().as_str(),
             "true" | "false" | "yes" | "no" | "on" | "off" | "null" | "y" | "n" | "~"
         );
     if bare {
-        s.to_owned()
-    } else {
-        serde_json::to_string(s).expect("a string serializes")
+        return s.to_owned();
     }
+    // A double-quoted YAML scalar; what YAML cannot hold as it is (control
+    // characters, DEL, C1, U+FFFE/U+FFFF) as an escape.
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}' => {
+                out.push_str(&format!("\\u{:04X}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn list<'a>(items: impl Iterator<Item = &'a String>) -> String {
@@ -619,11 +681,65 @@ mod tests {
     }
 
     #[test]
+    fn long_role_names_still_give_valid_distinct_account_names() {
+        let long = "a".repeat(60);
+        let roles = BTreeSet::new();
+        let mut taken = BTreeSet::new();
+        for _ in 0..12 {
+            let name = account_name(&long, &taken, &roles);
+            assert!(crate::inventory::is_name(&name), "{name}");
+            assert!(taken.insert(name));
+        }
+    }
+
+    #[test]
+    fn database_names_are_inventory_names() {
+        assert_eq!(database_name(None, "Orders-Prod").unwrap(), "orders_prod");
+        assert_eq!(database_name(Some("orders"), "x").unwrap(), "orders");
+        assert!(database_name(Some("Orders"), "x").is_err());
+    }
+
+    #[test]
+    fn a_group_credrotd_would_refuse_is_a_comment_not_member_of() {
+        let mut c = catalog();
+        let reporting = c.roles.iter_mut().find(|r| r.name == "reporting").unwrap();
+        reporting.dangerous.push(Attribute {
+            name: "CREATEDB".into(),
+            fix: String::new(),
+        });
+        c.memberships.push(c.memberships[0].clone());
+        let text = draft(
+            &[Source {
+                catalog: c,
+                ..source()
+            }],
+            &options(),
+        );
+        assert!(!text.contains("member_of: [reporting]"), "{text}");
+        assert!(text.contains("NOT IMPORTED: member of reporting, which has CREATEDB"));
+    }
+
+    #[test]
     fn scalars_are_quoted_when_yaml_would_read_them_otherwise() {
         assert_eq!(yaml_str("orders"), "orders");
         assert_eq!(yaml_str("no"), "\"no\"");
         assert_eq!(yaml_str("TODO: x"), "\"TODO: x\"");
         assert_eq!(yaml_str("a\"b"), "\"a\\\"b\"");
         assert_eq!(yaml_str("12"), "\"12\"");
+        assert_eq!(yaml_str("audit:"), "\"audit:\"");
+        assert_eq!(yaml_str("a\u{7f}b\u{85}"), "\"a\\u007Fb\\u0085\"");
+        // What it writes reads back as the same string.
+        for text in [
+            "audit:",
+            "a\"b\\c",
+            "x\u{7f}\u{9f}\u{FFFE}y",
+            "tab\there",
+            "ünïcode",
+        ] {
+            let yaml = format!("k: {}\n", yaml_str(text));
+            let v: std::collections::BTreeMap<String, String> =
+                serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+            assert_eq!(v["k"], text, "{yaml}");
+        }
     }
 }

@@ -65,8 +65,13 @@ impl Progress {
 
     /// One item finished (`ok: false` counts it as failed).
     pub fn item_done(&self, ok: bool) {
-        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
-        let failed = self.failed.fetch_add(usize::from(!ok), Ordering::Relaxed) + usize::from(!ok);
+        // Failures are counted before the item, so that whoever counts the
+        // last item sees every failure.
+        if !ok {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
+        let done = self.done.fetch_add(1, Ordering::SeqCst) + 1;
+        let failed = self.failed.load(Ordering::SeqCst);
         match &self.shown {
             Shown::Bar(bar) => {
                 bar.inc(1);

@@ -13,7 +13,7 @@
 mod raw;
 mod validate;
 
-pub(crate) use validate::identifier_problem;
+pub(crate) use validate::{identifier_problem, is_account_name as is_name};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;

@@ -387,12 +387,15 @@ impl Ledger {
             .await?;
         // The identity goes on the scoped roles this ledger claims: it must be
         // on disk before any claim is (the migrations ride along).
-        let sync = Arc::new(GroupSync::new(&file));
+        // sqlx turns `sqlite::memory:` into a `file:` name of its own: decide
+        // from the URL whether there is a file to sync.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let sync = Arc::new(GroupSync::new((!in_memory).then_some(file.as_path())));
         sync.committed().await.map_err(LedgerError::Sync)?;
         let id: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'id'")
             .fetch_one(&pool)
             .await?;
-        let dir = (!file.as_os_str().is_empty() && file != std::path::Path::new(":memory:"))
+        let dir = (!in_memory && !file.as_os_str().is_empty())
             .then(|| PathBuf::from(format!("{}.holders", file.display())));
         Ok(Ledger {
             pool,
@@ -1328,8 +1331,11 @@ mod tests {
     #[tokio::test]
     async fn an_in_memory_ledger_never_syncs() {
         let l = Ledger::open("sqlite::memory:").await.unwrap();
+        assert!(!l.sync.file_backed());
         l.event(Utc::now(), "a", None, "x", "y").await.unwrap();
         assert_eq!(l.syncs(), 0);
+        let (_dir, on_disk) = ledger().await;
+        assert!(on_disk.sync.file_backed());
     }
 
     async fn lease(l: &Ledger, account: &str) -> Lease {

@@ -25,7 +25,7 @@ use crate::schedule::Schedule;
 
 static ACCOUNT_NAME_RULE: &str = "^[a-z][a-z0-9_]{0,39}$";
 
-fn is_account_name(s: &str) -> bool {
+pub(crate) fn is_account_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 40
