@@ -311,6 +311,7 @@ async fn rotate_status_revoke_round_trip_without_a_daemon() {
         .expect("script(1) from util-linux");
     let tty = text(&out);
     assert!(tty.contains("0 rotated, 0 failed, 2 skipped"), "{tty}");
+    assert!(tty.contains("rotate ["), "the bar is drawn: {tty}");
     assert!(!tty.contains("accounts done"), "{tty}");
     outputs.push_str(&tty);
 
