@@ -1075,11 +1075,12 @@ async fn import(args: ImportArgs) -> Result<ExitCode> {
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from("import.yaml"));
-    if let Err(e) = inventory::parse(&shown, &text) {
-        anyhow::bail!(
+    let accounts = match inventory::parse(&shown, &text) {
+        Ok(checked) => checked.inventory.accounts.len(),
+        Err(e) => anyhow::bail!(
             "the draft does not pass check, so it was not written (a bug of credrotd import; the inventory it read is fine):\n{e}"
-        );
-    }
+        ),
+    };
     match &args.output {
         Some(out) => {
             use std::io::Write;
@@ -1089,7 +1090,6 @@ async fn import(args: ImportArgs) -> Result<ExitCode> {
                 .open(out)
                 .with_context(|| format!("creating {}", out.display()))?;
             f.write_all(text.as_bytes())?;
-            let accounts = text.matches("\n    strategy: static\n").count();
             eprintln!(
                 "{}: draft with {} from {}; review it, then `credrotd -c {} check`",
                 out.display(),
